@@ -85,7 +85,8 @@ class Value:
 
     def __del__(self):
         global TENSOR_COUNTER
-        TENSOR_COUNTER -= 1
+        try: TENSOR_COUNTER -= 1
+        except NameError: pass   # interpreter shutdown: the module's globals are already gone
 
     def _init(self, op, inputs, *, num_outputs=1, cached_data=None, requires_grad=None):
         global TENSOR_COUNTER
@@ -302,14 +303,26 @@ def sum_node_list(node_list):
     for node in node_list[1:]: total = total + node
     return total
 
+def _twin(value: Value) -> Value:
+    "A new node with the op, inputs and array of `value`: the same in every way but identity."
+    global TENSOR_COUNTER
+    twin = type(value).__new__(type(value))
+    TENSOR_COUNTER += 1
+    twin.op, twin.inputs, twin.cached_data = value.op, value.inputs, value.cached_data
+    twin.requires_grad, twin.grad = value.requires_grad, None
+    return twin
+
 def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
     "Set `.grad` on every node that `output_tensor` depends on and that requires a gradient."
     grads_of = {output_tensor: [out_grad]}
+    handed_out = {out_grad}   # gradient objects already owned by someone: never share them
     for node in reversed(_topo_sort([output_tensor], only_requiring_grad=True)):
         contributions = grads_of.pop(node)
         grad = contributions[0] if len(contributions) == 1 else sum_node_list(contributions)
         if isinstance(node, Tensor) and grad.cached_data.dtype != node.cached_data.dtype:
             grad = Cast(node.cached_data.dtype)(grad)
+        if grad in handed_out: grad = _twin(grad)
+        handed_out.add(grad)
         node.grad = grad
         if node.op is None: continue
         for inp, inp_grad in zip(node.inputs, node.op.gradient_as_tuple(grad, node)):

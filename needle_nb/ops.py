@@ -343,21 +343,36 @@ def _has_array_index(index):
 def get_item(a, index): return GetItem(index)(a)
 
 # %% ../nbs/02_ops.ipynb #987a45e1
+def _is_array(other) -> bool: return hasattr(other, "shape") and other.shape != ()
+
+def _constant(other, like: Tensor) -> Tensor:
+    "An array operand as a constant tensor on the device of `like`."
+    return Tensor(other, device=like.device, requires_grad=False)
+
 def _binary(tensor_op, scalar_op):
     def method(self, other):
         if isinstance(other, Tensor): return Tensor.make_from_op(tensor_op, (self, other))
-        if hasattr(other, "shape") and other.shape != ():   # an array: a constant tensor operand
-            return Tensor.make_from_op(tensor_op, (self, Tensor(other, device=self.device, requires_grad=False)))
+        if _is_array(other): return Tensor.make_from_op(tensor_op, (self, _constant(other, self)))
         return Tensor.make_from_op(scalar_op(other), (self,))
     return method
 
 _add, _sub, _mul, _div, _matmul = EWiseAdd(), EWiseSub(), EWiseMul(), EWiseDiv(), MatMul()
 
-def _rsub(self, other): return Tensor.make_from_op(AddScalar(other), (Tensor.make_from_op(Negate(), (self,)),))
-def _rtruediv(self, other): return MulScalar(other)(PowerScalar(-1)(self))
-def _rmatmul(self, other): return Tensor.make_from_op(_matmul, (Tensor(other, requires_grad=False), self))
-def _pow(self, other):
-    return EWisePow()(self, other) if isinstance(other, Tensor) else PowerScalar(other)(self)
+# An array on the left may broadcast `self` to a bigger shape: it goes through the two-input op,
+# whose gradient is summed back to `self`'s shape; a scalar needs no such care.
+def _rsub(self, other):
+    if _is_array(other): return Tensor.make_from_op(_sub, (_constant(other, self), self))
+    return Tensor.make_from_op(AddScalar(other), (Tensor.make_from_op(Negate(), (self,)),))
+def _rtruediv(self, other):
+    if _is_array(other): return Tensor.make_from_op(_div, (_constant(other, self), self))
+    return MulScalar(other)(PowerScalar(-1)(self))
+def _rpow(self, other):
+    base = _constant(other, self) if _is_array(other) else Tensor(
+        other, device=self.device, dtype=self.dtype, requires_grad=False)
+    return Tensor.make_from_op(EWisePow(), (base, self))
+def _matmul_method(self, other):
+    return Tensor.make_from_op(_matmul, (self, other if isinstance(other, Tensor) else _constant(other, self)))
+def _rmatmul(self, other): return Tensor.make_from_op(_matmul, (_constant(other, self), self))
 
 Tensor.__add__ = Tensor.__radd__ = _binary(_add, AddScalar)
 Tensor.__sub__ = _binary(_sub, lambda s: AddScalar(-_py_scalar(s)))
@@ -365,9 +380,9 @@ Tensor.__rsub__ = _rsub
 Tensor.__mul__ = Tensor.__rmul__ = _binary(_mul, MulScalar)
 Tensor.__truediv__ = _binary(_div, DivScalar)
 Tensor.__rtruediv__ = _rtruediv
-Tensor.__pow__ = _pow
-Tensor.__matmul__ = lambda self, other: Tensor.make_from_op(
-    _matmul, (self, other if isinstance(other, Tensor) else Tensor(other, requires_grad=False)))
+Tensor.__pow__ = _binary(EWisePow(), PowerScalar)
+Tensor.__rpow__ = _rpow   # not in needle; PyTorch has it
+Tensor.__matmul__ = _matmul_method
 Tensor.__rmatmul__ = _rmatmul
 Tensor.__neg__ = lambda self: Tensor.make_from_op(Negate(), (self,))
 Tensor.__getitem__ = lambda self, index: GetItem(index)(self)
@@ -392,7 +407,7 @@ def gradient_check(f, *args, tol: float = 1e-6, backward: bool = False, eps: flo
     Args:
         f: a function of tensors returning a tensor.
         *args: float64 `Tensor`s to differentiate with respect to.
-        tol: largest allowed absolute error, per input, of the summed gradient difference.
+        tol: largest allowed absolute difference between an analytic and a numerical entry.
         backward: check through `Tensor.backward()` (else through `op.gradient_as_tuple`).
     Returns:
         The list of analytic gradients (numpy arrays).
@@ -403,24 +418,32 @@ def gradient_check(f, *args, tol: float = 1e-6, backward: bool = False, eps: flo
     def objective():
         return float((c * f(*args, **kwargs).numpy()).sum())
     numerical = []
-    for arg in args:
+    for i, arg in enumerate(args):
         data = arg.realize_cached_data()
-        if data.dtype != np.float64: raise TypeError(f"gradient_check needs float64 inputs, got {data.dtype}")
-        grad = np.zeros(data.shape)
-        flat, gflat = data.reshape(-1), grad.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps; f_plus = objective()
-            flat[i] = old - eps; f_minus = objective()
-            flat[i] = old
-            gflat[i] = (f_plus - f_minus) / (2 * eps)
+        if data.dtype != np.float64:
+            raise TypeError(f"gradient_check needs float64 inputs, got {data.dtype} for input {i}")
+        # Perturb a private C-ordered copy that replaces the tensor's array meanwhile: other
+        # tensors may share the original, and `reshape(-1)` of a non-contiguous array would copy.
+        work = data.copy()
+        flat, grad = work.reshape(-1), np.zeros(data.shape)
+        gflat = grad.reshape(-1)
+        arg.cached_data = work
+        try:
+            for j in range(flat.size):
+                old = flat[j]
+                flat[j] = old + eps; f_plus = objective()
+                flat[j] = old - eps; f_minus = objective()
+                flat[j] = old
+                gflat[j] = (f_plus - f_minus) / (2 * eps)
+        finally:
+            arg.cached_data = data
         numerical.append(grad)
+    weights = Tensor(c, device=out.device, dtype=out.dtype, requires_grad=False)
     if backward:
-        out = (f(*args, **kwargs) * Tensor(c, dtype=out.dtype, requires_grad=False)).sum()
-        out.backward()
+        (f(*args, **kwargs) * weights).sum().backward()
         computed = [a.grad.numpy() for a in args]
     else:
-        computed = [g.numpy() for g in out.op.gradient_as_tuple(Tensor(c, dtype=out.dtype, requires_grad=False), out)]
+        computed = [g.numpy() for g in out.op.gradient_as_tuple(weights, out)]
     for i, (num, comp) in enumerate(zip(numerical, computed)):
         if comp.shape != num.shape:
             raise AssertionError(f"gradient of input {i} has shape {comp.shape}, expected {num.shape}")

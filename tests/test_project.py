@@ -1,0 +1,72 @@
+"""The project's own plumbing: README set-up commands, CI script, nbdev/Quarto config, workflows."""
+import os, re, shutil, subprocess, sys, tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT/'tools'))
+
+
+def setup_commands():
+    "The fenced shell commands in README.md's '## Set up' section."
+    readme = (ROOT/'README.md').read_text()
+    m = re.search(r'^## Set up\n(.*?)(?=^## |\Z)', readme, re.MULTILINE | re.DOTALL)
+    assert m, 'README.md has no "## Set up" section'
+    return [c.strip() for c in re.findall(r'^```(?:sh|bash|shell)\n(.*?)^```', m.group(1), re.MULTILINE | re.DOTALL)]
+
+
+def test_readme_has_exactly_two_setup_commands():
+    cmds = setup_commands()
+    assert len(cmds) == 2, f'README set-up should show exactly two commands (site build, tests), found: {cmds}'
+    build, test = cmds
+    assert 'tools/build_site.py' in build and 'pip install' in build, build
+    assert 'tools/test.sh' in test, test
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    test_cmd = setup_commands()[1]
+    ci_lines = [l.strip() for l in (ROOT/'.ci'/'run').read_text().splitlines()]
+    assert test_cmd in ci_lines, f'.ci/run does not run the README test command {test_cmd!r} verbatim'
+
+
+def test_readme_is_made_from_index_notebook():
+    if os.environ.get('CI', '').lower() != 'true': pytest.importorskip('nbconvert', reason='needs the docs extra')
+    import make_readme
+    assert (ROOT/'README.md').read_text() == make_readme.render(), \
+        'README.md differs from nbs/index.ipynb: run python tools/make_readme.py'
+
+
+def test_quarto_config_is_what_nbdev_generates(tmp_path):
+    "The Quarto path stays nbdev's own: _quarto.yml and nbdev.yml exactly as refresh_quarto_yml writes them."
+    shutil.copy(ROOT/'pyproject.toml', tmp_path)
+    (tmp_path/'nbs').mkdir()
+    subprocess.run([sys.executable, '-c', 'from nbdev.quarto import refresh_quarto_yml; refresh_quarto_yml()'],
+                   cwd=tmp_path, check=True)
+    for name in ['_quarto.yml', 'nbdev.yml']:
+        assert (ROOT/'nbs'/name).read_text() == (tmp_path/'nbs'/name).read_text(), \
+            f'nbs/{name} differs from nbdev refresh_quarto_yml output'
+    assert (ROOT/'nbs'/'styles.css').exists()
+
+
+def test_github_workflows_are_nbdev3s():
+    wf = ROOT/'.github'/'workflows'
+    assert re.search(r'uses:\s*answerdotai/workflows/nbdev3-ci@', (wf/'test.yaml').read_text(), re.I)
+    assert re.search(r'uses:\s*answerdotai/workflows/quarto-ghp3@', (wf/'deploy.yaml').read_text(), re.I)
+
+
+def test_extras_and_ignores():
+    extras = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['optional-dependencies']
+    assert extras['torch'] == ['torch==2.13.0'], 'other torch versions pull multi-GB CUDA builds'
+    assert {'mkdocs-jupyter', 'mkdocs-material', 'selenium'} <= {re.split(r'[<>=\[ ]', d)[0] for d in extras['docs']}
+    ignored = (ROOT/'.gitignore').read_text().split()
+    assert {'_docs/', '_build/', '.venv-test/'} <= set(ignored)
+
+
+@pytest.mark.parametrize('nb', sorted((ROOT/'nbs').glob('[!_]*.ipynb')), ids=lambda p: p.name)
+def test_notebook_has_a_title(nb):
+    "Every chapter starts with an H1 (the page title and nav entry) as nbdev expects."
+    import json
+    cells = json.loads(nb.read_text())['cells']
+    first_md = next((''.join(c['source']) for c in cells if c['cell_type'] == 'markdown'), '')
+    assert first_md.lstrip().startswith('# '), f'{nb.name}: first markdown cell should be "# Title" + "> summary"'
