@@ -12,9 +12,9 @@ import numpy as np
 from .backend import Device, cpu, cuda, default_device, _CPU
 
 # %% auto #0
-__all__ = ['TENSOR_COUNTER', 'LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value',
-           'Tensor', 'Cast', 'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'TensorTuple',
-           'MakeTensorTuple', 'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars']
+__all__ = ['LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value', 'Tensor', 'Cast',
+           'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'TensorTuple', 'MakeTensorTuple',
+           'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars']
 
 # %% ../nbs/01_autograd.ipynb #161c2591
 _GRAD_ENABLED = True
@@ -68,8 +68,18 @@ class TensorTupleOp(Op):
     def __call__(self, *args): return TensorTuple.make_from_op(self, args)
 
 # %% ../nbs/01_autograd.ipynb #33d16536
-TENSOR_COUNTER = 0
+import gc
+
+def _live_values() -> int:
+    "How many `Value`s exist now (reference counting frees them at once; cycles wait for `gc`)."
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, Value))
+
+def __getattr__(name):
+    if name == "TENSOR_COUNTER": return _live_values()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 LAZY_MODE = False   # needle's switch; needle_nb always computes eagerly
+_new_tensor = object.__new__   # `Tensor.__new__`, looked up once
 
 class Value:
     "A node of the computational graph: a leaf, or the output of `op` applied to `inputs`."
@@ -83,14 +93,7 @@ class Value:
 
     def is_leaf(self) -> bool: return self.op is None
 
-    def __del__(self):
-        global TENSOR_COUNTER
-        try: TENSOR_COUNTER -= 1
-        except NameError: pass   # interpreter shutdown: the module's globals are already gone
-
     def _init(self, op, inputs, *, num_outputs=1, cached_data=None, requires_grad=None):
-        global TENSOR_COUNTER
-        TENSOR_COUNTER += 1
         if requires_grad is None: requires_grad = any(x.requires_grad for x in inputs)
         self.op, self.inputs = op, inputs
         self.cached_data, self.requires_grad = cached_data, requires_grad
@@ -160,10 +163,8 @@ class Tensor(Value):
     @staticmethod
     def make_const(data, requires_grad=False) -> "Tensor":
         "A leaf tensor on the array `data` (a `Tensor` is detached; an array is used without copying)."
-        global TENSOR_COUNTER
         if isinstance(data, Tensor): data = data.realize_cached_data()
-        tensor = Tensor.__new__(Tensor)
-        TENSOR_COUNTER += 1
+        tensor = _new_tensor(Tensor)
         tensor.op, tensor.inputs, tensor.cached_data = None, (), data
         tensor.requires_grad, tensor.grad = requires_grad, None
         return tensor
@@ -171,18 +172,30 @@ class Tensor(Value):
     @staticmethod
     def make_from_op(op: Op, inputs) -> "Tensor":
         "Apply `op` to the tensors `inputs`; record the graph only when a gradient can flow."
-        global TENSOR_COUNTER
-        arrays = [x.cached_data for x in inputs]
-        try: data = op.compute(*arrays)
-        except (ValueError, TypeError) as e:
-            raise _op_error(op, inputs, arrays, e) from e
-        tensor = Tensor.__new__(Tensor)
-        TENSOR_COUNTER += 1
-        tensor.cached_data, tensor.grad = data, None
-        if _GRAD_ENABLED and any(x.requires_grad for x in inputs):
-            tensor.op, tensor.inputs, tensor.requires_grad = op, inputs, True
+        # one- and two-input ops are nearly all of them: spelled out, they skip a list and a generator
+        if len(inputs) == 2:
+            a, b = inputs
+            try: data = op.compute(a.cached_data, b.cached_data)
+            except (ValueError, TypeError) as e:
+                raise _op_error(op, inputs, [a.cached_data, b.cached_data], e) from e
+            track = _GRAD_ENABLED and (a.requires_grad or b.requires_grad)
+        elif len(inputs) == 1:
+            a = inputs[0]
+            try: data = op.compute(a.cached_data)
+            except (ValueError, TypeError) as e: raise _op_error(op, inputs, [a.cached_data], e) from e
+            track = _GRAD_ENABLED and a.requires_grad
         else:
-            tensor.op, tensor.inputs, tensor.requires_grad = None, (), False
+            arrays = [x.cached_data for x in inputs]
+            try: data = op.compute(*arrays)
+            except (ValueError, TypeError) as e: raise _op_error(op, inputs, arrays, e) from e
+            track = _GRAD_ENABLED and any(x.requires_grad for x in inputs)
+        tensor = _new_tensor(Tensor)
+        tensor.cached_data = data
+        tensor.grad = None
+        if track:
+            tensor.op = op; tensor.inputs = inputs; tensor.requires_grad = True
+        else:
+            tensor.op = None; tensor.inputs = (); tensor.requires_grad = False
         return tensor
 
     # --- what the tensor holds --------------------------------------------------------------
@@ -305,9 +318,7 @@ def sum_node_list(node_list):
 
 def _twin(value: Value) -> Value:
     "A new node with the op, inputs and array of `value`: the same in every way but identity."
-    global TENSOR_COUNTER
     twin = type(value).__new__(type(value))
-    TENSOR_COUNTER += 1
     twin.op, twin.inputs, twin.cached_data = value.op, value.inputs, value.cached_data
     twin.requires_grad, twin.grad = value.requires_grad, None
     return twin
