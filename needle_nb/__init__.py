@@ -8,8 +8,8 @@ Docs: https://needle-nb.github.io/needle-nb/namespace.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_namespace.ipynb #9149ad79
+# %% ../nbs/99_namespace.ipynb #be3b6c65
 from .backend import *
 from .autograd import *
 from .ops import *
-from . import backend, autograd, ops
+from . import backend, autograd, ops, init
