@@ -72,7 +72,9 @@ import gc
 
 def _live_values() -> int:
     "How many `Value`s exist now (reference counting frees them at once; cycles wait for `gc`)."
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, Value))
+    # type() rather than isinstance(): isinstance consults `__class__`, which some library
+    # objects (torch's deprecated aliases) answer with a warning
+    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), Value))
 
 def __getattr__(name):
     if name == "TENSOR_COUNTER": return _live_values()
