@@ -12,4 +12,5 @@ __all__ = []
 from .backend import *
 from .autograd import *
 from .ops import *
-from . import backend, autograd, ops, init
+from . import backend, autograd, ops, init, nn, optim, data
+from .nn import save, load
