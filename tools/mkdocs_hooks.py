@@ -31,3 +31,26 @@ def on_page_content(html, page, **kwargs):
         out += [html[pos:m.start()], f'<h{level}{before}id="{new}"{rest}</h{level}>']
         pos = m.end()
     return ''.join(out) + html[pos:]
+
+
+# nbdev links every backticked name it knows (`Module.__init__`, `Sequential.modules`) to an anchor
+# named after it, but only names with a `show_doc` get a heading with that id. A member without its
+# own heading is documented under its class, so its links go to the class's heading instead.
+_re_id = re.compile(r'\bid="([^"]+)"')
+_re_member_link = re.compile(r'href="([\w.-]*\.html)?#([\w-]+)\.([\w.]+)"')
+
+
+def on_post_build(config, **kwargs):
+    from pathlib import Path
+    site = Path(config['site_dir'])
+    pages = {p.name: p for p in site.glob('*.html')}
+    ids = {name: set(_re_id.findall(p.read_text(encoding='utf-8'))) for name, p in pages.items()}
+    for name, path in pages.items():
+        html = path.read_text(encoding='utf-8')
+        def retarget(m):
+            target, owner, member = m.group(1) or name, m.group(2), m.group(3)
+            anchors = ids.get(target, set())
+            if f'{owner}.{member}' in anchors or owner not in anchors: return m.group(0)
+            return f'href="{m.group(1) or ""}#{owner}"'
+        new = _re_member_link.sub(retarget, html)
+        if new != html: path.write_text(new, encoding='utf-8')
