@@ -325,6 +325,13 @@ def _twin(value: Value) -> Value:
     twin.requires_grad, twin.grad = value.requires_grad, None
     return twin
 
+def _detached(value: Value) -> Value:
+    "A leaf on `value`'s array(s): `value.detach()` without its checks (called once per node in backward)."
+    if type(value) is not Tensor: return value.detach()
+    leaf = _new_tensor(Tensor)
+    leaf.op, leaf.inputs, leaf.cached_data, leaf.requires_grad, leaf.grad = None, (), value.cached_data, False, None
+    return leaf
+
 def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
     "Set `.grad` on every node that `output_tensor` depends on and that requires a gradient."
     grads_of = {output_tensor: [out_grad]}
@@ -334,11 +341,15 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
         grad = contributions[0] if len(contributions) == 1 else sum_node_list(contributions)
         if isinstance(node, Tensor) and grad.cached_data.dtype != node.cached_data.dtype:
             grad = Cast(node.cached_data.dtype)(grad)
-        if grad in handed_out: grad = _twin(grad)
-        handed_out.add(grad)
-        node.grad = grad
-        if node.op is None: continue
-        for inp, inp_grad in zip(node.inputs, node.op.gradient_as_tuple(grad, node)):
+        op = node.op
+        if op is None or node is output_tensor:
+            if grad in handed_out: grad = _twin(grad)
+            handed_out.add(grad)
+            node.grad = grad
+            if op is None: continue
+        else:
+            node.grad = _detached(grad)   # values only: no cycle through the forward graph
+        for inp, inp_grad in zip(node.inputs, op.gradient_as_tuple(grad, node)):
             if inp_grad is None or not inp.requires_grad: continue
             if inp in grads_of: grads_of[inp].append(inp_grad)
             else: grads_of[inp] = [inp_grad]

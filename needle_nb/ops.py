@@ -17,9 +17,10 @@ from .autograd import (Op, TensorOp, TensorTupleOp, Tensor, TensorTuple, Value, 
 __all__ = ['EWiseAdd', 'add', 'AddScalar', 'add_scalar', 'EWiseSub', 'subtract', 'EWiseMul', 'multiply', 'MulScalar',
            'mul_scalar', 'EWisePow', 'power', 'PowerScalar', 'power_scalar', 'EWiseDiv', 'divide', 'DivScalar',
            'divide_scalar', 'Negate', 'negate', 'Transpose', 'transpose', 'Reshape', 'reshape', 'BroadcastTo',
-           'broadcast_to', 'Summation', 'summation', 'Max', 'amax', 'MatMul', 'matmul', 'Log', 'log', 'Exp', 'exp',
-           'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid', 'LogSumExp', 'logsumexp', 'LogSoftmax', 'logsoftmax',
-           'Stack', 'stack', 'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item', 'gradient_check']
+           'broadcast_to', 'SumToShape', 'Summation', 'ExpandReduced', 'summation', 'Max', 'amax', 'MatMul', 'matmul',
+           'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid', 'LogSumExp', 'logsumexp',
+           'LogSoftmax', 'logsoftmax', 'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack', 'stack', 'Split',
+           'split', 'GetItem', 'ScatterAdd', 'get_item', 'gradient_check']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _py_scalar(scalar):
@@ -29,13 +30,9 @@ def _py_scalar(scalar):
     return scalar
 
 def _sum_to_shape(grad: Tensor, shape: tuple) -> Tensor:
-    "Sum `grad` over the axes that broadcasting added or stretched, giving it `shape`."
-    if grad.shape == shape: return grad
-    ndim_added = len(grad.shape) - len(shape)
-    axes = tuple(range(ndim_added)) + tuple(
-        ndim_added + i for i, n in enumerate(shape) if n == 1 and grad.shape[ndim_added + i] != 1)
-    if axes: grad = summation(grad, axes)
-    return grad if grad.shape == shape else reshape(grad, shape)
+    "Sum `grad` over the axes that broadcasting added or stretched, giving it `shape` (one `SumToShape` node)."
+    if grad.cached_data.shape == shape: return grad
+    return SumToShape(shape)(grad)
 
 def _const(array) -> Tensor:
     "A constant tensor (never requires a gradient) on an array."
@@ -158,6 +155,21 @@ class BroadcastTo(TensorOp):
 
 def broadcast_to(a, shape): return BroadcastTo(shape)(a)
 
+class SumToShape(TensorOp):
+    """Sum over the axes that broadcasting `shape` up to the input's shape added or stretched.
+
+    The adjoint of `broadcast_to`: every broadcasting op sums its gradient back with it. One node
+    (a keepdims sum and a free reshape) where `summation` then `reshape` would make two.
+    """
+    def __init__(self, shape): self.shape = tuple(shape)
+    def compute(self, a):
+        added = a.ndim - len(self.shape)
+        if added < 0: raise ValueError(f"sum_to_shape: cannot sum shape {a.shape} to {self.shape}")
+        axes = tuple(range(added)) + tuple(added + i for i, n in enumerate(self.shape)
+                                           if n == 1 and a.shape[added + i] != 1)
+        return a.sum(axis=axes, keepdims=True).reshape(self.shape)
+    def gradient(self, out_grad, node): return broadcast_to(out_grad, node.inputs[0].shape)
+
 def _xp(array):
     "The array module of `array` (numpy or cupy) without importing cupy."
     return np if isinstance(array, np.ndarray) else __import__(type(array).__module__.split(".")[0])
@@ -179,9 +191,18 @@ class Summation(TensorOp):
         out = a.sum(axis=_normalize_axes(self.axes, a.ndim))
         return out if type(out) is type(a) else _xp(a).asarray(out)
     def gradient(self, out_grad, node):
-        shape = node.inputs[0].shape
-        kept = _keepdims_shape(shape, _normalize_axes(self.axes, len(shape)))
-        return broadcast_to(reshape(out_grad, kept), shape)
+        return ExpandReduced(self.axes, node.inputs[0].shape)(out_grad)
+
+class ExpandReduced(TensorOp):
+    """Put back the `axes` a reduction removed and broadcast over them, up to `shape`.
+
+    The adjoint of `summation(·, axes)`: one node where `reshape` then `broadcast_to` would make two.
+    """
+    def __init__(self, axes, shape): self.axes, self.shape = axes, tuple(shape)
+    def compute(self, a):
+        kept = _keepdims_shape(self.shape, _normalize_axes(self.axes, len(self.shape)))
+        return _xp(a).broadcast_to(a.reshape(kept), self.shape)
+    def gradient(self, out_grad, node): return summation(out_grad, self.axes)
 
 def summation(a, axes=None): return Summation(axes)(a)
 
@@ -198,7 +219,8 @@ class Max(TensorOp):
         data = a.realize_cached_data()
         is_max = data == node.realize_cached_data().reshape(kept)
         share = is_max / is_max.sum(axis=axes, keepdims=True)
-        return broadcast_to(reshape(out_grad, kept), a.shape) * _const(share.astype(data.dtype))
+        # `*` broadcasts the kept axes and its own gradient sums them back: no broadcast_to node
+        return reshape(out_grad, kept) * _const(share.astype(data.dtype))
 
 def amax(a, axes=None):
     "Maximum over `axes` (named like numpy's and PyTorch's `amax`, so it never shadows Python's `max`)."
@@ -206,7 +228,12 @@ def amax(a, axes=None):
 
 # %% ../nbs/02_ops.ipynb #dc3b3823
 class MatMul(TensorOp):
+    "`a @ b`; `transpose_a`/`transpose_b` swap the last two axes of that operand first (2-D and up)."
+    def __init__(self, transpose_a: bool = False, transpose_b: bool = False):
+        self.transpose_a, self.transpose_b = transpose_a, transpose_b
     def compute(self, a, b):
+        if self.transpose_a: a = a.swapaxes(-1, -2)
+        if self.transpose_b: b = b.swapaxes(-1, -2)
         try: return a @ b
         except ValueError:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
@@ -218,11 +245,20 @@ class MatMul(TensorOp):
         b2 = b if b.ndim > 1 else reshape(b, b.shape + (1,))
         # with a 1-D operand the output lost an axis: put it back so the 2-D formulas apply
         g = out_grad if a.ndim > 1 and b.ndim > 1 else reshape(out_grad, _matmul_shape(a2.shape, b2.shape))
-        grad_a = _sum_to_shape(matmul(g, transpose(b2)), a2.shape) if a.requires_grad else None
-        grad_b = _sum_to_shape(matmul(transpose(a2), g), b2.shape) if b.requires_grad else None
-        if grad_a is not None and a.ndim == 1: grad_a = reshape(grad_a, a.shape)
-        if grad_b is not None and b.ndim == 1: grad_b = reshape(grad_b, b.shape)
+        ta, tb = self.transpose_a, self.transpose_b   # only ever set on operands of 2 axes or more
+        grad_a = grad_b = None
+        if a.requires_grad:
+            grad_a = MatMul(tb, True)(b2, g) if ta else MatMul(False, not tb)(g, b2)
+            grad_a = _sum_to_shape(grad_a, a2.shape)
+            if a.ndim == 1: grad_a = reshape(grad_a, a.shape)
+        if b.requires_grad:
+            grad_b = MatMul(True, ta)(g, a2) if tb else MatMul(not ta, False)(a2, g)
+            grad_b = _sum_to_shape(grad_b, b2.shape)
+            if b.ndim == 1: grad_b = reshape(grad_b, b.shape)
         return grad_a, grad_b
+    def __repr__(self):
+        flags = [f"{k}=True" for k in ("transpose_a", "transpose_b") if getattr(self, k)]
+        return f"MatMul({', '.join(flags)})"
 
 def _matmul_shape(a_shape, b_shape):
     batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
@@ -281,8 +317,9 @@ class LogSumExp(TensorOp):
     def gradient(self, out_grad, node):
         Z = node.inputs[0]
         kept = _keepdims_shape(Z.shape, _normalize_axes(self.axes, Z.ndim))
-        softmax = exp(Z - broadcast_to(reshape(node, kept), Z.shape))
-        return broadcast_to(reshape(out_grad, kept), Z.shape) * softmax
+        # `-` and `*` broadcast the kept axes (and sum them back in their own gradients)
+        softmax = exp(Z - reshape(node, kept))
+        return reshape(out_grad, kept) * softmax
 
 def logsumexp(a, axes=None): return LogSumExp(axes)(a)
 
@@ -292,10 +329,43 @@ class LogSoftmax(TensorOp):
         return Z - LogSumExp(axes=(-1,)).compute(Z)[..., None]
     def gradient(self, out_grad, node):
         softmax = exp(node)
-        total = broadcast_to(reshape(summation(out_grad, (-1,)), out_grad.shape[:-1] + (1,)), out_grad.shape)
+        total = reshape(summation(out_grad, (-1,)), out_grad.shape[:-1] + (1,))
         return out_grad - softmax * total
 
 def logsoftmax(a): return LogSoftmax()(a)
+
+class SoftmaxCrossEntropy(TensorOp):
+    r"""$\mathrm{LSE}(z) - z \cdot y$ per row of logits `Z` `(B, k)` and targets `Y` `(B, k)` (one-hot,
+    or any distribution), reduced by `reduction` (`"mean"`, `"sum"` or `"none"`), in one node.
+
+    Written with `logsumexp`, `*` and sums, a softmax loss is six nodes forward and a dozen backward;
+    fused, it is one node, and its gradient $(\mathrm{softmax}(z) - y)\,\bar{c}$ five.
+    """
+    def __init__(self, reduction: str = "mean"):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"SoftmaxCrossEntropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.reduction = reduction
+    def compute(self, Z, Y):
+        if Z.ndim != 2 or Z.shape != Y.shape:
+            raise ValueError(f"softmax_cross_entropy: logits {Z.shape} and targets {Y.shape} must be equal (B, k) shapes")
+        xp = _xp(Z)
+        m = Z.max(axis=1, keepdims=True)   # shift so that no exponent exceeds 0
+        losses = xp.log(xp.exp(Z - m).sum(axis=1)) + m[:, 0] - (Z * Y).sum(axis=1)
+        if self.reduction == "none": return losses.astype(Z.dtype, copy=False)
+        total = losses.sum() if self.reduction == "sum" else losses.mean()
+        return xp.asarray(total, dtype=Z.dtype)
+    def gradient(self, out_grad, node):
+        Z, Y = node.inputs
+        if self.reduction == "none": scale = reshape(out_grad, (Z.shape[0], 1))
+        elif self.reduction == "mean": scale = out_grad / Z.shape[0]
+        else: scale = out_grad
+        grad_Z = (exp(logsoftmax(Z)) - Y) * scale if Z.requires_grad else None
+        grad_Y = -(Z * scale) if Y.requires_grad else None   # LSE(z) does not depend on y
+        return grad_Z, grad_Y
+
+def softmax_cross_entropy(logits, y_one_hot, reduction: str = "mean"):
+    "Softmax cross-entropy of `logits` `(B, k)` against `y_one_hot` `(B, k)`, fused into one op."
+    return SoftmaxCrossEntropy(reduction)(logits, y_one_hot)
 
 # %% ../nbs/02_ops.ipynb #1943ef43
 class Stack(TensorOp):

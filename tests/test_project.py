@@ -70,3 +70,26 @@ def test_notebook_has_a_title(nb):
     cells = json.loads(nb.read_text())['cells']
     first_md = next((''.join(c['source']) for c in cells if c['cell_type'] == 'markdown'), '')
     assert first_md.lstrip().startswith('# '), f'{nb.name}: first markdown cell should be "# Title" + "> summary"'
+
+
+def _mixes_imports_with_code(source: str) -> bool:
+    "Would nbdev's doc processor (`exec_show_docs`) re-run this non-exported cell alone, and need more than its imports?"
+    import ast
+    lines = source.splitlines()
+    directives = [l[2:].strip().split()[0] for l in lines if l.startswith('#|') and l[2:].strip()]
+    if any(d.startswith('export') or d == 'exec_doc' for d in directives): return False
+    try: tree = ast.parse('\n'.join(l for l in lines if not l.lstrip().startswith(('%', '!'))))
+    except SyntaxError: return False
+    imports = (ast.Import, ast.ImportFrom)
+    if not any(isinstance(n, imports) for n in ast.walk(tree)): return False
+    return any(not isinstance(n, imports) for n in tree.body)
+
+
+@pytest.mark.parametrize('nb', sorted((ROOT/'nbs').glob('*.ipynb')), ids=lambda p: p.name)
+def test_imports_live_in_cells_of_their_own(nb):
+    """nbdev's `proc_nbs` re-runs every cell holding an import, alone: a cell that also uses earlier
+    state then breaks the docs build. Keep imports in cells of their own (STYLE.md)."""
+    import json
+    cells = json.loads(nb.read_text())['cells']
+    bad = [c.get('id') for c in cells if c['cell_type'] == 'code' and _mixes_imports_with_code(''.join(c['source']))]
+    assert not bad, f'{nb.name}: cells {bad} mix imports with other code; move the imports to a cell of their own'
