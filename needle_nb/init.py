@@ -287,26 +287,35 @@ def _uniform_array(shape, low, high, dtype):
     out += low
     return out
 
+_BOX_MULLER_BLOCK = 1 << 15   # uniforms per half-block: the block's working set stays in L2 cache
+
 def _normal_array(shape, mean, std, dtype):
     "Normal draws: numpy's sampler in float64, a float32 Box–Muller transform otherwise."
     if _draw_dtype(dtype) == np.float64: return rng().normal(mean, std, shape)
     n = math.prod(shape)
-    half = (n + 1) // 2
-    u = rng().random(2 * half, dtype=np.float32)   # fresh and ours: the steps below reuse it
-    # radius = std * sqrt(-2 ln(1 - u1)): 1 - u1 is exact in float32 and lies in (0, 1], so the
-    # log is finite and |z| <= 5.77 std. numpy's float32 log is vectorized; log1p is not (5x slower).
-    radius = np.subtract(1, u[:half], out=u[:half])
-    np.log(radius, out=radius)
-    radius *= -2 * std * std
-    np.sqrt(radius, out=radius)
-    angle = u[half:]
-    angle *= np.float32(2 * math.pi)
-    sine = np.sin(angle)
-    cosine = np.cos(angle, out=angle)
-    cosine *= radius
-    np.multiply(radius, sine, out=radius)
-    if mean: u += mean
-    return u[:n].reshape(shape)   # [r sin θ, r cos θ]: every uniform became one normal
+    out = np.empty(n + (n & 1), np.float32)   # fresh and ours: every step below writes into it
+    sine = np.empty(_BOX_MULLER_BLOCK, np.float32)
+    radius_scale, two_pi = np.float32(-2 * std * std), np.float32(2 * math.pi)
+    # Block by block, so that the uniforms are transformed while still in cache: nine passes over
+    # a 64 MB array are memory-bound, over a 256 KB block they are not (measured 1.7x -> 1.45x torch).
+    for start in range(0, len(out), 2 * _BOX_MULLER_BLOCK):
+        block = out[start:start + 2 * _BOX_MULLER_BLOCK]
+        rng().random(out=block, dtype=np.float32)
+        half = len(block) // 2
+        radius, angle, sin = block[:half], block[half:], sine[:half]
+        # radius = std * sqrt(-2 ln(1 - u1)): 1 - u1 is exact in float32 and lies in (0, 1], so the
+        # log is finite and |z| <= 5.77 std. numpy's float32 log is vectorized; log1p is not (5x slower).
+        np.subtract(1, radius, out=radius)
+        np.log(radius, out=radius)
+        radius *= radius_scale
+        np.sqrt(radius, out=radius)
+        angle *= two_pi
+        np.sin(angle, out=sin)
+        np.cos(angle, out=angle)
+        angle *= radius
+        np.multiply(radius, sin, out=radius)   # [r sin θ, r cos θ]: every uniform became one normal
+    if mean: out += mean
+    return out[:n].reshape(shape)
 
 def _replace(tensor: Tensor, array) -> Tensor:
     "Give `tensor` a fresh array with these values, in its own dtype and on its own device."
