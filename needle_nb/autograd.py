@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import ContextDecorator
 from typing import List, Optional, Tuple, Union
 import numpy as np
-from .backend import Device, cpu, cuda, default_device, _CPU
+from .backend import Device, cuda, default_device, _CPU
 
 # %% auto #0
 __all__ = ['LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value', 'Tensor', 'Cast',
@@ -133,13 +133,6 @@ def _as_array(data, device: Device, dtype=None):
     if dtype is None and not hasattr(data, "dtype"): dtype = "float32"
     if device is _CPU: return _CPU.array(data, dtype=dtype)
     return device.array(_CPU.to_numpy(data) if isinstance(data, np.ndarray) else data, dtype=dtype)
-
-def _check_same_device(op, arrays):
-    "Mixing devices is always a mistake: say which devices, before numpy or cupy fail obscurely."
-    devices = [_device_of(a) for a in arrays]
-    if any(d != devices[0] for d in devices):
-        raise ValueError(f"{type(op).__name__}: inputs are on different devices "
-                         f"{', '.join(map(repr, devices))}; move them with .to(device) first")
 
 # %% ../nbs/01_autograd.ipynb #049a6dd4
 class Tensor(Value):
