@@ -352,7 +352,9 @@ class SoftmaxCrossEntropy(TensorOp):
         m = Z.max(axis=1, keepdims=True)   # shift so that no exponent exceeds 0
         losses = xp.log(xp.exp(Z - m).sum(axis=1)) + m[:, 0] - (Z * Y).sum(axis=1)
         if self.reduction == "none": return losses.astype(Z.dtype, copy=False)
-        total = losses.sum() if self.reduction == "sum" else losses.mean()
+        total = losses.sum()
+        # a sum and a division: `ndarray.mean` costs 10 µs of Python on a batch-sized array
+        if self.reduction == "mean": total = total / Z.shape[0]
         return xp.asarray(total, dtype=Z.dtype)
     def gradient(self, out_grad, node):
         Z, Y = node.inputs
