@@ -19,8 +19,8 @@ __all__ = ['EWiseAdd', 'add', 'AddScalar', 'add_scalar', 'EWiseSub', 'subtract',
            'divide_scalar', 'Negate', 'negate', 'Transpose', 'transpose', 'Reshape', 'reshape', 'BroadcastTo',
            'broadcast_to', 'SumToShape', 'Summation', 'ExpandReduced', 'summation', 'Max', 'amax', 'MatMul', 'matmul',
            'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid', 'LogSumExp', 'logsumexp',
-           'LogSoftmax', 'logsoftmax', 'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack', 'stack', 'Split',
-           'split', 'GetItem', 'ScatterAdd', 'get_item', 'gradient_check']
+           'LogSoftmax', 'logsoftmax', 'Softmax', 'softmax', 'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack',
+           'stack', 'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item', 'gradient_check']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _py_scalar(scalar):
@@ -334,6 +334,20 @@ class LogSoftmax(TensorOp):
 
 def logsoftmax(a): return LogSoftmax()(a)
 
+class Softmax(TensorOp):
+    "Softmax over the last axis: $e^{z - \\max z} / \\sum e^{z - \\max z}$, so no exponent exceeds 0."
+    def compute(self, Z):
+        xp = _xp(Z)
+        e = xp.exp(Z - Z.max(axis=-1, keepdims=True))
+        e /= e.sum(axis=-1, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
+        return e
+    def gradient(self, out_grad, node):
+        # s ⊙ (ḡ − Σ ḡ ⊙ s): the Jacobian diag(s) − s sᵀ applied to ḡ, without forming it
+        total = reshape(summation(out_grad * node, (-1,)), out_grad.shape[:-1] + (1,))
+        return (out_grad - total) * node
+
+def softmax(a): return Softmax()(a)
+
 class SoftmaxCrossEntropy(TensorOp):
     r"""$\mathrm{LSE}(z) - z \cdot y$ per row of logits `Z` `(B, k)` and targets `Y` `(B, k)` (one-hot,
     or any distribution), reduced by `reduction` (`"mean"`, `"sum"` or `"none"`), in one node.
@@ -361,7 +375,7 @@ class SoftmaxCrossEntropy(TensorOp):
         if self.reduction == "none": scale = reshape(out_grad, (Z.shape[0], 1))
         elif self.reduction == "mean": scale = out_grad / Z.shape[0]
         else: scale = out_grad
-        grad_Z = (exp(logsoftmax(Z)) - Y) * scale if Z.requires_grad else None
+        grad_Z = (softmax(Z) - Y) * scale if Z.requires_grad else None
         grad_Y = -(Z * scale) if Y.requires_grad else None   # LSE(z) does not depend on y
         return grad_Z, grad_Y
 

@@ -266,6 +266,16 @@ def test_logsoftmax_gradients(device, shape, seed):
     ndl.gradient_check(ndl.logsoftmax, a, backward=True)
 
 
+@devices
+@SETTINGS
+@given(shape=shapes(min_ndim=1), seed=seeds)
+def test_softmax_gradients(device, shape, seed):
+    a = tensor(np.random.RandomState(seed), shape, device, -5, 5)
+    np.testing.assert_allclose(ndl.softmax(a).numpy().sum(axis=-1), 1.0)
+    np.testing.assert_allclose(ndl.softmax(a).numpy(), np.exp(ndl.logsoftmax(a).numpy()))
+    ndl.gradient_check(ndl.softmax, a, backward=True)
+
+
 def test_logsoftmax_is_stable():
     out = ndl.logsoftmax(Tensor(np.array([[1e4, 0.0, -1e4]])))
     np.testing.assert_allclose(out.numpy(), [[0.0, -1e4, -2e4]])
@@ -429,6 +439,8 @@ TORCH_CASES = {
     "amax_all": ([(2, 3, 4)], lambda a: a.amax(), ndl.amax),
     "logsoftmax": ([(3, 5)], lambda a: a.log_softmax(-1), ndl.logsoftmax),
     "logsoftmax_3d": ([(2, 3, 5)], lambda a: (a * 100).log_softmax(-1), lambda a: ndl.logsoftmax(a * 100)),
+    "softmax": ([(3, 5)], lambda a: a.softmax(-1), ndl.softmax),
+    "softmax_3d": ([(2, 3, 5)], lambda a: (a * 100).softmax(-1), lambda a: ndl.softmax(a * 100)),
     "stack": ([(2, 3), (2, 3)], lambda a, b: __import__("torch").stack([a, b], 1), lambda a, b: ndl.stack([a, b], 1)),
     "split": ([(3, 2)], lambda a: a.unbind(1)[1] * a.unbind(1)[0], lambda a: ndl.split(a, 1)[1] * ndl.split(a, 1)[0]),
     "get_item": ([(4, 3)], lambda a: a[1:, ::2], lambda a: a[1:, ::2]),
