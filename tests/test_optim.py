@@ -118,6 +118,14 @@ def test_numpy_scalar_hyperparameters_do_not_promote(device):
     assert opt.state[0]["momentum_buffer"].dtype == np.float32
 
 
+def step_both(params, t_params, opt, t_opt, device, torch, steps=8):
+    "Feed the same float64 gradients to our optimizer and torch's, `steps` times."
+    for grads in grad_sequence(steps, "float64"):
+        set_grads(params, grads, device)
+        for tp, g in zip(t_params, grads): tp.grad = torch.tensor(g)
+        opt.step(); t_opt.step()
+
+
 def test_sgd_matches_torch_with_dampening(device, torch):
     "torch starts its buffer at g; seeded with zeros and dampening=momentum it follows needle's rule."
     params = make_params(device, "float64")
@@ -125,10 +133,7 @@ def test_sgd_matches_torch_with_dampening(device, torch):
     opt = SGD(params, lr=0.05, momentum=0.9, weight_decay=0.01)
     t_opt = torch.optim.SGD(t_params, lr=0.05, momentum=0.9, dampening=0.9, weight_decay=0.01)
     for tp in t_params: t_opt.state[tp]["momentum_buffer"] = torch.zeros_like(tp)
-    for grads in grad_sequence(8, "float64"):
-        set_grads(params, grads, device)
-        for tp, g in zip(t_params, grads): tp.grad = torch.tensor(g)
-        opt.step(); t_opt.step()
+    step_both(params, t_params, opt, t_opt, device, torch)
     for p, tp in zip(params, t_params):
         np.testing.assert_allclose(p.numpy(), tp.detach().numpy(), rtol=1e-12, atol=1e-14)
 
@@ -138,10 +143,7 @@ def test_adam_matches_torch(device, torch):
     t_params = [torch.tensor(p.numpy().copy(), requires_grad=True) for p in params]
     opt = Adam(params, lr=0.01, beta1=0.85, beta2=0.995, eps=1e-7, weight_decay=0.02)
     t_opt = torch.optim.Adam(t_params, lr=0.01, betas=(0.85, 0.995), eps=1e-7, weight_decay=0.02)
-    for grads in grad_sequence(8, "float64"):
-        set_grads(params, grads, device)
-        for tp, g in zip(t_params, grads): tp.grad = torch.tensor(g)
-        opt.step(); t_opt.step()
+    step_both(params, t_params, opt, t_opt, device, torch)
     for p, tp in zip(params, t_params):
         np.testing.assert_allclose(p.numpy(), tp.detach().numpy(), rtol=1e-10, atol=1e-12)
 
