@@ -319,11 +319,8 @@ def _twin(value: Value) -> Value:
     return twin
 
 def _detached(value: Value) -> Value:
-    "A leaf on `value`'s array(s): `value.detach()` without its checks (called once per node in backward)."
-    if type(value) is not Tensor: return value.detach()
-    leaf = _new_tensor(Tensor)
-    leaf.op, leaf.inputs, leaf.cached_data, leaf.requires_grad, leaf.grad = None, (), value.cached_data, False, None
-    return leaf
+    "A leaf on `value`'s array(s), outside any graph (called once per node in backward)."
+    return Tensor.make_const(value.cached_data) if type(value) is Tensor else value.detach()
 
 def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
     "Set `.grad` on every node that `output_tensor` depends on and that requires a gradient."
@@ -351,19 +348,9 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
 class TensorTuple(Value):
     "A tuple of tensors produced by one operation."
     __slots__ = ("grad",)
-    @classmethod
-    def make_from_op(cls, op, inputs):
-        value = cls.__new__(cls)
-        value._init(op, inputs)
-        value.grad = None
-        if not (_GRAD_ENABLED and value.requires_grad): value._detach_in_place()
-        value.realize_cached_data()
-        return value
-    @classmethod
-    def make_const(cls, data, *, requires_grad=False):
-        value = super().make_const(data, requires_grad=requires_grad)
-        value.grad = None
-        return value
+    def _init(self, *args, **kwargs):
+        super()._init(*args, **kwargs)
+        self.grad = None   # Value's make_from_op and make_const then serve tuples unchanged
     def __len__(self): return len(self.realize_cached_data())
     def __getitem__(self, index: int): return tuple_get_item(self, index)
     def tuple(self): return tuple(self[i] for i in range(len(self)))
