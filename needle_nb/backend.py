@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['DeviceUnavailableError', 'Device', 'CPUDevice', 'cpu', 'CUDADevice', 'cuda', 'default_device', 'all_devices', 'rng',
-           'manual_seed']
+__all__ = ['DeviceUnavailableError', 'Device', 'CPUDevice', 'cpu', 'CUDADevice', 'cuda', 'default_device', 'all_devices',
+           'array_module', 'rng', 'manual_seed']
 
 # %% ../nbs/00_backend.ipynb #36c648ff
 def _probe_cupy():
@@ -133,6 +133,12 @@ def default_device() -> Device:
 def all_devices() -> list:
     "Every device that can hold tensors here: the CPU, plus `cuda()` when cupy sees a GPU."
     return [_CPU] + ([cuda()] if cuda().enabled() else [])
+
+# %% ../nbs/00_backend.ipynb #c93a2dc9
+def array_module(array):
+    "The array module (`numpy` or `cupy`) that `array` belongs to, found without importing cupy."
+    if isinstance(array, (np.ndarray, np.generic)): return np
+    return __import__(type(array).__module__.split(".")[0])
 
 # %% ../nbs/00_backend.ipynb #fe8cdc8f
 _GENERATOR = np.random.default_rng(0)
