@@ -64,8 +64,9 @@ class Device:
         return self.xp.full(_shape((shape,)), fill_value, dtype=dtype)
     def one_hot(self, n, i, dtype="float32"):
         "Rows of the `n`×`n` identity picked by the integer labels `i`: shape `i.shape + (n,)`."
-        i = self.to_numpy(i) if not isinstance(i, (int, np.integer, list, tuple)) else i
-        return self.from_numpy(np.eye(n, dtype=dtype)[np.asarray(i, dtype=np.int64)])
+        # built where it is used: labels already on this device never make a round trip to the host
+        labels = i if array_module(i) is self.xp else self.array(i)
+        return self.xp.eye(n, dtype=dtype)[labels.astype(np.int64, copy=False)]
     def rand(self, *shape, dtype="float32"):
         "Uniform [0, 1) draws from numpy's global RNG (as needle), made in float64 then cast."
         return self.from_numpy(np.random.rand(*_shape(shape)).astype(dtype, copy=False))

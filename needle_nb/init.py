@@ -83,9 +83,10 @@ def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
         >>> one_hot(3, [2, 0]).numpy()
         array([[0., 0., 1.], [1., 0., 0.]], dtype=float32)
     """
-    if isinstance(i, Tensor): i = i.numpy()
-    labels = np.asarray(i)
-    if labels.size and (labels.min() < 0 or labels.max() >= n):
+    # labels stay on their device; the range check costs one synchronisation there, no copy
+    labels = i.realize_cached_data() if isinstance(i, Tensor) else i
+    if not hasattr(labels, "dtype"): labels = np.asarray(labels)   # a list or a scalar
+    if labels.size and bool(((labels < 0) | (labels >= n)).any()):
         raise ValueError(f"one_hot: labels must lie in [0, {n}), got min {labels.min()} and max {labels.max()}")
     return _new(_device(device).one_hot(n, labels, dtype=dtype), dtype, requires_grad)
 

@@ -31,6 +31,17 @@ def torch():
     return torch
 
 
+def to_host(array) -> np.ndarray:
+    "A numpy array with the values of a numpy or cupy array (numpy refuses cupy's implicitly)."
+    return ndl.cpu().to_numpy(array)
+
+
+def shares_memory(a, b) -> bool:
+    "Whether tensors `a` and `b` share memory on their device (`.numpy()` of a GPU tensor is a host copy)."
+    xp = backend.array_module(a.realize_cached_data())
+    return bool(xp.shares_memory(a.realize_cached_data(), b.realize_cached_data()))
+
+
 @pytest.fixture
 def rs():
     return np.random.RandomState(0)
