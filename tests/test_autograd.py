@@ -57,8 +57,11 @@ def test_data_is_detached_shared_and_assignable(device):
     np.testing.assert_array_equal(t.numpy(), [5.0, 6.0, 7.0])
     t.data = t.data - 0.5 * Tensor(np.ones(3, dtype=np.float32), device=device)
     np.testing.assert_array_equal(t.numpy(), [4.5, 5.5, 6.5])
-    t.data = np.zeros(3, dtype=np.float32)
-    assert t.dtype == np.float64
+    t.data = device.zeros(3, dtype="float32")          # an array on the tensor's device
+    assert t.dtype == np.float64 and t.device == device
+    if device != ndl.cpu():                              # a host array is not silently copied over
+        with pytest.raises(ValueError, match=r"cannot set data of a tensor on cuda\(\) from data on cpu\(\)"):
+            t.data = np.zeros(3)
     with pytest.raises(TypeError, match="list"):
         t.data = [1.0, 2.0, 3.0]
 

@@ -241,12 +241,17 @@ def test_1000_steps_keep_tensor_count_and_memory_flat(device, make):
     first_loss = step().item()
     tracemalloc.start()
     try:
-        # warm up under tracing: the live working set is now traced (cupy's memory pool and kernel
-        # caches settle over the first ~100 steps on a GPU)
-        for _ in range(100): step()
+        for _ in range(100): step()   # warm up under tracing: the live working set is now traced
         gc.collect()
-        tensors_before, (memory_before, _) = ndl.autograd.TENSOR_COUNTER, tracemalloc.get_traced_memory()
-        for _ in range(1000): loss = step()
+        tensors_before = ndl.autograd.TENSOR_COUNTER
+        # Memory is compared over the second 500 steps. On a GPU, cupy's memory-pool bookkeeping
+        # keeps growing for ~1,000 steps and then settles (measured on an H200: +28 KB over the first
+        # 500 steps, then +2.3, +3.3, +1.5, +0.5, +0.4 KB per 500): not a leak. A leak of 32 bytes a
+        # step still fails, as it did over 1,000 steps with a 32 KB bound.
+        for _ in range(500): step()
+        gc.collect()
+        memory_before = tracemalloc.get_traced_memory()[0]
+        for _ in range(500): loss = step()
         loss_value = loss.item()
         del loss
         gc.collect()
@@ -255,7 +260,8 @@ def test_1000_steps_keep_tensor_count_and_memory_flat(device, make):
         tracemalloc.stop()
     assert loss_value < first_loss   # it trained
     assert tensors_after == tensors_before
-    assert memory_after - memory_before < 32 * 1024, f"traced memory grew by {memory_after - memory_before} bytes"
+    assert memory_after - memory_before < 16 * 1024, \
+        f"traced memory grew by {memory_after - memory_before} bytes over 500 steps"
 
 
 # ---------------------------------------------------------------------------------------------
