@@ -7,7 +7,8 @@ LSTM) and computes `X @ W_ih`; PyTorch's `weight_ih_l{l}` is (k·H, input) and c
 `X @ weight_ih.T`, so each weight is copied transposed. The LSTM gate blocks along the k·H axis are
 [i | f | g | o] in both, and the biases are (k·H,) in both.
 """
-import gc, math, tracemalloc
+import gc, math, subprocess, sys, tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,3 +337,30 @@ def test_hidden_state_std_uniform_vanishes_orthogonal_follows_power_law(seed):
 
 def test_hidden_state_stds_rejects_unknown_init():
     with pytest.raises(ValueError, match="orthogonal"): hidden_state_stds("xavier")
+
+
+# --- Embedding, as the sequence layers' input (NEEDLE-API §3.8) --------------------------------------
+def test_embedding_is_needles_one_hot_matmul(rs):
+    ndl.manual_seed(3)
+    embedding = nn.Embedding(7, 4)
+    np.random.seed(3)
+    np.testing.assert_array_equal(embedding.weight.numpy(), np.random.randn(7, 4).astype(np.float32))
+    ids = rs.randint(0, 7, (5, 3)).astype(np.float32)            # (seq_len, bs) float ids, as get_batch makes
+    out = embedding(ndl.Tensor(ids, requires_grad=False))
+    one_hot = np.eye(7, dtype=np.float32)[ids.reshape(-1).astype(int)]
+    np.testing.assert_array_equal(out.numpy(), (one_hot @ embedding.weight.numpy()).reshape(5, 3, 4))
+    w = rs.randn(5, 3, 4).astype(np.float32)
+    (out * ndl.Tensor(w, requires_grad=False)).sum().backward()
+    np.testing.assert_allclose(embedding.weight.grad.numpy(), one_hot.T @ w.reshape(15, 4), rtol=1e-6, atol=1e-6)
+
+
+# --- the benchmark script never rots -----------------------------------------------------------------
+def test_sequence_benchmark_quick_run():
+    "`bench_sequence.py --quick` runs, checks that the contestants agree, and prints both workloads."
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sequence.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "LSTM seq 8" in proc.stdout and "needle_nb / numpy" in proc.stdout
+    try: import torch   # noqa: F401
+    except ImportError: return
+    assert "TransformerLayer" in proc.stdout and "needle_nb / PyTorch" in proc.stdout
