@@ -56,12 +56,29 @@ def test_none_placeholders_and_type_errors():
     assert m.bias2 is None and "bias2" not in dict(m.named_parameters())
     m.bias2 = Parameter([1.0])
     assert m.bias2 in m.parameters()
-    with pytest.raises(TypeError, match="Parameter or None expected"): m.s = ndl.Tensor([1.0])
+    with pytest.raises(TypeError, match="Tensor or None expected"): m.s = np.ones(1)
     with pytest.raises(TypeError, match="Parameter"): m.register_parameter("w", ndl.Tensor([1.0]))
     with pytest.raises(KeyError, match="contain"): m.register_parameter("a.b", None)
     m.register_buffer("stat", Buffer([1.0]))
     m.stat = ndl.Tensor([2.0])            # PyTorch: a buffer accepts any Tensor
     assert m._buffers["stat"].numpy()[0] == 2.0
+
+
+def test_a_plain_tensor_replaces_a_parameter_as_in_needle():
+    "needle's tests assign plain Tensors (copied PyTorch weights) to parameter attributes."
+    m = ScaleAdd()
+    names = list(m.state_dict())
+    weight = ndl.Tensor([4.0])
+    m.s = weight
+    assert m.s is weight and m._parameters["s"] is weight and "s" not in m.__dict__
+    assert list(m.state_dict()) == names and m.state_dict()["s"] is weight
+    assert dict(m.named_parameters())["s"] is weight and any(p is weight for p in m.parameters())
+    m.load_state_dict({"s": np.array([2.0]), "b": np.array([0.5])})
+    assert weight.numpy()[0] == 2.0                  # loading writes into the swapped-in tensor
+    m.other = ndl.Tensor([1.0])                      # a new attribute stays a plain attribute
+    assert "other" not in dict(m.named_parameters()) and m.__dict__["other"] is not None
+    m.s = None                                       # None still disables the slot
+    assert m.s is None and "s" not in dict(m.named_parameters())
 
 
 def test_forgetting_super_init_is_explained():

@@ -134,10 +134,12 @@ class Module:
         d = self.__dict__
         params, buffers, modules = d.get("_parameters"), d.get("_buffers"), d.get("_modules")
         if params is not None and name in params:
-            if value is not None:
+            # needle: code replaces a weight with a plain Tensor (e.g. PyTorch's, copied in); the
+            # Tensor itself takes the parameter's slot, so it stays in parameters() and state_dict
+            if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
-                                "(a Parameter or None expected; wrap it: Parameter(tensor))")
-            params[name] = None
+                                "(a Tensor or None expected)")
+            params[name] = value
         elif buffers is not None and name in buffers:
             # PyTorch: a registered buffer accepts any Tensor (e.g. `self.running_mean = new_value`)
             if value is not None and not isinstance(value, Tensor):
