@@ -211,3 +211,44 @@ def test_one_hot_of_gpu_labels_stays_on_the_gpu_and_checks_the_range():
     np.testing.assert_array_equal(encoded.numpy(), np.eye(3, dtype=np.float32)[[2, 0, 1]])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         init.one_hot(2, y, device=ndl.cuda())
+
+
+# --- layers beyond the MLP: each built twice from the same seed (host draws: the same weights) -----
+def _module_parity(make, input_shape, dtype="float32", seed=0, first=lambda out: out):
+    "Forward and backward of `make(device)` on both devices: output, input and weight gradients agree."
+    x_host = np.random.RandomState(seed).randn(*input_shape)
+    results = []
+    for device in (ndl.cpu(), ndl.cuda()):
+        np.random.seed(seed)
+        module = make(device, dtype)
+        x = Tensor(x_host, device=device, dtype=dtype)
+        out = first(module(x))
+        grad = np.random.RandomState(seed + 1).randn(*out.shape)
+        (out * Tensor(grad, device=device, dtype=dtype, requires_grad=False)).sum().backward()
+        assert out.device == device
+        results.append((out.numpy(), x.grad.numpy(),
+                        {name: p.grad.numpy() for name, p in module.named_parameters() if p.grad is not None}))
+    (out_c, gx_c, gw_c), (out_g, gx_g, gw_g) = results
+    np.testing.assert_allclose(out_g, out_c, **TOL[dtype], err_msg="forward")
+    np.testing.assert_allclose(gx_g, gx_c, **TOL[dtype], err_msg="input gradient")
+    assert gw_g.keys() == gw_c.keys() and gw_c
+    for name in gw_c: np.testing.assert_allclose(gw_g[name], gw_c[name], **TOL[dtype], err_msg=name)
+
+
+SEQUENCE_LAYERS = {
+    "RNN_tanh_2layers": (lambda d, t: nn.RNN(6, 8, num_layers=2, device=d, dtype=t), (7, 3, 6)),
+    "RNN_relu_nobias": (lambda d, t: nn.RNN(6, 8, bias=False, nonlinearity="relu", device=d, dtype=t), (5, 2, 6)),
+    "LSTM_2layers": (lambda d, t: nn.LSTM(6, 8, num_layers=2, device=d, dtype=t), (7, 3, 6)),
+    "LSTM_nobias": (lambda d, t: nn.LSTM(6, 8, bias=False, device=d, dtype=t), (5, 2, 6)),
+    "TransformerLayer": (lambda d, t: nn.TransformerLayer(16, 4, 4, 32, device=d, dtype=t), (2, 5, 16)),
+    "Transformer_causal": (lambda d, t: nn.Transformer(16, 32, 2, num_head=4, dim_head=4, device=d,
+                                                       dtype=t, sequence_len=8), (6, 2, 16)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(SEQUENCE_LAYERS))
+def test_sequence_and_attention_layers_match_cpu(name, dtype):
+    make, shape = SEQUENCE_LAYERS[name]
+    first = (lambda out: out[0]) if name.startswith(("RNN", "LSTM", "Transformer_")) else (lambda out: out)
+    _module_parity(make, shape, dtype, first=first)
