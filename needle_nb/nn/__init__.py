@@ -10,5 +10,6 @@ __all__ = []
 # %% ../../nbs/04b_nn.ipynb #89d62dd9
 from .module import *
 from .layers import *
+from .conv import *
 from .. import init
 from . import module, layers
