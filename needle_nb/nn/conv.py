@@ -7,6 +7,7 @@ Docs: https://needle-nb.github.io/needle-nb/nn_conv.html.md"""
 # %% ../../nbs/04c_nn_conv.ipynb #4489304b
 from __future__ import annotations
 import math
+import numbers
 from ..autograd import Tensor
 from .. import ops, ops_conv, init
 from .module import Module, Parameter
@@ -53,12 +54,12 @@ class Conv(Module):
         stride = stride[0] if isinstance(stride, (tuple, list)) else stride
         for name, value, low in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
                                  ("kernel_size", kernel_size, 1), ("stride", stride, 1)):
-            if not isinstance(value, int) or value < low:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise ValueError(f"Conv: {name} must be an integer >= {low}, got {value!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.padding = kernel_size // 2 if padding is None else padding
-        if not isinstance(self.padding, int) or self.padding < 0:
+        if isinstance(self.padding, bool) or not isinstance(self.padding, numbers.Integral) or self.padding < 0:
             raise ValueError(f"Conv: padding must be an integer >= 0, got {padding!r}")
         fan_in, fan_out = in_channels * kernel_size ** 2, out_channels * kernel_size ** 2
         self.weight = Parameter(init.kaiming_uniform(fan_in, fan_out, shape=(kernel_size, kernel_size, in_channels,
