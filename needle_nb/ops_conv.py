@@ -79,28 +79,31 @@ def _dilated_axes(axes, ndim: int) -> tuple:
     "The axes of `axes` that exist in an array of `ndim` axes (needle ignores the others); negatives count from the end."
     return tuple(sorted({ax % ndim for ax in axes if -ndim <= ax < ndim}))
 
-class Dilate(TensorOp):
-    "Insert `dilation` zeros after every element along each axis in `axes`: size $n \\to n(d+1)$."
+class _Dilation(TensorOp):
+    "What `Dilate` and `UnDilate` share: the listed axes (those beyond `ndim` are ignored) and the dilation."
+    name = "dilate"
     def __init__(self, axes, dilation: int):
-        self.axes, self.dilation = _axes_tuple(axes), _check_int(dilation, "dilate: dilation", 0)
+        self.axes, self.dilation = _axes_tuple(axes), _check_int(dilation, f"{self.name}: dilation", 0)
+    def _index(self, a) -> tuple:
+        "The index that picks the original entries: a step of `dilation + 1` along each dilated axis."
+        axes = _dilated_axes(self.axes, a.ndim)
+        return tuple(slice(None, None, self.dilation + 1) if i in axes else slice(None) for i in range(a.ndim))
+
+class Dilate(_Dilation):
+    "Insert `dilation` zeros after every element along each axis in `axes`: size $n \\to n(d+1)$."
     def compute(self, a):
-        axes, step = _dilated_axes(self.axes, a.ndim), self.dilation + 1
-        if not axes or step == 1: return a
-        shape, index = list(a.shape), [slice(None)] * a.ndim
-        for ax in axes: shape[ax], index[ax] = shape[ax] * step, slice(None, None, step)
-        out = array_module(a).zeros(tuple(shape), dtype=a.dtype)
-        out[tuple(index)] = a
+        axes = _dilated_axes(self.axes, a.ndim)
+        if self.dilation == 0 or not axes: return a
+        shape = tuple(n * (self.dilation + 1) if i in axes else n for i, n in enumerate(a.shape))
+        out = array_module(a).zeros(shape, dtype=a.dtype)
+        out[self._index(a)] = a
         return out
     def gradient(self, out_grad, node): return undilate(out_grad, self.axes, self.dilation)
 
-class UnDilate(TensorOp):
+class UnDilate(_Dilation):
     "Keep every `(dilation+1)`-th element from index 0 along each axis in `axes` (the inverse of `Dilate`)."
-    def __init__(self, axes, dilation: int):
-        self.axes, self.dilation = _axes_tuple(axes), _check_int(dilation, "undilate: dilation", 0)
-    def compute(self, a):
-        axes, step = _dilated_axes(self.axes, a.ndim), self.dilation + 1
-        if not axes or step == 1: return a
-        return a[tuple(slice(None, None, step) if i in axes else slice(None) for i in range(a.ndim))]
+    name = "undilate"
+    def compute(self, a): return a[self._index(a)]
     def gradient(self, out_grad, node):
         grad = dilate(out_grad, self.axes, self.dilation)
         shape = node.inputs[0].shape
@@ -261,11 +264,19 @@ class _WindowScatter(TensorOp):
     def gradient(self, out_grad, node):
         return _WindowSum(self.kernel, self.stride, self.padding, self.mask)(out_grad)
 
-class MaxPool(TensorOp):
-    "Max over `K × K` windows of the last two axes (NCHW, padding counts as $-\\infty$), as `torch.nn.functional.max_pool2d`."
+class _Pool(TensorOp):
+    "What the pooling ops share: PyTorch's (kernel_size, stride=None, padding=0), checked, and the scatter back."
+    name = "pool"
     def __init__(self, kernel_size, stride=None, padding=0):
-        self.kernel, self.stride, self.padding = _pool_params(kernel_size, stride, padding, "max_pool2d")
-    def __repr__(self): return f"MaxPool(kernel_size={self.kernel}, stride={self.stride}, padding={self.padding})"
+        self.kernel, self.stride, self.padding = _pool_params(kernel_size, stride, padding, self.name)
+    def __repr__(self):
+        return f"{type(self).__name__}(kernel_size={self.kernel}, stride={self.stride}, padding={self.padding})"
+    def _scatter(self, node, mask=None) -> _WindowScatter:
+        return _WindowScatter(self.kernel, self.stride, self.padding, node.inputs[0].shape, mask)
+
+class MaxPool(_Pool):
+    "Max over `K × K` windows of the last two axes (NCHW, padding counts as $-\\infty$), as `torch.nn.functional.max_pool2d`."
+    name = "max_pool2d"
     def compute(self, a):
         xp = array_module(a)
         windows = _pool_windows(_pad_spatial(a, self.padding, -xp.inf), self.kernel, self.stride)
@@ -274,20 +285,16 @@ class MaxPool(TensorOp):
         # which entry of each window wins: the gradient's route (fixed by the values, like a ReLU mask)
         self.mask = (xp.arange(self.kernel * self.kernel) == first_max).reshape(windows.shape)
         return xp.take_along_axis(flat, first_max, axis=-1)[..., 0]
-    def gradient(self, out_grad, node):
-        return _WindowScatter(self.kernel, self.stride, self.padding, node.inputs[0].shape, self.mask)(out_grad)
+    def gradient(self, out_grad, node): return self._scatter(node, self.mask)(out_grad)
 
-class AvgPool(TensorOp):
+class AvgPool(_Pool):
     "Mean over `K × K` windows of the last two axes (NCHW; zero padding counts, as PyTorch's default)."
-    def __init__(self, kernel_size, stride=None, padding=0):
-        self.kernel, self.stride, self.padding = _pool_params(kernel_size, stride, padding, "avg_pool2d")
-    def __repr__(self): return f"AvgPool(kernel_size={self.kernel}, stride={self.stride}, padding={self.padding})"
+    name = "avg_pool2d"
     def compute(self, a):
         windows = _pool_windows(_pad_spatial(a, self.padding), self.kernel, self.stride)
         return windows.sum(axis=(-2, -1)) * (1 / (self.kernel * self.kernel))
     def gradient(self, out_grad, node):
-        scatter = _WindowScatter(self.kernel, self.stride, self.padding, node.inputs[0].shape)
-        return mul_scalar(scatter(out_grad), 1 / (self.kernel * self.kernel))
+        return mul_scalar(self._scatter(node)(out_grad), 1 / (self.kernel * self.kernel))
 
 def max_pool2d(a, kernel_size, stride=None, padding=0):
     "Max pooling of an NCHW tensor (stride defaults to `kernel_size`), as `torch.nn.functional.max_pool2d`."

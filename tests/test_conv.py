@@ -8,8 +8,9 @@
   needle's draw order, `BatchNorm2d` against torch in train and eval, the pooling layers;
 - the conv benchmark's quick mode runs.
 """
-import importlib.util, inspect, math, sys
+import inspect, math, runpy, sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -405,12 +406,7 @@ def test_small_cnn_trains():
 
 
 # --- the conv benchmark still runs (timings are never asserted) -------------------------------------
-def _load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv.py"
-    spec = importlib.util.spec_from_file_location("bench_conv", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCH_CONV = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conv.py")
 
 
 @pytest.mark.parametrize("with_torch", [True, False], ids=["torch", "no-torch"])
@@ -418,7 +414,7 @@ def test_conv_benchmark_quick_run(with_torch, monkeypatch, capsys):
     if with_torch: pytest.importorskip("torch")
     else: monkeypatch.setitem(sys.modules, "torch", None)     # `import torch` raises ImportError
     monkeypatch.delitem(sys.modules, "bench", raising=False)  # bench.py is imported afresh, and dropped after
-    report = _load_benchmark().main(["--quick", "--repeats", "2"])
+    report = runpy.run_path(BENCH_CONV)["main"](["--quick", "--repeats", "2"])
     names = set(report["results"])
     assert {"numpy (by hand)", "needle_nb"} <= names and ("PyTorch (1 thread)" in names) == with_torch
     assert all(0 < r["min"] <= r["median"] <= r["max"] for r in report["results"].values())
@@ -430,7 +426,7 @@ def test_conv_benchmark_quick_run(with_torch, monkeypatch, capsys):
 
 def test_conv_benchmark_contenders_agree():
     "The numpy reference, needle_nb and torch compute the same layer (so the timing compares equal work)."
-    bench = _load_benchmark()
+    bench = SimpleNamespace(**runpy.run_path(BENCH_CONV))
     data = bench.layer_data(2, 3, 4, 6, 3)
     fns = {"numpy (by hand)": bench.numpy_fn(*data), "needle_nb": bench.needle_fn(*data)}
     bench.check_agree(fns)
