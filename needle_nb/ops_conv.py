@@ -6,9 +6,8 @@ Docs: https://needle-nb.github.io/needle-nb/conv_ops.html.md"""
 
 # %% ../nbs/02a_conv_ops.ipynb #730cf41c
 from __future__ import annotations
-import math
 import numbers
-from typing import Optional, Sequence, Tuple
+from typing import Tuple
 import numpy as np
 from .backend import array_module
 from .autograd import Tensor, TensorOp
@@ -30,7 +29,7 @@ def _check_int(value, name: str, low: int) -> int:
     return int(value)
 
 def _square(value, name: str) -> int:
-    "needle's convention: a tuple kernel size or stride is reduced to its first element (square only)."
+    "A kernel size or stride given as a tuple must repeat one value (windows are square): that value."
     if isinstance(value, (tuple, list)):
         if len(set(value)) != 1: raise ValueError(f"{name}: only square values are supported, got {tuple(value)}")
         value = value[0]
@@ -128,7 +127,8 @@ def _im2col(a, kernel_h: int, kernel_w: int, stride: int):
     return array_module(a).lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
 def _conv_forward(a, b, stride: int, padding: int):
-    "`(N, H, W, C_in)` ⋆ `(KH, KW, C_in, C_out)` → `(N, H_out, W_out, C_out)`: pad, im2col, one matmul."
+    """`(N, H, W, C_in)` ⋆ `(KH, KW, C_in, C_out)` → `(N, H_out, W_out, C_out)`: pad, im2col, one matmul
+    (or, at stride 1 where it moves less memory, `_conv_shift_add`)."""
     if a.ndim != 4 or b.ndim != 4:
         raise ValueError(f"conv: expects an NHWC input (4 axes) and a (K, K, C_in, C_out) kernel, "
                          f"got shapes {a.shape} and {b.shape}")
