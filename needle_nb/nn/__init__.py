@@ -10,6 +10,7 @@ __all__ = []
 # %% ../../nbs/04b_nn.ipynb #89d62dd9
 from .module import *
 from .layers import *
+from .conv import *
 from .sequence import *
 from .transformer import *
 from .. import init
