@@ -74,6 +74,18 @@ OPS = {
     "get_item": (lambda a: a[1:4, ::2], [(5, 6)], _any),
     "leaky_relu": (lambda a: nn.LeakyReLU(0.1)(a), [(5, 6)], _any),
     "gelu": (lambda a: nn.GELU()(a), [(5, 6)], _any),
+    # convolution and pooling (nbs/02a_conv_ops): NHWC conv, NCHW pooling
+    "flip": (lambda a: ndl.flip(a, (1, 2)), [(2, 3, 4, 5)], _any),
+    "dilate": (lambda a: ndl.dilate(a, (1, 2), 2), [(2, 3, 4, 5)], _any),
+    "undilate": (lambda a: ndl.undilate(a, (0, 1), 1), [(7, 6, 3)], _any),
+    "pad": (lambda a: ndl.pad(a, ((0, 0), (1, 2), (2, 1), (0, 0))), [(2, 3, 4, 5)], _any),
+    "conv_s1_p1": (lambda a, b: ndl.conv(a, b, stride=1, padding=1), [(2, 9, 9, 3), (3, 3, 3, 4)], _any),
+    "conv_s2_p0_K5": (lambda a, b: ndl.conv(a, b, stride=2, padding=0), [(2, 12, 11, 3), (5, 5, 3, 2)], _any),
+    "conv_s3_p2_K4": (lambda a, b: ndl.conv(a, b, stride=3, padding=2), [(1, 10, 10, 2), (4, 4, 2, 3)], _any),
+    "conv_1x1": (lambda a, b: ndl.conv(a, b, stride=1, padding=0), [(3, 5, 5, 8), (1, 1, 8, 4)], _any),
+    "max_pool2d": (lambda a: ndl.max_pool2d(a, 3, stride=2, padding=1), [(2, 3, 9, 8)], _any),
+    "avg_pool2d": (lambda a: ndl.avg_pool2d(a, 2), [(2, 3, 8, 8)], _any),
+    "global_avg_pool2d": (lambda a: ndl.global_avg_pool2d(a), [(2, 3, 5, 7)], _any),
 }
 
 
@@ -213,7 +225,7 @@ def test_one_hot_of_gpu_labels_stays_on_the_gpu_and_checks_the_range():
         init.one_hot(2, y, device=ndl.cuda())
 
 
-# --- layers beyond the MLP: each built twice from the same seed (host draws: the same weights) -----
+# --- convolutional, recurrent and attention layers: each built twice from the same seed (host draws: the same weights) -----
 def _module_parity(make, input_shape, dtype="float32", seed=0, first=lambda out: out):
     "Forward and backward of `make(device)` on both devices: output, input and weight gradients agree."
     x_host = np.random.RandomState(seed).randn(*input_shape)
@@ -235,11 +247,16 @@ def _module_parity(make, input_shape, dtype="float32", seed=0, first=lambda out:
     for name in gw_c: np.testing.assert_allclose(gw_g[name], gw_c[name], **TOL[dtype], err_msg=name)
 
 
-SEQUENCE_LAYERS = {
+LAYERS = {
     "RNN_tanh_2layers": (lambda d, t: nn.RNN(6, 8, num_layers=2, device=d, dtype=t), (7, 3, 6)),
     "RNN_relu_nobias": (lambda d, t: nn.RNN(6, 8, bias=False, nonlinearity="relu", device=d, dtype=t), (5, 2, 6)),
     "LSTM_2layers": (lambda d, t: nn.LSTM(6, 8, num_layers=2, device=d, dtype=t), (7, 3, 6)),
     "LSTM_nobias": (lambda d, t: nn.LSTM(6, 8, bias=False, device=d, dtype=t), (5, 2, 6)),
+    "Conv_K3_s1": (lambda d, t: nn.Conv(3, 8, 3, device=d, dtype=t), (2, 3, 10, 10)),
+    "Conv_K4_s2_nobias": (lambda d, t: nn.Conv(4, 6, 4, stride=2, bias=False, device=d, dtype=t), (2, 4, 9, 9)),
+    "ConvNet": (lambda d, t: nn.Sequential(nn.Conv(3, 8, 3, device=d, dtype=t), nn.BatchNorm2d(8, device=d, dtype=t),
+                                           nn.ReLU(), nn.MaxPool2d(2), nn.Conv(8, 4, 3, stride=2, device=d, dtype=t),
+                                           nn.GlobalAvgPool2d(), nn.Linear(4, 3, device=d, dtype=t)), (4, 3, 12, 12)),
     "TransformerLayer": (lambda d, t: nn.TransformerLayer(16, 4, 4, 32, device=d, dtype=t), (2, 5, 16)),
     "Transformer_causal": (lambda d, t: nn.Transformer(16, 32, 2, num_head=4, dim_head=4, device=d,
                                                        dtype=t, sequence_len=8), (6, 2, 16)),
@@ -247,8 +264,8 @@ SEQUENCE_LAYERS = {
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", list(SEQUENCE_LAYERS))
-def test_sequence_and_attention_layers_match_cpu(name, dtype):
-    make, shape = SEQUENCE_LAYERS[name]
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_conv_sequence_and_attention_layers_match_cpu(name, dtype):
+    make, shape = LAYERS[name]
     first = (lambda out: out[0]) if name.startswith(("RNN", "LSTM", "Transformer_")) else (lambda out: out)
     _module_parity(make, shape, dtype, first=first)
