@@ -475,3 +475,14 @@ def test_op_overhead_benchmark_runs(with_torch, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "x numpy" in out and all(name in out for name in names)
     assert ("skipping the PyTorch column" in out) != with_torch
+
+
+@pytest.mark.parametrize("method", ["sum", "max", "amax"])
+@pytest.mark.parametrize("keyword", ["axis", "dim"])
+def test_axis_and_dim_keywords_say_needle_uses_axes(method, keyword):
+    t = Tensor(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="needle uses axes="):
+        getattr(t, method)(**{keyword: 0})
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        getattr(t, method)(keepdims=True)
+    assert getattr(t, method)(axes=0).shape == (3,)

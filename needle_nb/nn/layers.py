@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 from ..autograd import Tensor, TensorOp
 from .. import ops, init
-from ..ops import _xp
+from ..backend import array_module
 from .module import Module, Parameter, Buffer
 
 # %% auto #0
@@ -47,10 +47,10 @@ class Sigmoid(Module):
 class LeakyReLUOp(TensorOp):
     "$x$ where $x > 0$, `negative_slope`$\\cdot x$ elsewhere (the derivative at 0 is the slope, as PyTorch's)."
     def __init__(self, negative_slope: float): self.negative_slope = float(negative_slope)
-    def compute(self, a): return _xp(a).where(a > 0, a, a * self.negative_slope)
+    def compute(self, a): return array_module(a).where(a > 0, a, a * self.negative_slope)
     def gradient(self, out_grad, node):
         a = node.inputs[0].realize_cached_data()
-        slope = _xp(a).where(a > 0, 1.0, self.negative_slope).astype(a.dtype)
+        slope = array_module(a).where(a > 0, 1.0, self.negative_slope).astype(a.dtype)
         return out_grad * Tensor.make_const(slope)
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -69,13 +69,13 @@ class GELUOp(TensorOp):
     $\\tfrac12 x\\,(1 + \\tanh(\\sqrt{2/\\pi}\\,(x + 0.044715 x^3)))$."""
     def __init__(self, approximate: str = "none"): self.approximate = approximate
     def compute(self, a):
-        xp = _xp(a)
+        xp = array_module(a)
         if self.approximate == "tanh":
             return 0.5 * a * (1 + xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3)))
         return 0.5 * a * (1 + _erf(a * (1 / math.sqrt(2))))
     def gradient(self, out_grad, node):
         a = node.inputs[0].realize_cached_data()
-        xp = _xp(a)
+        xp = array_module(a)
         if self.approximate == "tanh":
             t = xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3))
             local = 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * a * a)
@@ -110,10 +110,7 @@ class Softmax(Module):
         self.dim = dim
     def extra_repr(self): return f"dim={self.dim}"
     def forward(self, x: Tensor) -> Tensor:
-        dim = self.dim % x.ndim
-        if dim == x.ndim - 1: return ops.exp(ops.logsoftmax(x))
-        kept = tuple(1 if i == dim else n for i, n in enumerate(x.shape))
-        return ops.exp(x - ops.logsumexp(x, axes=(dim,)).reshape(kept))
+        return ops.softmax(x, axes=(self.dim,))
 
 # %% ../../nbs/04a_nn_layers.ipynb #470999be
 class Linear(Module):
@@ -382,13 +379,6 @@ class Embedding(Module):
         return self.weight[idx]
 
 # %% ../../nbs/04a_nn_layers.ipynb #e78997c5
-_REDUCTIONS = ("mean", "sum", "none")
-
-def _check_reduction(reduction: str, name: str) -> str:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    return reduction
-
 class CrossEntropyLoss(Module):
     """Softmax cross-entropy of logits `(B, k)` and integer labels `(B,)` (PyTorch's name for needle's SoftmaxLoss).
 
@@ -397,7 +387,7 @@ class CrossEntropyLoss(Module):
     """
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        self.reduction = _check_reduction(reduction, type(self).__name__)
+        self.reduction = ops.check_reduction(reduction, type(self).__name__)
 
     def forward(self, logits: Tensor, y) -> Tensor:
         if logits.ndim != 2:
@@ -418,7 +408,7 @@ class MSELoss(Module):
     "Mean squared error $\\frac1n \\sum (\\hat y - y)^2$ (or its sum, or elementwise, by `reduction`)."
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        self.reduction = _check_reduction(reduction, type(self).__name__)
+        self.reduction = ops.check_reduction(reduction, type(self).__name__)
     def forward(self, prediction: Tensor, target) -> Tensor:
         if tuple(prediction.shape) != tuple(target.shape):
             raise ValueError(f"{type(self).__name__}: prediction shape {prediction.shape} != target shape "
