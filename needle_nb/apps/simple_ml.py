@@ -6,6 +6,8 @@ Docs: https://needle-nb.github.io/needle-nb/simple_ml.html.md"""
 
 # %% ../../nbs/07a_simple_ml.ipynb #2df63992
 from __future__ import annotations
+import os
+from pathlib import Path
 import numpy as np
 from ..backend import default_device, manual_seed
 from ..autograd import Tensor, no_grad
@@ -13,7 +15,32 @@ from .. import nn, optim, data
 from .models import MLPResNet
 
 # %% auto #0
-__all__ = ['epoch', 'evaluate', 'train', 'plot_history', 'predict', 'train_mnist']
+__all__ = ['FULL_RUN_ENV', 'full_run', 'pick', 'data_present', 'epoch', 'evaluate', 'train', 'plot_history', 'predict',
+           'train_mnist']
+
+# %% ../../nbs/07a_simple_ml.ipynb #f4bbce27
+FULL_RUN_ENV = "NEEDLE_NB_FULL"
+
+def full_run() -> bool:
+    "Whether the full experiments run: the environment variable `NEEDLE_NB_FULL` is `1` (CI leaves it unset)."
+    return os.environ.get(FULL_RUN_ENV, "").strip() == "1"
+
+def pick(reduced, full):
+    """`full` under `NEEDLE_NB_FULL=1`, else `reduced`: the one way a chapter sizes its experiment.
+
+    Example:
+        >>> epochs = pick(reduced=2, full=20)   # doctest: +SKIP
+    """
+    return full if full_run() else reduced
+
+def data_present(*paths, what: str = "the data") -> bool:
+    """Whether every path in `paths` exists; if not, print which are missing so the skip is visible.
+
+    Chapters guard each data-dependent cell with the flag this returns (`if HAVE_MNIST: ...`).
+    """
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing: print(f"skipped: {what} not found ({', '.join(missing)})")
+    return not missing
 
 # %% ../../nbs/07a_simple_ml.ipynb #45e3277a
 def _model_device(model: nn.Module):
