@@ -16,14 +16,14 @@ from .autograd import (Op, TensorOp, TensorTupleOp, Tensor, TensorTuple, Value, 
                        MakeTensorTuple, TupleGetItem)
 
 # %% auto #0
-__all__ = ['REDUCTIONS', 'EWiseAdd', 'add', 'AddScalar', 'add_scalar', 'EWiseSub', 'subtract', 'EWiseMul', 'multiply',
-           'MulScalar', 'mul_scalar', 'EWisePow', 'power', 'PowerScalar', 'power_scalar', 'EWiseDiv', 'divide',
-           'DivScalar', 'divide_scalar', 'Negate', 'negate', 'Transpose', 'transpose', 'Reshape', 'reshape',
+__all__ = ['REDUCTIONS', 'gradient_check', 'EWiseAdd', 'add', 'AddScalar', 'add_scalar', 'EWiseSub', 'subtract', 'EWiseMul',
+           'multiply', 'MulScalar', 'mul_scalar', 'EWisePow', 'power', 'PowerScalar', 'power_scalar', 'EWiseDiv',
+           'divide', 'DivScalar', 'divide_scalar', 'Negate', 'negate', 'Transpose', 'transpose', 'Reshape', 'reshape',
            'BroadcastTo', 'broadcast_to', 'SumToShape', 'Summation', 'ExpandReduced', 'summation', 'Max', 'amax',
            'MatMul', 'matmul', 'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid',
            'LogSumExp', 'logsumexp', 'LogSoftmax', 'logsoftmax', 'Softmax', 'softmax', 'check_reduction',
            'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack', 'stack', 'Split', 'split', 'GetItem', 'ScatterAdd',
-           'get_item', 'gradient_check']
+           'get_item']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _py_scalar(scalar):
@@ -36,6 +36,59 @@ def _sum_to_shape(grad: Tensor, shape: tuple) -> Tensor:
     "Sum `grad` over the axes that broadcasting added or stretched, giving it `shape` (one `SumToShape` node)."
     if grad.cached_data.shape == shape: return grad
     return SumToShape(shape)(grad)
+
+# %% ../nbs/02_ops.ipynb #912115db
+def gradient_check(f, *args, tol: float = 1e-6, backward: bool = False, eps: float = 1e-6,
+                   seed: int = 0, **kwargs):
+    """Check the gradient of `f(*args, **kwargs)` against central finite differences (float64).
+
+    Args:
+        f: a function of tensors returning a tensor.
+        *args: float64 `Tensor`s to differentiate with respect to.
+        tol: largest allowed absolute difference between an analytic and a numerical entry.
+        backward: check through `Tensor.backward()` (else through `op.gradient_as_tuple`).
+    Returns:
+        The list of analytic gradients (numpy arrays).
+    """
+    rs = np.random.RandomState(seed)
+    out = f(*args, **kwargs)
+    c = rs.randn(*out.shape)
+    def objective():
+        return float((c * f(*args, **kwargs).numpy()).sum())
+    numerical = []
+    for i, arg in enumerate(args):
+        data = arg.realize_cached_data()
+        if data.dtype != np.float64:
+            raise TypeError(f"gradient_check needs float64 inputs, got {data.dtype} for input {i}")
+        # Perturb a private C-ordered copy that replaces the tensor's array meanwhile: other
+        # tensors may share the original, and `reshape(-1)` of a non-contiguous array would copy.
+        work = data.copy()
+        flat, grad = work.reshape(-1), np.zeros(data.shape)
+        gflat = grad.reshape(-1)
+        arg.cached_data = work
+        try:
+            for j in range(flat.size):
+                old = flat[j]
+                flat[j] = old + eps; f_plus = objective()
+                flat[j] = old - eps; f_minus = objective()
+                flat[j] = old
+                gflat[j] = (f_plus - f_minus) / (2 * eps)
+        finally:
+            arg.cached_data = data
+        numerical.append(grad)
+    weights = Tensor(c, device=out.device, dtype=out.dtype, requires_grad=False)
+    if backward:
+        (f(*args, **kwargs) * weights).sum().backward()
+        computed = [a.grad.numpy() for a in args]
+    else:
+        computed = [g.numpy() for g in out.op.gradient_as_tuple(weights, out)]
+    for i, (num, comp) in enumerate(zip(numerical, computed)):
+        if comp.shape != num.shape:
+            raise AssertionError(f"gradient of input {i} has shape {comp.shape}, expected {num.shape}")
+        err = np.abs(num - comp).max(initial=0.0)
+        if err > tol:
+            raise AssertionError(f"gradient of input {i} differs from finite differences by {err:.3g} > {tol}")
+    return computed
 
 # %% ../nbs/02_ops.ipynb #b73ebccf
 class EWiseAdd(TensorOp):
@@ -149,6 +202,84 @@ def negate(a):
     "`-a` (`Negate`)."
     return Negate()(a)
 
+# %% ../nbs/02_ops.ipynb #30595ac0
+def _is_array(other) -> bool: return hasattr(other, "shape") and other.shape != ()
+
+def _constant(other, like: Tensor) -> Tensor:
+    "An array operand as a constant tensor on the device of `like`."
+    return Tensor(other, device=like.device, requires_grad=False)
+
+_add, _sub, _mul, _div, _pow = EWiseAdd(), EWiseSub(), EWiseMul(), EWiseDiv(), EWisePow()
+
+def _binary(self: Tensor, other, tensor_op, scalar_op) -> Tensor:
+    "`tensor_op(self, other)` for a tensor or an array (made a constant), `scalar_op(other)(self)` for a number."
+    if isinstance(other, Tensor): return Tensor.make_from_op(tensor_op, (self, other))
+    if _is_array(other): return Tensor.make_from_op(tensor_op, (self, _constant(other, self)))
+    return Tensor.make_from_op(scalar_op(other), (self,))
+
+def _sub_scalar(scalar) -> AddScalar: return AddScalar(-_py_scalar(scalar))
+
+@patch
+def __add__(self: Tensor, other) -> Tensor:
+    "`self + other` (`EWiseAdd`; `AddScalar` for a number). Local derivatives: 1 and 1, summed back to each shape."
+    return _binary(self, other, _add, AddScalar)
+
+@patch
+def __radd__(self: Tensor, other) -> Tensor:
+    "`other + self`: as `self + other`."
+    return _binary(self, other, _add, AddScalar)
+
+@patch
+def __sub__(self: Tensor, other) -> Tensor:
+    "`self - other` (`EWiseSub`; `AddScalar(-c)` for a number). Local derivatives: 1 and -1."
+    return _binary(self, other, _sub, _sub_scalar)
+
+# An array on the left may broadcast `self` to a bigger shape: it goes through the two-input op,
+# whose gradient is summed back to `self`'s shape; a scalar needs no such care.
+@patch
+def __rsub__(self: Tensor, other) -> Tensor:
+    "`other - self`. Local derivative with respect to `self`: -1."
+    if _is_array(other): return Tensor.make_from_op(_sub, (_constant(other, self), self))
+    return Tensor.make_from_op(AddScalar(other), (Tensor.make_from_op(Negate(), (self,)),))
+
+@patch
+def __mul__(self: Tensor, other) -> Tensor:
+    "`self * other` (`EWiseMul`; `MulScalar` for a number). Local derivatives: `other` and `self`."
+    return _binary(self, other, _mul, MulScalar)
+
+@patch
+def __rmul__(self: Tensor, other) -> Tensor:
+    "`other * self`: as `self * other`."
+    return _binary(self, other, _mul, MulScalar)
+
+@patch
+def __truediv__(self: Tensor, other) -> Tensor:
+    "`self / other` (`EWiseDiv`; `DivScalar` for a number). Local derivatives: $1/b$ and $-a/b^2$."
+    return _binary(self, other, _div, DivScalar)
+
+@patch
+def __rtruediv__(self: Tensor, other) -> Tensor:
+    "`other / self`. Local derivative with respect to `self`: $-\\mathrm{other}/\\mathrm{self}^2$."
+    if _is_array(other): return Tensor.make_from_op(_div, (_constant(other, self), self))
+    return MulScalar(other)(PowerScalar(-1)(self))
+
+@patch
+def __pow__(self: Tensor, other) -> Tensor:
+    "`self ** other` (`EWisePow`; `PowerScalar` for a number). Local derivatives: $b a^{b-1}$ and $a^b \\ln a$."
+    return _binary(self, other, _pow, PowerScalar)
+
+@patch
+def __rpow__(self: Tensor, other) -> Tensor:
+    "`other ** self` (not in needle; PyTorch has it). Local derivative with respect to `self`: $\\mathrm{other}^{\\mathrm{self}} \\ln \\mathrm{other}$."
+    base = _constant(other, self) if _is_array(other) else Tensor(
+        other, device=self.device, dtype=self.dtype, requires_grad=False)
+    return Tensor.make_from_op(_pow, (base, self))
+
+@patch
+def __neg__(self: Tensor) -> Tensor:
+    "`-self` (`Negate`). Local derivative: -1."
+    return Tensor.make_from_op(Negate(), (self,))
+
 # %% ../nbs/02_ops.ipynb #29651ca0
 class Transpose(TensorOp):
     "Swap two axes: the last two by default (needle), or `axes=(i, j)`."
@@ -203,6 +334,22 @@ class SumToShape(TensorOp):
                                            if n == 1 and a.shape[added + i] != 1)
         return a.sum(axis=axes, keepdims=True).reshape(self.shape)
     def gradient(self, out_grad, node): return broadcast_to(out_grad, node.inputs[0].shape)
+
+# %% ../nbs/02_ops.ipynb #77648279
+@patch
+def broadcast_to(self: Tensor, shape) -> Tensor:
+    "Broadcast to `shape` (`BroadcastTo`). Gradient: `out_grad` summed over the broadcast axes."
+    return BroadcastTo(shape)(self)
+
+@patch
+def reshape(self: Tensor, *shape) -> Tensor:
+    "Reshape to `shape`, given as `t.reshape(2, 3)` or `t.reshape((2, 3))` (`Reshape`). Gradient: `out_grad` reshaped back."
+    return Reshape(shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)(self)
+
+@patch
+def transpose(self: Tensor, axes=None) -> Tensor:
+    "Swap two axes, the last two by default (`Transpose`, needle's semantics). Gradient: the same swap of `out_grad`."
+    return Transpose(axes)(self)
 
 # %% ../nbs/02_ops.ipynb #45d29548
 def _normalize_axes(axes, ndim) -> Optional[tuple]:
@@ -259,6 +406,41 @@ def amax(a, axes=None):
     "Maximum over `axes` (named like numpy's and PyTorch's `amax`, so it never shadows Python's `max`)."
     return Max(axes)(a)
 
+# %% ../nbs/02_ops.ipynb #728e10c2
+def _reject_axis_keywords(method: str, kwargs: dict):
+    "needle's reductions take `axes=`: name numpy's `axis=` and PyTorch's `dim=` when they are passed."
+    for wrong in ("axis", "dim"):
+        if wrong in kwargs:
+            raise TypeError(f"Tensor.{method}() got {wrong}={kwargs[wrong]!r}: needle uses axes= "
+                            f"(e.g. t.{method}(axes=({kwargs[wrong]!r},)))")
+    if kwargs: raise TypeError(f"Tensor.{method}() got unexpected keyword arguments {sorted(kwargs)}")
+
+@patch
+def sum(self: Tensor, axes=None, **kwargs) -> Tensor:
+    """Sum over `axes` (an int, a tuple, or `None` for all): needle's `summation`.
+
+    Shape: `axes` are removed. Local derivative: 1 for every summed entry, so the gradient
+    broadcasts `out_grad` back over `axes`. `axis=`/`dim=` raise a `TypeError`: needle uses `axes=`.
+    """
+    if kwargs: _reject_axis_keywords("sum", kwargs)
+    return Summation(axes)(self)
+
+@patch
+def max(self: Tensor, axes=None, **kwargs) -> Tensor:
+    """Maximum over `axes` (an int, a tuple, or `None` for all): `Max`.
+
+    Shape: `axes` are removed. Local derivative: 1 at the maximum (shared equally among ties), 0
+    elsewhere. `axis=`/`dim=` raise a `TypeError`: needle uses `axes=`.
+    """
+    if kwargs: _reject_axis_keywords("max", kwargs)
+    return Max(axes)(self)
+
+@patch
+def amax(self: Tensor, axes=None, **kwargs) -> Tensor:
+    "The same as `Tensor.max` (numpy's name)."
+    if kwargs: _reject_axis_keywords("amax", kwargs)
+    return Max(axes)(self)
+
 # %% ../nbs/02_ops.ipynb #dc3b3823
 class MatMul(TensorOp):
     "`a @ b`; `transpose_a`/`transpose_b` swap the last two axes of that operand first (2-D and up)."
@@ -300,6 +482,24 @@ def _matmul_shape(a_shape, b_shape):
 def matmul(a, b):
     "`a @ b` (`MatMul`): `(…, n, k) @ (…, k, m) → (…, n, m)`."
     return MatMul()(a, b)
+
+# %% ../nbs/02_ops.ipynb #95b14a80
+_matmul = MatMul()
+
+@patch
+def __matmul__(self: Tensor, other) -> Tensor:
+    "`self @ other` (`MatMul`): `(…, n, k) @ (…, k, m)`. Local derivatives: $\\bar c\\, B^\\top$ and $A^\\top \\bar c$."
+    return Tensor.make_from_op(_matmul, (self, other if isinstance(other, Tensor) else _constant(other, self)))
+
+@patch
+def __rmatmul__(self: Tensor, other) -> Tensor:
+    "`other @ self` for an array `other`: as `__matmul__` with the operands swapped."
+    return Tensor.make_from_op(_matmul, (_constant(other, self), self))
+
+@patch
+def matmul(self: Tensor, other) -> Tensor:
+    "`self @ other`: see `MatMul`."
+    return matmul(self, other)
 
 # %% ../nbs/02_ops.ipynb #429b3f36
 class Log(TensorOp):
@@ -352,6 +552,32 @@ class Sigmoid(TensorOp):
 def sigmoid(a):
     "σ(`a`) elementwise (`Sigmoid`)."
     return Sigmoid()(a)
+
+# %% ../nbs/02_ops.ipynb #4037b07e
+@patch
+def exp(self: Tensor) -> Tensor:
+    "$e^x$ elementwise (`Exp`). Local derivative: $e^x$."
+    return Exp()(self)
+
+@patch
+def log(self: Tensor) -> Tensor:
+    "$\\ln x$ elementwise (`Log`). Local derivative: $1/x$."
+    return Log()(self)
+
+@patch
+def relu(self: Tensor) -> Tensor:
+    "$\\max(x, 0)$ elementwise (`ReLU`). Local derivative: 1 where $x > 0$, else 0."
+    return ReLU()(self)
+
+@patch
+def tanh(self: Tensor) -> Tensor:
+    "$\\tanh x$ elementwise (`Tanh`). Local derivative: $1 - \\tanh^2 x$."
+    return Tanh()(self)
+
+@patch
+def sigmoid(self: Tensor) -> Tensor:
+    "$\\sigma(x) = 1/(1 + e^{-x})$ elementwise (`Sigmoid`). Local derivative: $\\sigma(x)(1 - \\sigma(x))$."
+    return Sigmoid()(self)
 
 # %% ../nbs/02_ops.ipynb #ebbd5888
 class LogSumExp(TensorOp):
@@ -509,227 +735,8 @@ def get_item(a, index):
     "`a[index]` (`GetItem`)."
     return GetItem(index)(a)
 
-# %% ../nbs/02_ops.ipynb #987a45e1
-def _is_array(other) -> bool: return hasattr(other, "shape") and other.shape != ()
-
-def _constant(other, like: Tensor) -> Tensor:
-    "An array operand as a constant tensor on the device of `like`."
-    return Tensor(other, device=like.device, requires_grad=False)
-
-_add, _sub, _mul, _div, _pow, _matmul = EWiseAdd(), EWiseSub(), EWiseMul(), EWiseDiv(), EWisePow(), MatMul()
-
-def _binary(self: Tensor, other, tensor_op, scalar_op) -> Tensor:
-    "`tensor_op(self, other)` for a tensor or an array (made a constant), `scalar_op(other)(self)` for a number."
-    if isinstance(other, Tensor): return Tensor.make_from_op(tensor_op, (self, other))
-    if _is_array(other): return Tensor.make_from_op(tensor_op, (self, _constant(other, self)))
-    return Tensor.make_from_op(scalar_op(other), (self,))
-
-def _sub_scalar(scalar) -> AddScalar: return AddScalar(-_py_scalar(scalar))
-
-def _reject_axis_keywords(method: str, kwargs: dict):
-    "needle's reductions take `axes=`: name numpy's `axis=` and PyTorch's `dim=` when they are passed."
-    for wrong in ("axis", "dim"):
-        if wrong in kwargs:
-            raise TypeError(f"Tensor.{method}() got {wrong}={kwargs[wrong]!r}: needle uses axes= "
-                            f"(e.g. t.{method}(axes=({kwargs[wrong]!r},)))")
-    if kwargs: raise TypeError(f"Tensor.{method}() got unexpected keyword arguments {sorted(kwargs)}")
-
-@patch
-def __add__(self: Tensor, other) -> Tensor:
-    "`self + other` (`EWiseAdd`; `AddScalar` for a number). Local derivatives: 1 and 1, summed back to each shape."
-    return _binary(self, other, _add, AddScalar)
-
-@patch
-def __radd__(self: Tensor, other) -> Tensor:
-    "`other + self`: as `self + other`."
-    return _binary(self, other, _add, AddScalar)
-
-@patch
-def __sub__(self: Tensor, other) -> Tensor:
-    "`self - other` (`EWiseSub`; `AddScalar(-c)` for a number). Local derivatives: 1 and -1."
-    return _binary(self, other, _sub, _sub_scalar)
-
-# An array on the left may broadcast `self` to a bigger shape: it goes through the two-input op,
-# whose gradient is summed back to `self`'s shape; a scalar needs no such care.
-@patch
-def __rsub__(self: Tensor, other) -> Tensor:
-    "`other - self`. Local derivative with respect to `self`: -1."
-    if _is_array(other): return Tensor.make_from_op(_sub, (_constant(other, self), self))
-    return Tensor.make_from_op(AddScalar(other), (Tensor.make_from_op(Negate(), (self,)),))
-
-@patch
-def __mul__(self: Tensor, other) -> Tensor:
-    "`self * other` (`EWiseMul`; `MulScalar` for a number). Local derivatives: `other` and `self`."
-    return _binary(self, other, _mul, MulScalar)
-
-@patch
-def __rmul__(self: Tensor, other) -> Tensor:
-    "`other * self`: as `self * other`."
-    return _binary(self, other, _mul, MulScalar)
-
-@patch
-def __truediv__(self: Tensor, other) -> Tensor:
-    "`self / other` (`EWiseDiv`; `DivScalar` for a number). Local derivatives: $1/b$ and $-a/b^2$."
-    return _binary(self, other, _div, DivScalar)
-
-@patch
-def __rtruediv__(self: Tensor, other) -> Tensor:
-    "`other / self`. Local derivative with respect to `self`: $-\\mathrm{other}/\\mathrm{self}^2$."
-    if _is_array(other): return Tensor.make_from_op(_div, (_constant(other, self), self))
-    return MulScalar(other)(PowerScalar(-1)(self))
-
-@patch
-def __pow__(self: Tensor, other) -> Tensor:
-    "`self ** other` (`EWisePow`; `PowerScalar` for a number). Local derivatives: $b a^{b-1}$ and $a^b \\ln a$."
-    return _binary(self, other, _pow, PowerScalar)
-
-@patch
-def __rpow__(self: Tensor, other) -> Tensor:
-    "`other ** self` (not in needle; PyTorch has it). Local derivative with respect to `self`: $\\mathrm{other}^{\\mathrm{self}} \\ln \\mathrm{other}$."
-    base = _constant(other, self) if _is_array(other) else Tensor(
-        other, device=self.device, dtype=self.dtype, requires_grad=False)
-    return Tensor.make_from_op(_pow, (base, self))
-
-@patch
-def __matmul__(self: Tensor, other) -> Tensor:
-    "`self @ other` (`MatMul`): `(…, n, k) @ (…, k, m)`. Local derivatives: $\\bar c\\, B^\\top$ and $A^\\top \\bar c$."
-    return Tensor.make_from_op(_matmul, (self, other if isinstance(other, Tensor) else _constant(other, self)))
-
-@patch
-def __rmatmul__(self: Tensor, other) -> Tensor:
-    "`other @ self` for an array `other`: as `__matmul__` with the operands swapped."
-    return Tensor.make_from_op(_matmul, (_constant(other, self), self))
-
-@patch
-def __neg__(self: Tensor) -> Tensor:
-    "`-self` (`Negate`). Local derivative: -1."
-    return Tensor.make_from_op(Negate(), (self,))
-
+# %% ../nbs/02_ops.ipynb #0f3ecf86
 @patch
 def __getitem__(self: Tensor, index) -> Tensor:
     "`self[index]` (`GetItem`, numpy's indexing). Gradient: `out_grad` scattered back to the indexed places (`ScatterAdd`)."
     return GetItem(index)(self)
-
-@patch
-def matmul(self: Tensor, other) -> Tensor:
-    "`self @ other`: see `MatMul`."
-    return matmul(self, other)
-
-@patch
-def sum(self: Tensor, axes=None, **kwargs) -> Tensor:
-    """Sum over `axes` (an int, a tuple, or `None` for all): needle's `summation`.
-
-    Shape: `axes` are removed. Local derivative: 1 for every summed entry, so the gradient
-    broadcasts `out_grad` back over `axes`. `axis=`/`dim=` raise a `TypeError`: needle uses `axes=`.
-    """
-    if kwargs: _reject_axis_keywords("sum", kwargs)
-    return Summation(axes)(self)
-
-@patch
-def max(self: Tensor, axes=None, **kwargs) -> Tensor:
-    """Maximum over `axes` (an int, a tuple, or `None` for all): `Max`.
-
-    Shape: `axes` are removed. Local derivative: 1 at the maximum (shared equally among ties), 0
-    elsewhere. `axis=`/`dim=` raise a `TypeError`: needle uses `axes=`.
-    """
-    if kwargs: _reject_axis_keywords("max", kwargs)
-    return Max(axes)(self)
-
-@patch
-def amax(self: Tensor, axes=None, **kwargs) -> Tensor:
-    "The same as `Tensor.max` (numpy's name)."
-    if kwargs: _reject_axis_keywords("amax", kwargs)
-    return Max(axes)(self)
-
-@patch
-def broadcast_to(self: Tensor, shape) -> Tensor:
-    "Broadcast to `shape` (`BroadcastTo`). Gradient: `out_grad` summed over the broadcast axes."
-    return BroadcastTo(shape)(self)
-
-@patch
-def reshape(self: Tensor, *shape) -> Tensor:
-    "Reshape to `shape`, given as `t.reshape(2, 3)` or `t.reshape((2, 3))` (`Reshape`). Gradient: `out_grad` reshaped back."
-    return Reshape(shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)(self)
-
-@patch
-def transpose(self: Tensor, axes=None) -> Tensor:
-    "Swap two axes, the last two by default (`Transpose`, needle's semantics). Gradient: the same swap of `out_grad`."
-    return Transpose(axes)(self)
-
-@patch
-def exp(self: Tensor) -> Tensor:
-    "$e^x$ elementwise (`Exp`). Local derivative: $e^x$."
-    return Exp()(self)
-
-@patch
-def log(self: Tensor) -> Tensor:
-    "$\\ln x$ elementwise (`Log`). Local derivative: $1/x$."
-    return Log()(self)
-
-@patch
-def relu(self: Tensor) -> Tensor:
-    "$\\max(x, 0)$ elementwise (`ReLU`). Local derivative: 1 where $x > 0$, else 0."
-    return ReLU()(self)
-
-@patch
-def tanh(self: Tensor) -> Tensor:
-    "$\\tanh x$ elementwise (`Tanh`). Local derivative: $1 - \\tanh^2 x$."
-    return Tanh()(self)
-
-@patch
-def sigmoid(self: Tensor) -> Tensor:
-    "$\\sigma(x) = 1/(1 + e^{-x})$ elementwise (`Sigmoid`). Local derivative: $\\sigma(x)(1 - \\sigma(x))$."
-    return Sigmoid()(self)
-
-# %% ../nbs/02_ops.ipynb #912115db
-def gradient_check(f, *args, tol: float = 1e-6, backward: bool = False, eps: float = 1e-6,
-                   seed: int = 0, **kwargs):
-    """Check the gradient of `f(*args, **kwargs)` against central finite differences (float64).
-
-    Args:
-        f: a function of tensors returning a tensor.
-        *args: float64 `Tensor`s to differentiate with respect to.
-        tol: largest allowed absolute difference between an analytic and a numerical entry.
-        backward: check through `Tensor.backward()` (else through `op.gradient_as_tuple`).
-    Returns:
-        The list of analytic gradients (numpy arrays).
-    """
-    rs = np.random.RandomState(seed)
-    out = f(*args, **kwargs)
-    c = rs.randn(*out.shape)
-    def objective():
-        return float((c * f(*args, **kwargs).numpy()).sum())
-    numerical = []
-    for i, arg in enumerate(args):
-        data = arg.realize_cached_data()
-        if data.dtype != np.float64:
-            raise TypeError(f"gradient_check needs float64 inputs, got {data.dtype} for input {i}")
-        # Perturb a private C-ordered copy that replaces the tensor's array meanwhile: other
-        # tensors may share the original, and `reshape(-1)` of a non-contiguous array would copy.
-        work = data.copy()
-        flat, grad = work.reshape(-1), np.zeros(data.shape)
-        gflat = grad.reshape(-1)
-        arg.cached_data = work
-        try:
-            for j in range(flat.size):
-                old = flat[j]
-                flat[j] = old + eps; f_plus = objective()
-                flat[j] = old - eps; f_minus = objective()
-                flat[j] = old
-                gflat[j] = (f_plus - f_minus) / (2 * eps)
-        finally:
-            arg.cached_data = data
-        numerical.append(grad)
-    weights = Tensor(c, device=out.device, dtype=out.dtype, requires_grad=False)
-    if backward:
-        (f(*args, **kwargs) * weights).sum().backward()
-        computed = [a.grad.numpy() for a in args]
-    else:
-        computed = [g.numpy() for g in out.op.gradient_as_tuple(weights, out)]
-    for i, (num, comp) in enumerate(zip(numerical, computed)):
-        if comp.shape != num.shape:
-            raise AssertionError(f"gradient of input {i} has shape {comp.shape}, expected {num.shape}")
-        err = np.abs(num - comp).max(initial=0.0)
-        if err > tol:
-            raise AssertionError(f"gradient of input {i} differs from finite differences by {err:.3g} > {tol}")
-    return computed
