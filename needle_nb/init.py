@@ -321,14 +321,14 @@ def _normal_array(shape, mean, std, dtype):
     sine = np.empty(_BOX_MULLER_BLOCK, np.float32)
     radius_scale, two_pi = np.float32(-2 * std * std), np.float32(2 * math.pi)
     # Block by block, so that the uniforms are transformed while still in cache: nine passes over
-    # a 64 MB array are memory-bound, over a 256 KB block they are not (measured 1.7x -> 1.45x torch).
+    # a 64 MB array are memory-bound, over a 256 KB block they are not (benchmarks/NOTES.md).
     for start in range(0, len(out), 2 * _BOX_MULLER_BLOCK):
         block = out[start:start + 2 * _BOX_MULLER_BLOCK]
         rng().random(out=block, dtype=np.float32)
         half = len(block) // 2
         radius, angle, sin = block[:half], block[half:], sine[:half]
         # radius = std * sqrt(-2 ln(1 - u1)): 1 - u1 is exact in float32 and lies in (0, 1], so the
-        # log is finite and |z| <= 5.77 std. numpy's float32 log is vectorized; log1p is not (5x slower).
+        # log is finite and |z| <= 5.77 std. numpy's float32 log is vectorized; log1p is not.
         np.subtract(1, radius, out=radius)
         np.log(radius, out=radius)
         radius *= radius_scale

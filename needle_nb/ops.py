@@ -665,7 +665,7 @@ class SoftmaxCrossEntropy(TensorOp):
         losses = LogSumExp(axes=(1,)).compute(Z) - (Z * Y).sum(axis=1)
         if self.reduction == "none": return losses.astype(Z.dtype, copy=False)
         total = losses.sum()
-        # a sum and a division: `ndarray.mean` costs 10 µs of Python on a batch-sized array
+        # a sum and a division: `ndarray.mean`'s Python wrapper costs more than the sum itself (benchmarks/NOTES.md)
         if self.reduction == "mean": total = total / Z.shape[0]
         return xp.asarray(total, dtype=Z.dtype)
     def gradient(self, out_grad, node):

@@ -160,7 +160,7 @@ INPLACE = {  # name -> (call, target distribution, target std) for a 10x20 tenso
                              math.sqrt(2 / 1.25) / math.sqrt(10)),
     "normal_": (lambda t: init.normal_(t, 0.0, 0.3), "normal", 0.3),
     "uniform_": (lambda t: init.uniform_(t, -0.6, 0.6), "uniform", 0.6 / math.sqrt(3)),
-    "lucid kaiming_normal": (lambda t: init.kaiming_normal(t, mode="fan_in"), "normal", math.sqrt(2 / 10)),
+    "tensor-first kaiming_normal": (lambda t: init.kaiming_normal(t, mode="fan_in"), "normal", math.sqrt(2 / 10)),
 }
 
 
