@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/ops.html.md"""
 
 # %% ../nbs/02_ops.ipynb #a011f8a9
 from __future__ import annotations
-import numbers
+import math, numbers
 from typing import Optional, Tuple, Union
 import numpy as np
 from fastcore.basics import patch
@@ -21,9 +21,9 @@ __all__ = ['REDUCTIONS', 'gradient_check', 'EWiseAdd', 'add', 'AddScalar', 'add_
            'divide', 'DivScalar', 'divide_scalar', 'Negate', 'negate', 'Transpose', 'transpose', 'Reshape', 'reshape',
            'BroadcastTo', 'broadcast_to', 'SumToShape', 'Summation', 'ExpandReduced', 'summation', 'Max', 'amax',
            'MatMul', 'matmul', 'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid',
-           'LogSumExp', 'logsumexp', 'LogSoftmax', 'logsoftmax', 'Softmax', 'softmax', 'check_reduction',
-           'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack', 'stack', 'Split', 'split', 'GetItem', 'ScatterAdd',
-           'get_item']
+           'LeakyReLUOp', 'GELUOp', 'leaky_relu', 'gelu', 'LogSumExp', 'logsumexp', 'LogSoftmax', 'logsoftmax',
+           'Softmax', 'softmax', 'check_reduction', 'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack', 'stack',
+           'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _py_scalar(scalar):
@@ -552,6 +552,54 @@ class Sigmoid(TensorOp):
 def sigmoid(a):
     "σ(`a`) elementwise (`Sigmoid`)."
     return Sigmoid()(a)
+
+class LeakyReLUOp(TensorOp):
+    "$x$ where $x > 0$, `negative_slope`$\\cdot x$ elsewhere (the derivative at 0 is the slope, as PyTorch's)."
+    def __init__(self, negative_slope: float): self.negative_slope = float(negative_slope)
+    def compute(self, a): return array_module(a).where(a > 0, a, a * self.negative_slope)
+    def gradient(self, out_grad, node):
+        a = node.inputs[0].realize_cached_data()
+        slope = array_module(a).where(a > 0, 1.0, self.negative_slope).astype(a.dtype)
+        return out_grad * Tensor.make_const(slope)
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+def _erf(a):
+    "The error function on a numpy or cupy array (scipy's when installed, else `math.erf` per element)."
+    if not isinstance(a, np.ndarray):
+        from cupyx.scipy.special import erf
+        return erf(a)
+    try: from scipy.special import erf
+    except ImportError: return np.vectorize(math.erf, otypes=[a.dtype])(a)
+    return erf(a)
+
+class GELUOp(TensorOp):
+    """Gaussian Error Linear Unit (Hendrycks & Gimpel 2016): $x\\,\\Phi(x)$, or with `approximate="tanh"`
+    $\\tfrac12 x\\,(1 + \\tanh(\\sqrt{2/\\pi}\\,(x + 0.044715 x^3)))$."""
+    def __init__(self, approximate: str = "none"): self.approximate = approximate
+    def compute(self, a):
+        xp = array_module(a)
+        if self.approximate == "tanh":
+            return 0.5 * a * (1 + xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3)))
+        return 0.5 * a * (1 + _erf(a * (1 / math.sqrt(2))))
+    def gradient(self, out_grad, node):
+        a = node.inputs[0].realize_cached_data()
+        xp = array_module(a)
+        if self.approximate == "tanh":
+            t = xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3))
+            local = 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * a * a)
+        else:
+            cdf = 0.5 * (1 + _erf(a * (1 / math.sqrt(2))))
+            local = cdf + a * xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
+        return out_grad * Tensor.make_const(local.astype(a.dtype, copy=False))
+
+def leaky_relu(a, negative_slope: float = 0.01):
+    "`a` where positive, `negative_slope * a` elsewhere (`LeakyReLUOp`, PyTorch's `leaky_relu`)."
+    return LeakyReLUOp(negative_slope)(a)
+
+def gelu(a, approximate: str = "none"):
+    "$a\\,\\Phi(a)$ (`GELUOp`, PyTorch's `gelu`); `approximate='tanh'` for the tanh form."
+    return GELUOp(approximate)(a)
 
 # %% ../nbs/02_ops.ipynb #4037b07e
 @patch
