@@ -114,7 +114,7 @@ def add_scalar(a, scalar):
     return AddScalar(scalar)(a)
 
 class EWiseSub(TensorOp):
-    "`a - b` in one op (needle spells it `a + (-b)`: same values, one op fewer)."
+    "`a - b` in one op (needle spells it `a + (-b)`: same values, one op fewer). Local derivatives: 1 and -1."
     def compute(self, a, b): return a - b
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -148,7 +148,7 @@ def mul_scalar(a, scalar):
     return MulScalar(scalar)(a)
 
 class EWisePow(TensorOp):
-    "`a ** b` elementwise."
+    "`a ** b` elementwise. Local derivatives: ∂/∂a = b·a^(b-1), ∂/∂b = a^b·ln a."
     def compute(self, a, b): return a ** b
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -160,7 +160,7 @@ def power(a, b):
     return EWisePow()(a, b)
 
 class PowerScalar(TensorOp):
-    "`a ** scalar` for a number `scalar`."
+    "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1)."
     def __init__(self, scalar): self.scalar = _py_scalar(scalar)
     def compute(self, a): return a ** self.scalar
     def gradient(self, out_grad, node):
@@ -282,7 +282,7 @@ def __neg__(self: Tensor) -> Tensor:
 
 # %% ../nbs/02_ops.ipynb #29651ca0
 class Transpose(TensorOp):
-    "Swap two axes: the last two by default (needle), or `axes=(i, j)`."
+    "Swap two axes: the last two by default (needle), or `axes=(i, j)`. Gradient: the same swap applied to `out_grad`."
     def __init__(self, axes: Optional[tuple] = None): self.axes = axes
     def compute(self, a):
         i, j = self.axes if self.axes is not None else (-1, -2)
@@ -387,7 +387,7 @@ def summation(a, axes=None):
     return Summation(axes)(a)
 
 class Max(TensorOp):
-    "Maximum over `axes`; the gradient is shared equally among tied maxima (as `torch.amax`)."
+    "Maximum over `axes`, which are removed. Local derivative: 1 at the maximum, 0 elsewhere; tied maxima share it equally (as `torch.amax`)."
     def __init__(self, axes=None): self.axes = axes
     def compute(self, a):
         out = a.max(axis=_normalize_axes(self.axes, a.ndim))
@@ -443,7 +443,7 @@ def amax(self: Tensor, axes=None, **kwargs) -> Tensor:
 
 # %% ../nbs/02_ops.ipynb #dc3b3823
 class MatMul(TensorOp):
-    "`a @ b`; `transpose_a`/`transpose_b` swap the last two axes of that operand first (2-D and up)."
+    "`a @ b`, `(…, n, k) @ (…, k, m) → (…, n, m)`; `transpose_a`/`transpose_b` swap the last two axes of that operand first (2-D and up). Local derivatives: ∂/∂a = c̄ bᵀ, ∂/∂b = aᵀ c̄, each summed over broadcast batch axes."
     def __init__(self, transpose_a: bool = False, transpose_b: bool = False):
         self.transpose_a, self.transpose_b = transpose_a, transpose_b
     def compute(self, a, b):
@@ -650,7 +650,7 @@ def logsumexp(a, axes=None):
     return LogSumExp(axes)(a)
 
 class LogSoftmax(TensorOp):
-    "Log-softmax over the last axis (needle's is row-wise on a 2-D batch of logits)."
+    "Log-softmax over the last axis (needle's is row-wise on a 2-D batch of logits): z - logsumexp(z). Gradient: ḡ - softmax(z) Σ ḡ, the sum over the last axis."
     def compute(self, Z):
         return Z - LogSumExp(axes=(-1,)).compute(Z)[..., None]
     def gradient(self, out_grad, node):
@@ -666,7 +666,8 @@ class Softmax(TensorOp):
     """Softmax over `axes` (default the last): $e^{z - \\max z} / \\sum e^{z - \\max z}$, so no exponent exceeds 0.
 
     The one softmax computation of needle_nb: `LogSumExp`'s and `LogSoftmax`'s gradients, the fused
-    cross-entropy's gradient and `nn.Softmax` all call it.
+    cross-entropy's gradient and `nn.Softmax` all call it. Gradient: $s \\odot (\\bar g - \\sum \\bar g \\odot s)$,
+    the sums over `axes` (the Jacobian $\\mathrm{diag}(s) - s s^\\top$ applied without forming it).
     """
     def __init__(self, axes=(-1,)): self.axes = axes
     def compute(self, Z):
