@@ -68,7 +68,7 @@ def gradient_check(f, *args, tol: float = 1e-6, backward: bool = False, eps: flo
         arg.cached_data = work
         try:
             for j in range(flat.size):
-                old = flat[j]
+                old = flat[j].item()   # a Python float: on cupy `flat[j]` is a view that the next line would change
                 flat[j] = old + eps; f_plus = objective()
                 flat[j] = old - eps; f_minus = objective()
                 flat[j] = old
