@@ -14,6 +14,4 @@ from .autograd import *
 from .ops import *
 from .ops_conv import *
 from . import backend, autograd, ops, init, nn, optim, data
-# models imports nn and optim, so it comes after them
-from . import models, stats, digits, planar
 from .nn import save, load

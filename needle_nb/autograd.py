@@ -8,8 +8,9 @@ Docs: https://needle-nb.github.io/needle-nb/autograd.html.md"""
 from __future__ import annotations
 from contextlib import ContextDecorator
 from typing import List, Optional, Tuple, Union
+import warnings
 import numpy as np
-from .backend import Device, cuda, default_device, _CPU
+from .backend import Device, cpu, default_device, device_of, to_host
 
 # %% auto #0
 __all__ = ['LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value', 'Tensor', 'Cast',
@@ -121,12 +122,7 @@ class Value:
         self.op, self.inputs, self.requires_grad = None, (), False
 
 # %% ../nbs/01_autograd.ipynb #9e04b6c4
-def _device_of(array) -> Device:
-    "The device an array lives on."
-    if isinstance(array, np.ndarray) or np.isscalar(array): return _CPU
-    dev = getattr(array, "device", None)
-    if dev is not None and hasattr(dev, "id"): return cuda(dev.id)
-    return _CPU
+_CPU = cpu()   # compared by identity on hot paths
 
 def _as_array(data, device: Device, dtype=None):
     "A fresh array on `device` holding `data`; Python data defaults to float32."
@@ -136,21 +132,33 @@ def _as_array(data, device: Device, dtype=None):
 
 # %% ../nbs/01_autograd.ipynb #049a6dd4
 class Tensor(Value):
-    "An n-dimensional array on a device that records the operations producing it."
+    """An n-dimensional array on a device that records the operations producing it.
+
+    Args:
+        array: a numpy or cupy array, a list, a number, or a `Tensor` (copied).
+        device: where the values live (default: `array`'s device for a cupy array, else `default_device()`).
+        dtype: of the values (default: `array`'s, or float32 for Python data).
+        requires_grad: whether `backward()` computes a gradient for this tensor.
+        **kwargs: accepted and ignored, as needle does, but with a warning naming them, so a typo
+            such as `require_grad=False` does not pass unnoticed.
+    """
     __slots__ = ("grad",)
     __array_ufunc__ = None   # `ndarray * tensor` must call Tensor.__rmul__, not convert the tensor
 
     def __init__(self, array, *, device: Optional[Device] = None, dtype=None,
                  requires_grad: bool = True, **kwargs):
+        if kwargs:
+            warnings.warn(f"Tensor() ignores the unknown keyword arguments {sorted(kwargs)} (needle accepts and "
+                          "ignores them); the known ones are device, dtype and requires_grad", stacklevel=2)
         if isinstance(array, Tensor):
             device = device or array.device
             dtype = dtype or array.dtype
             data = array.realize_cached_data()
-            if device != array.device: data = device.array(_device_of(data).to_numpy(data), dtype=dtype)
+            if device != array.device: data = device.array(to_host(data), dtype=dtype)
             else: data = data.astype(dtype, copy=True)
         else:
             if device is None:
-                device = _device_of(array) if hasattr(array, "__cuda_array_interface__") else default_device()
+                device = device_of(array) if hasattr(array, "__cuda_array_interface__") else default_device()
             data = _as_array(array, device, dtype)
         self._init(None, (), cached_data=data, requires_grad=requires_grad)
         self.grad = None
@@ -203,7 +211,7 @@ class Tensor(Value):
     @property
     def device(self) -> Device:
         data = self.cached_data
-        return _CPU if type(data) is np.ndarray else _device_of(data)
+        return _CPU if type(data) is np.ndarray else device_of(data)
 
     @property
     def data(self) -> "Tensor":
@@ -214,8 +222,8 @@ class Tensor(Value):
         if isinstance(value, Tensor): new = value.realize_cached_data()
         elif hasattr(value, "dtype") and hasattr(value, "shape"): new = value
         else: raise TypeError(f"Tensor.data must be set to a Tensor or an array, got {type(value).__name__}")
-        if _device_of(new) != self.device:
-            raise ValueError(f"cannot set data of a tensor on {self.device!r} from data on {_device_of(new)!r}")
+        if device_of(new) != self.device:
+            raise ValueError(f"cannot set data of a tensor on {self.device!r} from data on {device_of(new)!r}")
         # needle asserts equal dtypes; we cast instead, so a float64 scalar in an update rule
         # can never silently turn a float32 parameter into float64.
         if new.dtype != self.cached_data.dtype: new = new.astype(self.cached_data.dtype)
@@ -228,7 +236,7 @@ class Tensor(Value):
     def numpy(self) -> np.ndarray:
         "The values as a numpy array (the tensor's own array on the CPU, a copy from a GPU)."
         data = self.realize_cached_data()
-        return data if type(data) is np.ndarray else _device_of(data).to_numpy(data)
+        return data if type(data) is np.ndarray else to_host(data)
 
     def item(self):
         "The value of a one-element tensor as a Python number."
@@ -266,7 +274,7 @@ class Tensor(Value):
 
 def _op_error(op, inputs, arrays, err):
     "A clear error for an op that failed on its inputs: which op, which shapes, which devices."
-    devices = [_device_of(a) for a in arrays]
+    devices = [device_of(a) for a in arrays]
     if any(d != devices[0] for d in devices):
         return ValueError(f"{type(op).__name__}: inputs are on different devices "
                           f"{', '.join(map(repr, devices))}; move them with .to(device) first")
@@ -362,7 +370,7 @@ class TensorTuple(Value):
         return make_tuple(*[self[i] + other[i] for i in range(len(self))])
     def detach(self): return TensorTuple.make_const(self.realize_cached_data())
     @property
-    def device(self): return _device_of(self.realize_cached_data()[0])
+    def device(self): return device_of(self.realize_cached_data()[0])
 
 class MakeTensorTuple(TensorTupleOp):
     "Bundle tensors into a `TensorTuple`."
@@ -381,13 +389,17 @@ class TupleGetItem(TensorOp):
     def compute(self, a): return a[self.index]
     def gradient(self, out_grad, node):
         grads = [out_grad if i == self.index else
-                 Tensor.make_const(_device_of(arr).zeros(*arr.shape, dtype=arr.dtype))
+                 Tensor.make_const(device_of(arr).zeros(*arr.shape, dtype=arr.dtype))
                  for i, arr in enumerate(node.inputs[0].realize_cached_data())]
         return MakeTensorTuple()(*grads)
     def __repr__(self): return f"TupleGetItem({self.index})"
 
-def make_tuple(*args): return MakeTensorTuple()(*args)
-def tuple_get_item(value, index): return TupleGetItem(index)(value)
+def make_tuple(*args):
+    "A `TensorTuple` of the tensors `args` (`MakeTensorTuple`)."
+    return MakeTensorTuple()(*args)
+def tuple_get_item(value, index):
+    "Element `index` of the `TensorTuple` `value` (`TupleGetItem`)."
+    return TupleGetItem(index)(value)
 
 # %% ../nbs/01_autograd.ipynb #0db379d8
 class FusedAddScalars(TensorTupleOp):
@@ -396,4 +408,6 @@ class FusedAddScalars(TensorTupleOp):
     def compute(self, a): return a + self.c0, a + self.c1
     def gradient(self, out_grad, node): return out_grad[0] + out_grad[1]
 
-def fused_add_scalars(x, c0, c1): return FusedAddScalars(c0, c1)(x)
+def fused_add_scalars(x, c0, c1):
+    "The pair `(x + c0, x + c1)` as a `TensorTuple` (`FusedAddScalars`)."
+    return FusedAddScalars(c0, c1)(x)

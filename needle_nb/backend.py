@@ -10,7 +10,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['DeviceUnavailableError', 'Device', 'CPUDevice', 'cpu', 'CUDADevice', 'cuda', 'default_device', 'all_devices',
-           'array_module', 'rng', 'manual_seed']
+           'array_module', 'device_of', 'to_host', 'rng', 'manual_seed']
 
 # %% ../nbs/00_backend.ipynb #36c648ff
 def _probe_cupy():
@@ -50,8 +50,8 @@ class Device:
         "An array on this device holding a copy of `data` (a numpy/cupy array, list or scalar)."
         raise NotImplementedError
     def to_numpy(self, array) -> np.ndarray:
-        "A numpy array with the values of `array` (a copy only when the array is not on the host)."
-        raise NotImplementedError
+        "A numpy array with the values of `array` (a copy only when the array is not on the host): `to_host`."
+        return to_host(array)
     def from_numpy(self, array: np.ndarray):
         "`array` on this device: itself on the CPU, a copy on a GPU. Used for fresh host arrays."
         raise NotImplementedError
@@ -88,11 +88,8 @@ class CPUDevice(Device):
     name = "cpu"
     xp = np
     def array(self, data, dtype=None):
-        if not isinstance(data, np.ndarray) and hasattr(data, "get"): data = data.get()  # cupy -> host
-        return np.array(data, dtype=dtype)
-    def to_numpy(self, array):
-        if isinstance(array, np.ndarray): return array
-        return array.get() if hasattr(array, "get") else np.asarray(array)
+        "A numpy array holding a copy of `data`."
+        return np.array(to_host(data), dtype=dtype)
     def from_numpy(self, array): return array
 
 _CPU = CPUDevice()
@@ -116,8 +113,6 @@ class CUDADevice(Device):
     def array(self, data, dtype=None):
         xp = self.xp
         with xp.cuda.Device(self.index): return xp.array(data, dtype=dtype)
-    def to_numpy(self, array):
-        return array.get() if hasattr(array, "get") else np.asarray(array)
     def from_numpy(self, array): return self.array(array)
 
 _CUDA = {}
@@ -137,9 +132,43 @@ def all_devices() -> list:
 
 # %% ../nbs/00_backend.ipynb #c93a2dc9
 def array_module(array):
-    "The array module (`numpy` or `cupy`) that `array` belongs to, found without importing cupy."
+    """The array module (`numpy` or `cupy`) that `array` belongs to, found without importing cupy.
+
+    Example:
+        >>> array_module(np.zeros(2)) is np
+        True
+    """
     if isinstance(array, (np.ndarray, np.generic)): return np
     return __import__(type(array).__module__.split(".")[0])
+
+def device_of(array) -> Device:
+    """The device an array lives on: `cpu()` for numpy arrays and Python numbers, `cuda(i)` for a cupy
+    array on GPU `i`.
+
+    Example:
+        >>> device_of(np.zeros(2))
+        cpu()
+    """
+    if isinstance(array, (np.ndarray, np.generic)) or np.isscalar(array): return _CPU
+    device = getattr(array, "device", None)
+    if device is not None and hasattr(device, "id"): return cuda(device.id)
+    return _CPU
+
+def to_host(array, copy: bool = False) -> np.ndarray:
+    """A numpy array with the values of `array`: a numpy or cupy array, anything with a `.numpy()`
+    method (a `Tensor`), a number or a list.
+
+    Values on a GPU are always copied; values already on the host are copied only when `copy=True`
+    (use it when the caller will keep the result while the source may change).
+
+    Example:
+        >>> to_host([1.0, 2.0])
+        array([1., 2.])
+    """
+    if not isinstance(array, (np.ndarray, np.generic)):
+        if hasattr(array, "numpy"): array = array.numpy()        # a Tensor: its own (host) array
+        elif hasattr(array, "get"): return array.get()           # cupy: device -> host is a copy already
+    return np.array(array, copy=True) if copy else np.asarray(array)
 
 # %% ../nbs/00_backend.ipynb #fe8cdc8f
 _GENERATOR = np.random.default_rng(0)

@@ -13,13 +13,10 @@ from .backend import Device, default_device, rng
 from .autograd import Tensor, no_grad
 
 # %% auto #0
-__all__ = ['FUNCTIONAL_INITIALIZERS', 'MLP_INITS', 'MLP_RUNS', 'rand', 'randn', 'constant', 'ones', 'zeros', 'randb', 'one_hot',
-           'zeros_like', 'ones_like', 'calculate_gain', 'calculate_fans', 'xavier_uniform', 'xavier_normal',
-           'kaiming_uniform', 'kaiming_normal', 'uniform_', 'normal_', 'constant_', 'ones_', 'zeros_',
-           'xavier_uniform_', 'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'trunc_normal_', 'orthogonal_',
-           'target_std', 'target_cdf', 'init_samples', 'ks_statistic', 'ks_threshold', 'plot_init_histograms',
-           'variance_vs_fan', 'plot_variance_vs_fan', 'mlp_signal_stds', 'forward_stds', 'backward_stds', 'mlp_runs',
-           'plot_mlp_signals']
+__all__ = ['rand', 'randn', 'constant', 'ones', 'zeros', 'randb', 'one_hot', 'zeros_like', 'ones_like', 'calculate_gain',
+           'calculate_fans', 'xavier_std', 'kaiming_std', 'xavier_uniform', 'xavier_normal', 'kaiming_uniform',
+           'kaiming_normal', 'uniform_', 'normal_', 'constant_', 'ones_', 'zeros_', 'xavier_uniform_', 'xavier_normal_',
+           'kaiming_uniform_', 'kaiming_normal_', 'trunc_normal_', 'orthogonal_']
 
 # %% ../nbs/03_init.ipynb #43ce860a
 def _device(device: Optional[Device]) -> Device: return default_device() if device is None else device
@@ -170,8 +167,35 @@ def _draw_shape(fan_in, fan_out, shape, name):
     _check_fans(fan_in, fan_out, name)
     return shape, fan_in, fan_out
 
+def xavier_std(fan_in: int, fan_out: int, gain: float = 1.0) -> float:
+    """Glorot & Bengio (2010)'s standard deviation $\\sigma = \\mathrm{gain}\\sqrt{2/(n_{in}+n_{out})}$.
+
+    The one place the formula lives: `xavier_normal` draws $\\mathcal N(0, \\sigma^2)$, `xavier_uniform`
+    draws $U(-\\sqrt3\\sigma, \\sqrt3\\sigma)$, whose variance is the same $\\sigma^2$.
+
+    Example:
+        >>> xavier_std(10, 20) == math.sqrt(2 / 30)
+        True
+    """
+    return gain * math.sqrt(2 / (fan_in + fan_out))
+
+def kaiming_std(fan: int, gain: float = math.sqrt(2.0)) -> float:
+    """He et al. (2015)'s standard deviation $\\sigma = \\mathrm{gain}/\\sqrt n$, $n$ the fan that `mode` picks.
+
+    `kaiming_normal` draws $\\mathcal N(0, \\sigma^2)$, `kaiming_uniform` $U(-\\sqrt3\\sigma, \\sqrt3\\sigma)$.
+
+    Example:
+        >>> kaiming_std(50)
+        0.2
+    """
+    return gain / math.sqrt(fan)
+
+def _uniform_bound(std: float) -> float:
+    "$U(-b, b)$ has variance $b^2/3$: the bound with standard deviation `std` is $\\sqrt 3\\,$std."
+    return math.sqrt(3) * std
+
 def _tensor_form(fn_, tensor, extra_positional, kwargs, name, **options):
-    "The lucid-style call `name(tensor, ...)`: fill `tensor` in place with the `_` version."
+    "The tensor-first call `name(tensor, ...)` (as PyTorch's `torch.nn.init`): fill `tensor` in place with the `_` version."
     if extra_positional is not None:
         raise TypeError(f"{name}(tensor, ...): pass the options by keyword; got a second positional "
                         f"argument {extra_positional!r}")
@@ -198,8 +222,8 @@ def xavier_uniform(fan_in, fan_out=None, gain=1.0, *, shape=None, **kwargs) -> T
     if isinstance(fan_in, Tensor):
         return _tensor_form(xavier_uniform_, fan_in, fan_out, kwargs, "xavier_uniform", gain=gain)
     shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "xavier_uniform")
-    a = gain * math.sqrt(6 / (fan_in + fan_out))
-    return rand(*shape, low=-a, high=a, **kwargs)
+    bound = _uniform_bound(xavier_std(fan_in, fan_out, gain))
+    return rand(*shape, low=-bound, high=bound, **kwargs)
 
 def xavier_normal(fan_in, fan_out=None, gain=1.0, *, shape=None, **kwargs) -> Tensor:
     """Glorot & Bengio (2010): $\\mathcal N(0, \\sigma^2)$ with $\\sigma = \\mathrm{gain}\\sqrt{2/(n_{in}+n_{out})}$.
@@ -214,7 +238,7 @@ def xavier_normal(fan_in, fan_out=None, gain=1.0, *, shape=None, **kwargs) -> Te
     if isinstance(fan_in, Tensor):
         return _tensor_form(xavier_normal_, fan_in, fan_out, kwargs, "xavier_normal", gain=gain)
     shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "xavier_normal")
-    std = gain * math.sqrt(2 / (fan_in + fan_out))
+    std = xavier_std(fan_in, fan_out, gain)
     return randn(*shape, mean=0, std=std, **kwargs)
 
 def _kaiming_fan_gain(fan_in, fan_out, mode, nonlinearity, a, name):
@@ -244,7 +268,7 @@ def kaiming_uniform(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan
                             a=a, mode=mode, nonlinearity=nonlinearity)
     shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "kaiming_uniform")
     fan, gain = _kaiming_fan_gain(fan_in, fan_out, mode, nonlinearity, a, "kaiming_uniform")
-    bound = gain * math.sqrt(3 / fan)
+    bound = _uniform_bound(kaiming_std(fan, gain))
     return rand(*shape, low=-bound, high=bound, **kwargs)
 
 def kaiming_normal(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan_in", shape=None,
@@ -263,7 +287,7 @@ def kaiming_normal(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan_
                             a=a, mode=mode, nonlinearity=nonlinearity)
     shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "kaiming_normal")
     fan, gain = _kaiming_fan_gain(fan_in, fan_out, mode, nonlinearity, a, "kaiming_normal")
-    std = gain / math.sqrt(fan)
+    std = kaiming_std(fan, gain)
     return randn(*shape, mean=0, std=std, **kwargs)
 
 # %% ../nbs/03_init.ipynb #926a8863
@@ -298,14 +322,14 @@ def _normal_array(shape, mean, std, dtype):
     sine = np.empty(_BOX_MULLER_BLOCK, np.float32)
     radius_scale, two_pi = np.float32(-2 * std * std), np.float32(2 * math.pi)
     # Block by block, so that the uniforms are transformed while still in cache: nine passes over
-    # a 64 MB array are memory-bound, over a 256 KB block they are not (measured 1.7x -> 1.45x torch).
+    # a 64 MB array are memory-bound, over a 256 KB block they are not (benchmarks/NOTES.md).
     for start in range(0, len(out), 2 * _BOX_MULLER_BLOCK):
         block = out[start:start + 2 * _BOX_MULLER_BLOCK]
         rng().random(out=block, dtype=np.float32)
         half = len(block) // 2
         radius, angle, sin = block[:half], block[half:], sine[:half]
         # radius = std * sqrt(-2 ln(1 - u1)): 1 - u1 is exact in float32 and lies in (0, 1], so the
-        # log is finite and |z| <= 5.77 std. numpy's float32 log is vectorized; log1p is not (5x slower).
+        # log is finite and |z| <= 5.77 std. numpy's float32 log is vectorized; log1p is not.
         np.subtract(1, radius, out=radius)
         np.log(radius, out=radius)
         radius *= radius_scale
@@ -386,8 +410,8 @@ def xavier_uniform_(tensor: Tensor, gain: float = 1.0) -> Tensor:
         True
     """
     fan_in, fan_out = _check_tensor(tensor, "xavier_uniform_", need_fans=True)
-    a = gain * math.sqrt(6 / (fan_in + fan_out))
-    return _replace(tensor, _uniform_array(tensor.shape, -a, a, tensor.dtype))
+    bound = _uniform_bound(xavier_std(fan_in, fan_out, gain))
+    return _replace(tensor, _uniform_array(tensor.shape, -bound, bound, tensor.dtype))
 
 @no_grad()
 def xavier_normal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
@@ -399,7 +423,7 @@ def xavier_normal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
         (300, 100)
     """
     fan_in, fan_out = _check_tensor(tensor, "xavier_normal_", need_fans=True)
-    std = gain * math.sqrt(2 / (fan_in + fan_out))
+    std = xavier_std(fan_in, fan_out, gain)
     return _replace(tensor, _normal_array(tensor.shape, 0.0, std, tensor.dtype))
 
 def _kaiming_fan_gain_(tensor, a, mode, nonlinearity, name):
@@ -424,7 +448,7 @@ def kaiming_uniform_(tensor: Tensor, a: float = 0, mode: str = "fan_in",
         True
     """
     fan, gain = _kaiming_fan_gain_(tensor, a, mode, nonlinearity, "kaiming_uniform_")
-    bound = gain * math.sqrt(3 / fan)
+    bound = _uniform_bound(kaiming_std(fan, gain))
     return _replace(tensor, _uniform_array(tensor.shape, -bound, bound, tensor.dtype))
 
 @no_grad()
@@ -440,7 +464,7 @@ def kaiming_normal_(tensor: Tensor, a: float = 0, mode: str = "fan_in",
         True
     """
     fan, gain = _kaiming_fan_gain_(tensor, a, mode, nonlinearity, "kaiming_normal_")
-    std = gain / math.sqrt(fan)
+    std = kaiming_std(fan, gain)
     return _replace(tensor, _normal_array(tensor.shape, 0.0, std, tensor.dtype))
 
 # %% ../nbs/03_init.ipynb #064915b3
@@ -512,175 +536,3 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     q *= np.sign(np.diag(r))   # makes the distribution uniform over orthogonal matrices (Mezzadri 2007)
     if rows < cols: q = q.T
     return _replace(tensor, (gain * q).reshape(tensor.shape))
-
-# %% ../nbs/03_init.ipynb #6c396edf
-FUNCTIONAL_INITIALIZERS = {"xavier_uniform": xavier_uniform, "xavier_normal": xavier_normal,
-                           "kaiming_uniform": kaiming_uniform, "kaiming_normal": kaiming_normal}
-
-def target_std(name: str, fan_in: int, fan_out: int, gain: Optional[float] = None) -> float:
-    """The standard deviation initializer `name` promises: $\\mathrm{gain}\\sqrt{2/(n_{in}+n_{out})}$
-    for Xavier, $\\mathrm{gain}/\\sqrt{n_{in}}$ for Kaiming (gain defaults: 1 and $\\sqrt 2$).
-
-    Example:
-        >>> target_std("kaiming_normal", 50, 10)
-        0.2
-    """
-    if name not in FUNCTIONAL_INITIALIZERS:
-        raise ValueError(f"unknown initializer {name!r}; choose one of {', '.join(FUNCTIONAL_INITIALIZERS)}")
-    if name.startswith("xavier"): return (1.0 if gain is None else gain) * math.sqrt(2 / (fan_in + fan_out))
-    return (math.sqrt(2.0) if gain is None else gain) / math.sqrt(fan_in)
-
-def target_cdf(name: str, std: float) -> Callable[[np.ndarray], np.ndarray]:
-    "The CDF of `name`'s distribution with standard deviation `std` (uniform or normal, mean 0)."
-    if name.endswith("uniform"):
-        bound = std * math.sqrt(3)
-        return lambda x: np.clip((np.asarray(x, dtype=np.float64) + bound) / (2 * bound), 0.0, 1.0)
-    erf = np.frompyfunc(math.erf, 1, 1)
-    return lambda x: 0.5 * (1 + np.asarray(erf(np.asarray(x, dtype=np.float64) / (std * math.sqrt(2))), dtype=np.float64))
-
-def init_samples(name: str, fan_in: int = 10, fan_out: int = 20, n_tensors: int = 1000,
-                 seed: int = 0, **options) -> tuple:
-    """Pool `n_tensors` draws of `FUNCTIONAL_INITIALIZERS[name](fan_in, fan_out, **options)`.
-
-    Returns `(samples, std)`: the float64 values, shape `(n_tensors*fan_in*fan_out,)`, and the
-    target standard deviation. numpy's global RNG is seeded with `seed` and restored afterwards.
-    """
-    initializer = FUNCTIONAL_INITIALIZERS[name]
-    state = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        samples = np.concatenate([initializer(fan_in, fan_out, **options).numpy().ravel()
-                                  for _ in range(n_tensors)]).astype(np.float64)
-    finally: np.random.set_state(state)
-    return samples, target_std(name, fan_in, fan_out, options.get("gain"))
-
-def ks_statistic(samples: np.ndarray, cdf: Callable) -> float:
-    "Kolmogorov–Smirnov distance $\\sup_x |F_n(x) - F(x)|$ between the samples' empirical CDF and `cdf`."
-    x = np.sort(np.asarray(samples, dtype=np.float64))
-    n = len(x)
-    f = cdf(x)
-    return float(max((np.arange(1, n + 1) / n - f).max(), (f - np.arange(n) / n).max()))
-
-def ks_threshold(n: int, false_failure: float = 1e-6) -> float:
-    """The distance that `n` samples from the right distribution exceed with probability at most
-    `false_failure`: $\\sqrt{\\ln(2/\\alpha) / 2n}$, by the Dvoretzky–Kiefer–Wolfowitz inequality
-    (Massart 1990), valid for every `n`."""
-    return math.sqrt(math.log(2 / false_failure) / (2 * n))
-
-# %% ../nbs/03_init.ipynb #02541b20
-def plot_init_histograms(fan_in: int = 10, fan_out: int = 20, n_tensors: int = 1000, seed: int = 0):
-    "Histogram of each functional initializer's samples against its target density (matplotlib figure)."
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3), constrained_layout=True)
-    for ax, name in zip(axes, FUNCTIONAL_INITIALIZERS):
-        samples, std = init_samples(name, fan_in, fan_out, n_tensors, seed)
-        ax.hist(samples, bins=80, density=True, alpha=0.6, label="samples")
-        x = np.linspace(-4 * std, 4 * std, 400)
-        if name.endswith("uniform"): density = np.where(np.abs(x) <= std * math.sqrt(3), 1 / (2 * std * math.sqrt(3)), 0)
-        else: density = np.exp(-x ** 2 / (2 * std ** 2)) / (std * math.sqrt(2 * math.pi))
-        ax.plot(x, density, "k", lw=1.5, label="target density")
-        ax.set_title(f"{name}({fan_in}, {fan_out})\nVar: empirical {samples.var():.4f}, formula {std**2:.4f}",
-                     fontsize=9)
-    axes[0].legend(fontsize=8)
-    return fig
-
-# %% ../nbs/03_init.ipynb #1cc21a8b
-def variance_vs_fan(name: str, fans: Sequence[int] = tuple(2 ** k for k in range(1, 15)),
-                    n_samples: int = 20_000, seed: int = 0) -> tuple:
-    """Empirical and formula variance of `name` for square layers `fan × fan`.
-
-    Returns `(fans, empirical, formula)`, three float64 arrays of length `len(fans)`.
-    """
-    initializer = FUNCTIONAL_INITIALIZERS[name]
-    state = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        empirical = [initializer(fan, fan, shape=(n_samples,), dtype="float64").numpy().var() for fan in fans]
-    finally: np.random.set_state(state)
-    formula = [target_std(name, fan, fan) ** 2 for fan in fans]
-    return np.asarray(fans, dtype=np.float64), np.asarray(empirical), np.asarray(formula)
-
-def plot_variance_vs_fan(names: Sequence[str] = ("xavier_normal", "kaiming_normal"), seed: int = 0):
-    "Log–log plot of `variance_vs_fan` for each name: empirical points against the formula's line."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        fans, empirical, formula = variance_vs_fan(name, seed=seed)
-        line, = ax.loglog(fans, formula, lw=1, label=f"{name}: formula")
-        ax.loglog(fans, empirical, "o", color=line.get_color(), ms=4, label=f"{name}: empirical")
-    ax.set_xlabel("fan ($n_{in} = n_{out}$)"); ax.set_ylabel("Var(W)"); ax.legend(fontsize=8)
-    return fig
-
-# %% ../nbs/03_init.ipynb #279329ea
-MLP_INITS = {"normal": "N(0, 1)", "small_normal": "N(0, 0.01²)", "xavier": "Xavier", "kaiming": "Kaiming"}
-
-def _mlp_weight(init_name, fan_in, fan_out, nonlinearity, gain):
-    if init_name == "normal": return randn(fan_in, fan_out, dtype="float64")
-    if init_name == "small_normal": return randn(fan_in, fan_out, std=0.01, dtype="float64")
-    if init_name == "xavier": return xavier_normal(fan_in, fan_out, gain=gain, dtype="float64")
-    if init_name == "kaiming": return kaiming_normal(fan_in, fan_out, nonlinearity=nonlinearity, dtype="float64")
-    raise ValueError(f"unknown MLP initialization {init_name!r}; choose one of {', '.join(MLP_INITS)}")
-
-def mlp_signal_stds(init_name: str, nonlinearity: str = "relu", depth: int = 50, width: int = 256,
-                    batch: int = 128, gain: float = 1.0, seed: int = 0) -> tuple:
-    """Standard deviations of activations and of their gradients through a deep MLP, in float64.
-
-    The MLP is $h_l = f(h_{l-1} W_l)$, $l = 1..depth$, without biases, $h_0 \\sim \\mathcal N(0, 1)$ of
-    shape `(batch, width)`, weights from `init_name` (a key of `MLP_INITS`; `gain` goes to Xavier).
-    The backward pass is needle_nb's autograd, started from $\\mathcal N(0, 1)$ output gradients.
-
-    Returns:
-        `(forward, backward)`: arrays of length `depth`, the std of $h_l$ and of
-        $\\partial L / \\partial h_l$ for $l = 1..depth$.
-    """
-    if nonlinearity not in ("relu", "tanh"):
-        raise ValueError(f"mlp_signal_stds: nonlinearity must be 'relu' or 'tanh', got {nonlinearity!r}")
-    state = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        h = randn(batch, width, dtype="float64", requires_grad=True)
-        weights = [_mlp_weight(init_name, width, width, nonlinearity, gain) for _ in range(depth)]
-        out_grad = randn(batch, width, dtype="float64")
-    finally: np.random.set_state(state)
-    activations = []
-    with np.errstate(over="ignore", invalid="ignore"):
-        for weight in weights:
-            h = h @ weight
-            h = h.relu() if nonlinearity == "relu" else h.tanh()
-            activations.append(h)
-        h.backward(out_grad)
-    forward = np.array([a.numpy().std() for a in activations])
-    backward = np.array([a.grad.numpy().std() for a in activations])
-    return forward, backward
-
-def forward_stds(init_name: str, nonlinearity: str = "relu", **kwargs) -> np.ndarray:
-    "The activation stds of `mlp_signal_stds` (length `depth`)."
-    return mlp_signal_stds(init_name, nonlinearity, **kwargs)[0]
-
-def backward_stds(init_name: str, nonlinearity: str = "relu", **kwargs) -> np.ndarray:
-    "The gradient stds of `mlp_signal_stds` (length `depth`)."
-    return mlp_signal_stds(init_name, nonlinearity, **kwargs)[1]
-
-# The runs the plots (and tests/test_init.py) show: (init_name, nonlinearity, gain)
-MLP_RUNS = [("normal", "relu", 1.0), ("small_normal", "relu", 1.0), ("xavier", "relu", 1.0),
-            ("kaiming", "relu", 1.0), ("normal", "tanh", 1.0), ("small_normal", "tanh", 1.0),
-            ("xavier", "tanh", 5.0 / 3)]
-
-def mlp_runs(seed: int = 0, **kwargs) -> dict:
-    "`{(init_name, nonlinearity, gain): (forward, backward)}` of `mlp_signal_stds` for every `MLP_RUNS` entry."
-    return {(init_name, nl, gain): mlp_signal_stds(init_name, nl, gain=gain, seed=seed, **kwargs)
-            for init_name, nl, gain in MLP_RUNS}
-
-def plot_mlp_signals(runs: dict, which: str = "forward"):
-    "Per-layer std (log axis) of activations (`which='forward'`) or gradients ('backward') of `mlp_runs`."
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
-    for ax, nonlinearity in zip(axes, ("relu", "tanh")):
-        for (init_name, nl, gain), signals in runs.items():
-            if nl != nonlinearity: continue
-            stds = signals[which == "backward"]
-            label = MLP_INITS[init_name] + (f" (gain {gain:.3g})" if gain != 1 else "")
-            ax.semilogy(np.arange(1, len(stds) + 1), stds, label=label)
-        ax.set_title(f"{nonlinearity}: std of {'activations' if which == 'forward' else 'gradients'} per layer")
-        ax.set_xlabel("layer"); ax.legend(fontsize=8)
-    return fig

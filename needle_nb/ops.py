@@ -6,21 +6,24 @@ Docs: https://needle-nb.github.io/needle-nb/ops.html.md"""
 
 # %% ../nbs/02_ops.ipynb #a011f8a9
 from __future__ import annotations
-import numbers
+import math, numbers
 from typing import Optional, Tuple, Union
 import numpy as np
+from fastcore.basics import patch
+from .backend import array_module
 from .autograd import (Op, TensorOp, TensorTupleOp, Tensor, TensorTuple, Value, Cast, no_grad,
                        make_tuple, tuple_get_item, fused_add_scalars, FusedAddScalars,
                        MakeTensorTuple, TupleGetItem)
 
 # %% auto #0
-__all__ = ['EWiseAdd', 'add', 'AddScalar', 'add_scalar', 'EWiseSub', 'subtract', 'EWiseMul', 'multiply', 'MulScalar',
-           'mul_scalar', 'EWisePow', 'power', 'PowerScalar', 'power_scalar', 'EWiseDiv', 'divide', 'DivScalar',
-           'divide_scalar', 'Negate', 'negate', 'Transpose', 'transpose', 'Reshape', 'reshape', 'BroadcastTo',
-           'broadcast_to', 'SumToShape', 'Summation', 'ExpandReduced', 'summation', 'Max', 'amax', 'MatMul', 'matmul',
-           'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid', 'LogSumExp', 'logsumexp',
-           'LogSoftmax', 'logsoftmax', 'Softmax', 'softmax', 'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack',
-           'stack', 'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item', 'gradient_check']
+__all__ = ['REDUCTIONS', 'gradient_check', 'EWiseAdd', 'add', 'AddScalar', 'add_scalar', 'EWiseSub', 'subtract', 'EWiseMul',
+           'multiply', 'MulScalar', 'mul_scalar', 'EWisePow', 'power', 'PowerScalar', 'power_scalar', 'EWiseDiv',
+           'divide', 'DivScalar', 'divide_scalar', 'Negate', 'negate', 'Transpose', 'transpose', 'Reshape', 'reshape',
+           'BroadcastTo', 'broadcast_to', 'SumToShape', 'Summation', 'ExpandReduced', 'summation', 'Max', 'amax',
+           'MatMul', 'matmul', 'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid',
+           'LeakyReLUOp', 'GELUOp', 'leaky_relu', 'gelu', 'LogSumExp', 'logsumexp', 'LogSoftmax', 'logsoftmax',
+           'Softmax', 'softmax', 'check_reduction', 'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack', 'stack',
+           'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _py_scalar(scalar):
@@ -33,457 +36,6 @@ def _sum_to_shape(grad: Tensor, shape: tuple) -> Tensor:
     "Sum `grad` over the axes that broadcasting added or stretched, giving it `shape` (one `SumToShape` node)."
     if grad.cached_data.shape == shape: return grad
     return SumToShape(shape)(grad)
-
-def _const(array) -> Tensor:
-    "A constant tensor (never requires a gradient) on an array."
-    return Tensor.make_const(array)
-
-# %% ../nbs/02_ops.ipynb #b73ebccf
-class EWiseAdd(TensorOp):
-    def compute(self, a, b): return a + b
-    def gradient(self, out_grad, node):
-        a, b = node.inputs
-        return (_sum_to_shape(out_grad, a.shape) if a.requires_grad else None,
-                _sum_to_shape(out_grad, b.shape) if b.requires_grad else None)
-
-def add(a, b): return EWiseAdd()(a, b)
-
-class AddScalar(TensorOp):
-    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
-    def compute(self, a): return a + self.scalar
-    def gradient(self, out_grad, node): return out_grad
-
-def add_scalar(a, scalar): return AddScalar(scalar)(a)
-
-class EWiseSub(TensorOp):
-    "`a - b` in one op (needle spells it `a + (-b)`: same values, one op fewer)."
-    def compute(self, a, b): return a - b
-    def gradient(self, out_grad, node):
-        a, b = node.inputs
-        return (_sum_to_shape(out_grad, a.shape) if a.requires_grad else None,
-                _sum_to_shape(-out_grad, b.shape) if b.requires_grad else None)
-
-def subtract(a, b): return EWiseSub()(a, b)
-
-class EWiseMul(TensorOp):
-    def compute(self, a, b): return a * b
-    def gradient(self, out_grad, node):
-        a, b = node.inputs
-        return (_sum_to_shape(out_grad * b, a.shape) if a.requires_grad else None,
-                _sum_to_shape(out_grad * a, b.shape) if b.requires_grad else None)
-
-def multiply(a, b): return EWiseMul()(a, b)
-
-class MulScalar(TensorOp):
-    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
-    def compute(self, a): return a * self.scalar
-    def gradient(self, out_grad, node): return out_grad * self.scalar
-
-def mul_scalar(a, scalar): return MulScalar(scalar)(a)
-
-class EWisePow(TensorOp):
-    "`a ** b` elementwise."
-    def compute(self, a, b): return a ** b
-    def gradient(self, out_grad, node):
-        a, b = node.inputs
-        return (_sum_to_shape(out_grad * b * a ** (b - 1), a.shape) if a.requires_grad else None,
-                _sum_to_shape(out_grad * node * log(a), b.shape) if b.requires_grad else None)
-
-def power(a, b): return EWisePow()(a, b)
-
-class PowerScalar(TensorOp):
-    "`a ** scalar` for a number `scalar`."
-    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
-    def compute(self, a): return a ** self.scalar
-    def gradient(self, out_grad, node):
-        a = node.inputs[0]
-        return out_grad * self.scalar * a ** (self.scalar - 1)
-
-def power_scalar(a, scalar): return PowerScalar(scalar)(a)
-
-class EWiseDiv(TensorOp):
-    def compute(self, a, b): return a / b
-    def gradient(self, out_grad, node):
-        a, b = node.inputs
-        return (_sum_to_shape(out_grad / b, a.shape) if a.requires_grad else None,
-                _sum_to_shape(-out_grad * a / (b * b), b.shape) if b.requires_grad else None)
-
-def divide(a, b): return EWiseDiv()(a, b)
-
-class DivScalar(TensorOp):
-    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
-    def compute(self, a): return a / self.scalar
-    def gradient(self, out_grad, node): return out_grad / self.scalar
-
-def divide_scalar(a, scalar): return DivScalar(scalar)(a)
-
-class Negate(TensorOp):
-    def compute(self, a): return -a
-    def gradient(self, out_grad, node): return -out_grad
-
-def negate(a): return Negate()(a)
-
-# %% ../nbs/02_ops.ipynb #29651ca0
-class Transpose(TensorOp):
-    "Swap two axes: the last two by default (needle), or `axes=(i, j)`."
-    def __init__(self, axes: Optional[tuple] = None): self.axes = axes
-    def compute(self, a):
-        i, j = self.axes if self.axes is not None else (-1, -2)
-        return a.swapaxes(i, j)
-    def gradient(self, out_grad, node): return transpose(out_grad, self.axes)
-
-def transpose(a, axes=None): return Transpose(axes)(a)
-
-class Reshape(TensorOp):
-    def __init__(self, shape): self.shape = tuple(shape)
-    def compute(self, a):
-        try: return a.reshape(self.shape)
-        except ValueError:
-            raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} "
-                             f"({a.size} elements) to {self.shape}") from None
-    def gradient(self, out_grad, node): return reshape(out_grad, node.inputs[0].shape)
-
-def reshape(a, shape): return Reshape(shape)(a)
-
-class BroadcastTo(TensorOp):
-    def __init__(self, shape): self.shape = tuple(shape)
-    def compute(self, a):
-        try: return _xp(a).broadcast_to(a, self.shape)
-        except ValueError:
-            raise ValueError(f"broadcast_to: cannot broadcast shape {a.shape} to {self.shape}") from None
-    def gradient(self, out_grad, node): return _sum_to_shape(out_grad, node.inputs[0].shape)
-
-def broadcast_to(a, shape): return BroadcastTo(shape)(a)
-
-class SumToShape(TensorOp):
-    """Sum over the axes that broadcasting `shape` up to the input's shape added or stretched.
-
-    The adjoint of `broadcast_to`: every broadcasting op sums its gradient back with it. One node
-    (a keepdims sum and a free reshape) where `summation` then `reshape` would make two.
-    """
-    def __init__(self, shape): self.shape = tuple(shape)
-    def compute(self, a):
-        added = a.ndim - len(self.shape)
-        if added < 0: raise ValueError(f"sum_to_shape: cannot sum shape {a.shape} to {self.shape}")
-        axes = tuple(range(added)) + tuple(added + i for i, n in enumerate(self.shape)
-                                           if n == 1 and a.shape[added + i] != 1)
-        return a.sum(axis=axes, keepdims=True).reshape(self.shape)
-    def gradient(self, out_grad, node): return broadcast_to(out_grad, node.inputs[0].shape)
-
-def _xp(array):
-    "The array module of `array` (numpy or cupy) without importing cupy."
-    return np if isinstance(array, np.ndarray) else __import__(type(array).__module__.split(".")[0])
-
-# %% ../nbs/02_ops.ipynb #45d29548
-def _normalize_axes(axes, ndim) -> Optional[tuple]:
-    if axes is None: return None
-    if isinstance(axes, numbers.Integral): axes = (axes,)
-    return tuple(sorted(ax % ndim if ndim else 0 for ax in axes))
-
-def _keepdims_shape(shape, axes) -> tuple:
-    "`shape` with the reduced `axes` set to 1."
-    if axes is None: return (1,) * len(shape)
-    return tuple(1 if i in axes else n for i, n in enumerate(shape))
-
-class Summation(TensorOp):
-    def __init__(self, axes=None): self.axes = axes
-    def compute(self, a):
-        out = a.sum(axis=_normalize_axes(self.axes, a.ndim))
-        return out if type(out) is type(a) else _xp(a).asarray(out)
-    def gradient(self, out_grad, node):
-        return ExpandReduced(self.axes, node.inputs[0].shape)(out_grad)
-
-class ExpandReduced(TensorOp):
-    """Put back the `axes` a reduction removed and broadcast over them, up to `shape`.
-
-    The adjoint of `summation(·, axes)`: one node where `reshape` then `broadcast_to` would make two.
-    """
-    def __init__(self, axes, shape): self.axes, self.shape = axes, tuple(shape)
-    def compute(self, a):
-        kept = _keepdims_shape(self.shape, _normalize_axes(self.axes, len(self.shape)))
-        return _xp(a).broadcast_to(a.reshape(kept), self.shape)
-    def gradient(self, out_grad, node): return summation(out_grad, self.axes)
-
-def summation(a, axes=None): return Summation(axes)(a)
-
-class Max(TensorOp):
-    "Maximum over `axes`; the gradient is shared equally among tied maxima (as `torch.amax`)."
-    def __init__(self, axes=None): self.axes = axes
-    def compute(self, a):
-        out = a.max(axis=_normalize_axes(self.axes, a.ndim))
-        return out if type(out) is type(a) else _xp(a).asarray(out)
-    def gradient(self, out_grad, node):
-        a = node.inputs[0]
-        axes = _normalize_axes(self.axes, a.ndim)
-        kept = _keepdims_shape(a.shape, axes)
-        data = a.realize_cached_data()
-        is_max = data == node.realize_cached_data().reshape(kept)
-        share = is_max / is_max.sum(axis=axes, keepdims=True)
-        # `*` broadcasts the kept axes and its own gradient sums them back: no broadcast_to node
-        return reshape(out_grad, kept) * _const(share.astype(data.dtype))
-
-def amax(a, axes=None):
-    "Maximum over `axes` (named like numpy's and PyTorch's `amax`, so it never shadows Python's `max`)."
-    return Max(axes)(a)
-
-# %% ../nbs/02_ops.ipynb #dc3b3823
-class MatMul(TensorOp):
-    "`a @ b`; `transpose_a`/`transpose_b` swap the last two axes of that operand first (2-D and up)."
-    def __init__(self, transpose_a: bool = False, transpose_b: bool = False):
-        self.transpose_a, self.transpose_b = transpose_a, transpose_b
-    def compute(self, a, b):
-        if self.transpose_a: a = a.swapaxes(-1, -2)
-        if self.transpose_b: b = b.swapaxes(-1, -2)
-        try: return a @ b
-        except ValueError:
-            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
-                             f"({a.shape[-1] if a.ndim else a.shape} != "
-                             f"{b.shape[-2] if b.ndim > 1 else b.shape[0] if b.ndim else b.shape})") from None
-    def gradient(self, out_grad, node):
-        a, b = node.inputs
-        a2 = a if a.ndim > 1 else reshape(a, (1,) + a.shape)
-        b2 = b if b.ndim > 1 else reshape(b, b.shape + (1,))
-        # with a 1-D operand the output lost an axis: put it back so the 2-D formulas apply
-        g = out_grad if a.ndim > 1 and b.ndim > 1 else reshape(out_grad, _matmul_shape(a2.shape, b2.shape))
-        ta, tb = self.transpose_a, self.transpose_b   # only ever set on operands of 2 axes or more
-        grad_a = grad_b = None
-        if a.requires_grad:
-            grad_a = MatMul(tb, True)(b2, g) if ta else MatMul(False, not tb)(g, b2)
-            grad_a = _sum_to_shape(grad_a, a2.shape)
-            if a.ndim == 1: grad_a = reshape(grad_a, a.shape)
-        if b.requires_grad:
-            grad_b = MatMul(True, ta)(g, a2) if tb else MatMul(not ta, False)(a2, g)
-            grad_b = _sum_to_shape(grad_b, b2.shape)
-            if b.ndim == 1: grad_b = reshape(grad_b, b.shape)
-        return grad_a, grad_b
-    def __repr__(self):
-        flags = [f"{k}=True" for k in ("transpose_a", "transpose_b") if getattr(self, k)]
-        return f"MatMul({', '.join(flags)})"
-
-def _matmul_shape(a_shape, b_shape):
-    batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
-    return tuple(batch) + (a_shape[-2], b_shape[-1])
-
-def matmul(a, b): return MatMul()(a, b)
-
-# %% ../nbs/02_ops.ipynb #429b3f36
-class Log(TensorOp):
-    def compute(self, a): return _xp(a).log(a)
-    def gradient(self, out_grad, node): return out_grad / node.inputs[0]
-
-def log(a): return Log()(a)
-
-class Exp(TensorOp):
-    def compute(self, a): return _xp(a).exp(a)
-    def gradient(self, out_grad, node): return out_grad * node
-
-def exp(a): return Exp()(a)
-
-class ReLU(TensorOp):
-    def compute(self, a): return _xp(a).maximum(a, 0)
-    def gradient(self, out_grad, node):
-        # a boolean mask multiplies without changing out_grad's dtype (float32 stays float32)
-        return out_grad * _const(node.realize_cached_data() > 0)
-
-def relu(a): return ReLU()(a)
-
-class Tanh(TensorOp):
-    def compute(self, a): return _xp(a).tanh(a)
-    def gradient(self, out_grad, node): return out_grad * (1 - node * node)
-
-def tanh(a): return Tanh()(a)
-
-class Sigmoid(TensorOp):
-    def compute(self, a):
-        xp = _xp(a)
-        # split by sign so exp never overflows: sigma(a) = e^a / (1 + e^a) for a < 0
-        e = xp.exp(-xp.abs(a))
-        return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
-    def gradient(self, out_grad, node): return out_grad * node * (1 - node)
-
-def sigmoid(a): return Sigmoid()(a)
-
-# %% ../nbs/02_ops.ipynb #ebbd5888
-class LogSumExp(TensorOp):
-    def __init__(self, axes: Optional[tuple] = None): self.axes = axes
-    def compute(self, Z):
-        xp = _xp(Z)
-        axes = _normalize_axes(self.axes, Z.ndim)
-        m = Z.max(axis=axes, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, 0)
-        out = xp.log(xp.exp(Z - m).sum(axis=axes, keepdims=True)) + m
-        out = out.reshape(tuple(n for i, n in enumerate(Z.shape) if axes is not None and i not in axes))
-        return out.astype(Z.dtype, copy=False)
-    def gradient(self, out_grad, node):
-        Z = node.inputs[0]
-        kept = _keepdims_shape(Z.shape, _normalize_axes(self.axes, Z.ndim))
-        # `-` and `*` broadcast the kept axes (and sum them back in their own gradients)
-        softmax = exp(Z - reshape(node, kept))
-        return reshape(out_grad, kept) * softmax
-
-def logsumexp(a, axes=None): return LogSumExp(axes)(a)
-
-class LogSoftmax(TensorOp):
-    "Log-softmax over the last axis (needle's is row-wise on a 2-D batch of logits)."
-    def compute(self, Z):
-        return Z - LogSumExp(axes=(-1,)).compute(Z)[..., None]
-    def gradient(self, out_grad, node):
-        softmax = exp(node)
-        total = reshape(summation(out_grad, (-1,)), out_grad.shape[:-1] + (1,))
-        return out_grad - softmax * total
-
-def logsoftmax(a): return LogSoftmax()(a)
-
-class Softmax(TensorOp):
-    "Softmax over the last axis: $e^{z - \\max z} / \\sum e^{z - \\max z}$, so no exponent exceeds 0."
-    def compute(self, Z):
-        xp = _xp(Z)
-        e = xp.exp(Z - Z.max(axis=-1, keepdims=True))
-        e /= e.sum(axis=-1, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
-        return e
-    def gradient(self, out_grad, node):
-        # s ⊙ (ḡ − Σ ḡ ⊙ s): the Jacobian diag(s) − s sᵀ applied to ḡ, without forming it
-        total = reshape(summation(out_grad * node, (-1,)), out_grad.shape[:-1] + (1,))
-        return (out_grad - total) * node
-
-def softmax(a): return Softmax()(a)
-
-class SoftmaxCrossEntropy(TensorOp):
-    r"""$\mathrm{LSE}(z) - z \cdot y$ per row of logits `Z` `(B, k)` and targets `Y` `(B, k)` (one-hot,
-    or any distribution), reduced by `reduction` (`"mean"`, `"sum"` or `"none"`), in one node.
-
-    Written with `logsumexp`, `*` and sums, a softmax loss is six nodes forward and a dozen backward;
-    fused, it is one node, and its gradient $(\mathrm{softmax}(z) - y)\,\bar{c}$ five.
-    """
-    def __init__(self, reduction: str = "mean"):
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"SoftmaxCrossEntropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        self.reduction = reduction
-    def compute(self, Z, Y):
-        if Z.ndim != 2 or Z.shape != Y.shape:
-            raise ValueError(f"softmax_cross_entropy: logits {Z.shape} and targets {Y.shape} must be equal (B, k) shapes")
-        xp = _xp(Z)
-        m = Z.max(axis=1, keepdims=True)   # shift so that no exponent exceeds 0
-        losses = xp.log(xp.exp(Z - m).sum(axis=1)) + m[:, 0] - (Z * Y).sum(axis=1)
-        if self.reduction == "none": return losses.astype(Z.dtype, copy=False)
-        total = losses.sum()
-        # a sum and a division: `ndarray.mean` costs 10 µs of Python on a batch-sized array
-        if self.reduction == "mean": total = total / Z.shape[0]
-        return xp.asarray(total, dtype=Z.dtype)
-    def gradient(self, out_grad, node):
-        Z, Y = node.inputs
-        if self.reduction == "none": scale = reshape(out_grad, (Z.shape[0], 1))
-        elif self.reduction == "mean": scale = out_grad / Z.shape[0]
-        else: scale = out_grad
-        grad_Z = (softmax(Z) - Y) * scale if Z.requires_grad else None
-        grad_Y = -(Z * scale) if Y.requires_grad else None   # LSE(z) does not depend on y
-        return grad_Z, grad_Y
-
-def softmax_cross_entropy(logits, y_one_hot, reduction: str = "mean"):
-    "Softmax cross-entropy of `logits` `(B, k)` against `y_one_hot` `(B, k)`, fused into one op."
-    return SoftmaxCrossEntropy(reduction)(logits, y_one_hot)
-
-# %% ../nbs/02_ops.ipynb #1943ef43
-class Stack(TensorOp):
-    def __init__(self, axis: int): self.axis = axis
-    def compute(self, args): return _xp(args[0]).stack(args, axis=self.axis)
-    def gradient(self, out_grad, node): return split(out_grad, self.axis)
-
-def stack(args, axis=0): return Stack(axis)(make_tuple(*args))
-
-class Split(TensorTupleOp):
-    def __init__(self, axis: int): self.axis = axis
-    def compute(self, A):
-        return tuple(A.take(i, axis=self.axis) for i in range(A.shape[self.axis]))
-    def gradient(self, out_grad, node): return stack(list(out_grad.tuple()), self.axis)
-
-def split(a, axis=0): return Split(axis)(a)
-
-class GetItem(TensorOp):
-    def __init__(self, index): self.index = _unwrap_index(index)
-    def compute(self, a):
-        out = a[self.index]
-        return out if type(out) is type(a) else _xp(a).asarray(out)
-    def gradient(self, out_grad, node):
-        return ScatterAdd(self.index, node.inputs[0].shape)(out_grad)
-
-class ScatterAdd(TensorOp):
-    "Zeros of `shape` with `a` added at `index`: the adjoint of indexing."
-    def __init__(self, index, shape): self.index, self.shape = index, tuple(shape)
-    def compute(self, a):
-        xp = _xp(a)
-        out = xp.zeros(self.shape, dtype=a.dtype)
-        xp.add.at(out, self.index, a) if _has_array_index(self.index) else out.__setitem__(self.index, a)
-        return out
-    def gradient(self, out_grad, node): return GetItem(self.index)(out_grad)
-
-def _unwrap_index(index):
-    "Tensors used as indices become arrays."
-    if isinstance(index, tuple): return tuple(_unwrap_index(i) for i in index)
-    return index.realize_cached_data() if isinstance(index, Tensor) else index
-
-def _has_array_index(index):
-    items = index if isinstance(index, tuple) else (index,)
-    return any(hasattr(i, "shape") or isinstance(i, list) for i in items)
-
-def get_item(a, index): return GetItem(index)(a)
-
-# %% ../nbs/02_ops.ipynb #987a45e1
-def _is_array(other) -> bool: return hasattr(other, "shape") and other.shape != ()
-
-def _constant(other, like: Tensor) -> Tensor:
-    "An array operand as a constant tensor on the device of `like`."
-    return Tensor(other, device=like.device, requires_grad=False)
-
-def _binary(tensor_op, scalar_op):
-    def method(self, other):
-        if isinstance(other, Tensor): return Tensor.make_from_op(tensor_op, (self, other))
-        if _is_array(other): return Tensor.make_from_op(tensor_op, (self, _constant(other, self)))
-        return Tensor.make_from_op(scalar_op(other), (self,))
-    return method
-
-_add, _sub, _mul, _div, _matmul = EWiseAdd(), EWiseSub(), EWiseMul(), EWiseDiv(), MatMul()
-
-# An array on the left may broadcast `self` to a bigger shape: it goes through the two-input op,
-# whose gradient is summed back to `self`'s shape; a scalar needs no such care.
-def _rsub(self, other):
-    if _is_array(other): return Tensor.make_from_op(_sub, (_constant(other, self), self))
-    return Tensor.make_from_op(AddScalar(other), (Tensor.make_from_op(Negate(), (self,)),))
-def _rtruediv(self, other):
-    if _is_array(other): return Tensor.make_from_op(_div, (_constant(other, self), self))
-    return MulScalar(other)(PowerScalar(-1)(self))
-def _rpow(self, other):
-    base = _constant(other, self) if _is_array(other) else Tensor(
-        other, device=self.device, dtype=self.dtype, requires_grad=False)
-    return Tensor.make_from_op(EWisePow(), (base, self))
-def _matmul_method(self, other):
-    return Tensor.make_from_op(_matmul, (self, other if isinstance(other, Tensor) else _constant(other, self)))
-def _rmatmul(self, other): return Tensor.make_from_op(_matmul, (_constant(other, self), self))
-
-Tensor.__add__ = Tensor.__radd__ = _binary(_add, AddScalar)
-Tensor.__sub__ = _binary(_sub, lambda s: AddScalar(-_py_scalar(s)))
-Tensor.__rsub__ = _rsub
-Tensor.__mul__ = Tensor.__rmul__ = _binary(_mul, MulScalar)
-Tensor.__truediv__ = _binary(_div, DivScalar)
-Tensor.__rtruediv__ = _rtruediv
-Tensor.__pow__ = _binary(EWisePow(), PowerScalar)
-Tensor.__rpow__ = _rpow   # not in needle; PyTorch has it
-Tensor.__matmul__ = _matmul_method
-Tensor.__rmatmul__ = _rmatmul
-Tensor.__neg__ = lambda self: Tensor.make_from_op(Negate(), (self,))
-Tensor.__getitem__ = lambda self, index: GetItem(index)(self)
-
-Tensor.matmul = lambda self, other: matmul(self, other)
-Tensor.sum = lambda self, axes=None: Summation(axes)(self)
-Tensor.max = Tensor.amax = lambda self, axes=None: Max(axes)(self)
-Tensor.broadcast_to = lambda self, shape: BroadcastTo(shape)(self)
-Tensor.reshape = lambda self, *shape: Reshape(shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)(self)
-Tensor.transpose = lambda self, axes=None: Transpose(axes)(self)
-Tensor.exp = lambda self: Exp()(self)
-Tensor.log = lambda self: Log()(self)
-Tensor.relu = lambda self: ReLU()(self)
-Tensor.tanh = lambda self: Tanh()(self)
-Tensor.sigmoid = lambda self: Sigmoid()(self)
 
 # %% ../nbs/02_ops.ipynb #912115db
 def gradient_check(f, *args, tol: float = 1e-6, backward: bool = False, eps: float = 1e-6,
@@ -537,3 +89,703 @@ def gradient_check(f, *args, tol: float = 1e-6, backward: bool = False, eps: flo
         if err > tol:
             raise AssertionError(f"gradient of input {i} differs from finite differences by {err:.3g} > {tol}")
     return computed
+
+# %% ../nbs/02_ops.ipynb #b73ebccf
+class EWiseAdd(TensorOp):
+    "`a + b` elementwise, numpy broadcasting. Local derivatives: ∂/∂a = 1, ∂/∂b = 1 (each gradient summed back to its input's shape)."
+    def compute(self, a, b): return a + b
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return (_sum_to_shape(out_grad, a.shape) if a.requires_grad else None,
+                _sum_to_shape(out_grad, b.shape) if b.requires_grad else None)
+
+def add(a, b):
+    "`a + b` (`EWiseAdd`)."
+    return EWiseAdd()(a, b)
+
+class AddScalar(TensorOp):
+    "`a + c` for a number `c`. Local derivative: ∂/∂a = 1."
+    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
+    def compute(self, a): return a + self.scalar
+    def gradient(self, out_grad, node): return out_grad
+
+def add_scalar(a, scalar):
+    "`a + scalar` (`AddScalar`)."
+    return AddScalar(scalar)(a)
+
+class EWiseSub(TensorOp):
+    "`a - b` in one op (needle spells it `a + (-b)`: same values, one op fewer). Local derivatives: 1 and -1."
+    def compute(self, a, b): return a - b
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return (_sum_to_shape(out_grad, a.shape) if a.requires_grad else None,
+                _sum_to_shape(-out_grad, b.shape) if b.requires_grad else None)
+
+def subtract(a, b):
+    "`a - b` (`EWiseSub`)."
+    return EWiseSub()(a, b)
+
+class EWiseMul(TensorOp):
+    "`a * b` elementwise, numpy broadcasting. Local derivatives: ∂/∂a = b, ∂/∂b = a."
+    def compute(self, a, b): return a * b
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return (_sum_to_shape(out_grad * b, a.shape) if a.requires_grad else None,
+                _sum_to_shape(out_grad * a, b.shape) if b.requires_grad else None)
+
+def multiply(a, b):
+    "`a * b` (`EWiseMul`)."
+    return EWiseMul()(a, b)
+
+class MulScalar(TensorOp):
+    "`a * c` for a number `c`. Local derivative: ∂/∂a = c."
+    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
+    def compute(self, a): return a * self.scalar
+    def gradient(self, out_grad, node): return out_grad * self.scalar
+
+def mul_scalar(a, scalar):
+    "`a * scalar` (`MulScalar`)."
+    return MulScalar(scalar)(a)
+
+class EWisePow(TensorOp):
+    "`a ** b` elementwise. Local derivatives: ∂/∂a = b·a^(b-1), ∂/∂b = a^b·ln a."
+    def compute(self, a, b): return a ** b
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return (_sum_to_shape(out_grad * b * a ** (b - 1), a.shape) if a.requires_grad else None,
+                _sum_to_shape(out_grad * node * log(a), b.shape) if b.requires_grad else None)
+
+def power(a, b):
+    "`a ** b` elementwise (`EWisePow`)."
+    return EWisePow()(a, b)
+
+class PowerScalar(TensorOp):
+    "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1)."
+    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
+    def compute(self, a): return a ** self.scalar
+    def gradient(self, out_grad, node):
+        a = node.inputs[0]
+        return out_grad * self.scalar * a ** (self.scalar - 1)
+
+def power_scalar(a, scalar):
+    "`a ** scalar` (`PowerScalar`)."
+    return PowerScalar(scalar)(a)
+
+class EWiseDiv(TensorOp):
+    "`a / b` elementwise, numpy broadcasting. Local derivatives: ∂/∂a = 1/b, ∂/∂b = -a/b²."
+    def compute(self, a, b): return a / b
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return (_sum_to_shape(out_grad / b, a.shape) if a.requires_grad else None,
+                _sum_to_shape(-out_grad * a / (b * b), b.shape) if b.requires_grad else None)
+
+def divide(a, b):
+    "`a / b` (`EWiseDiv`)."
+    return EWiseDiv()(a, b)
+
+class DivScalar(TensorOp):
+    "`a / c` for a number `c`. Local derivative: ∂/∂a = 1/c."
+    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
+    def compute(self, a): return a / self.scalar
+    def gradient(self, out_grad, node): return out_grad / self.scalar
+
+def divide_scalar(a, scalar):
+    "`a / scalar` (`DivScalar`)."
+    return DivScalar(scalar)(a)
+
+class Negate(TensorOp):
+    "`-a`. Local derivative: -1."
+    def compute(self, a): return -a
+    def gradient(self, out_grad, node): return -out_grad
+
+def negate(a):
+    "`-a` (`Negate`)."
+    return Negate()(a)
+
+# %% ../nbs/02_ops.ipynb #30595ac0
+def _is_array(other) -> bool: return hasattr(other, "shape") and other.shape != ()
+
+def _constant(other, like: Tensor) -> Tensor:
+    "An array operand as a constant tensor on the device of `like`."
+    return Tensor(other, device=like.device, requires_grad=False)
+
+_add, _sub, _mul, _div, _pow = EWiseAdd(), EWiseSub(), EWiseMul(), EWiseDiv(), EWisePow()
+
+def _binary(self: Tensor, other, tensor_op, scalar_op) -> Tensor:
+    "`tensor_op(self, other)` for a tensor or an array (made a constant), `scalar_op(other)(self)` for a number."
+    if isinstance(other, Tensor): return Tensor.make_from_op(tensor_op, (self, other))
+    if _is_array(other): return Tensor.make_from_op(tensor_op, (self, _constant(other, self)))
+    return Tensor.make_from_op(scalar_op(other), (self,))
+
+def _sub_scalar(scalar) -> AddScalar: return AddScalar(-_py_scalar(scalar))
+
+@patch
+def __add__(self: Tensor, other) -> Tensor:
+    "`self + other` (`EWiseAdd`; `AddScalar` for a number). Local derivatives: 1 and 1, summed back to each shape."
+    return _binary(self, other, _add, AddScalar)
+
+@patch
+def __radd__(self: Tensor, other) -> Tensor:
+    "`other + self`: as `self + other`."
+    return _binary(self, other, _add, AddScalar)
+
+@patch
+def __sub__(self: Tensor, other) -> Tensor:
+    "`self - other` (`EWiseSub`; `AddScalar(-c)` for a number). Local derivatives: 1 and -1."
+    return _binary(self, other, _sub, _sub_scalar)
+
+# An array on the left may broadcast `self` to a bigger shape: it goes through the two-input op,
+# whose gradient is summed back to `self`'s shape; a scalar needs no such care.
+@patch
+def __rsub__(self: Tensor, other) -> Tensor:
+    "`other - self`. Local derivative with respect to `self`: -1."
+    if _is_array(other): return Tensor.make_from_op(_sub, (_constant(other, self), self))
+    return Tensor.make_from_op(AddScalar(other), (Tensor.make_from_op(Negate(), (self,)),))
+
+@patch
+def __mul__(self: Tensor, other) -> Tensor:
+    "`self * other` (`EWiseMul`; `MulScalar` for a number). Local derivatives: `other` and `self`."
+    return _binary(self, other, _mul, MulScalar)
+
+@patch
+def __rmul__(self: Tensor, other) -> Tensor:
+    "`other * self`: as `self * other`."
+    return _binary(self, other, _mul, MulScalar)
+
+@patch
+def __truediv__(self: Tensor, other) -> Tensor:
+    "`self / other` (`EWiseDiv`; `DivScalar` for a number). Local derivatives: $1/b$ and $-a/b^2$."
+    return _binary(self, other, _div, DivScalar)
+
+@patch
+def __rtruediv__(self: Tensor, other) -> Tensor:
+    "`other / self`. Local derivative with respect to `self`: $-\\mathrm{other}/\\mathrm{self}^2$."
+    if _is_array(other): return Tensor.make_from_op(_div, (_constant(other, self), self))
+    return MulScalar(other)(PowerScalar(-1)(self))
+
+@patch
+def __pow__(self: Tensor, other) -> Tensor:
+    "`self ** other` (`EWisePow`; `PowerScalar` for a number). Local derivatives: $b a^{b-1}$ and $a^b \\ln a$."
+    return _binary(self, other, _pow, PowerScalar)
+
+@patch
+def __rpow__(self: Tensor, other) -> Tensor:
+    "`other ** self` (not in needle; PyTorch has it). Local derivative with respect to `self`: $\\mathrm{other}^{\\mathrm{self}} \\ln \\mathrm{other}$."
+    base = _constant(other, self) if _is_array(other) else Tensor(
+        other, device=self.device, dtype=self.dtype, requires_grad=False)
+    return Tensor.make_from_op(_pow, (base, self))
+
+@patch
+def __neg__(self: Tensor) -> Tensor:
+    "`-self` (`Negate`). Local derivative: -1."
+    return Tensor.make_from_op(Negate(), (self,))
+
+# %% ../nbs/02_ops.ipynb #29651ca0
+class Transpose(TensorOp):
+    "Swap two axes: the last two by default (needle), or `axes=(i, j)`. Gradient: the same swap applied to `out_grad`."
+    def __init__(self, axes: Optional[tuple] = None): self.axes = axes
+    def compute(self, a):
+        i, j = self.axes if self.axes is not None else (-1, -2)
+        return a.swapaxes(i, j)
+    def gradient(self, out_grad, node): return transpose(out_grad, self.axes)
+
+def transpose(a, axes=None):
+    "Swap two axes of `a`, the last two by default (`Transpose`)."
+    return Transpose(axes)(a)
+
+class Reshape(TensorOp):
+    "`a` reshaped to `shape` (same number of elements). Gradient: `out_grad` reshaped back to the input's shape."
+    def __init__(self, shape): self.shape = tuple(shape)
+    def compute(self, a):
+        try: return a.reshape(self.shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} "
+                             f"({a.size} elements) to {self.shape}") from None
+    def gradient(self, out_grad, node): return reshape(out_grad, node.inputs[0].shape)
+
+def reshape(a, shape):
+    "`a` reshaped to `shape` (`Reshape`)."
+    return Reshape(shape)(a)
+
+class BroadcastTo(TensorOp):
+    "`a` broadcast to `shape` (numpy's rules). Gradient: `out_grad` summed over the broadcast axes (`SumToShape`)."
+    def __init__(self, shape): self.shape = tuple(shape)
+    def compute(self, a):
+        try: return array_module(a).broadcast_to(a, self.shape)
+        except ValueError:
+            raise ValueError(f"broadcast_to: cannot broadcast shape {a.shape} to {self.shape}") from None
+    def gradient(self, out_grad, node): return _sum_to_shape(out_grad, node.inputs[0].shape)
+
+def broadcast_to(a, shape):
+    "`a` broadcast to `shape` (`BroadcastTo`)."
+    return BroadcastTo(shape)(a)
+
+class SumToShape(TensorOp):
+    """Sum over the axes that broadcasting `shape` up to the input's shape added or stretched.
+
+    The adjoint of `broadcast_to`: every broadcasting op sums its gradient back with it. One node
+    (a keepdims sum and a free reshape) where `summation` then `reshape` would make two.
+    """
+    def __init__(self, shape): self.shape = tuple(shape)
+    def compute(self, a):
+        added = a.ndim - len(self.shape)
+        if added < 0: raise ValueError(f"sum_to_shape: cannot sum shape {a.shape} to {self.shape}")
+        axes = tuple(range(added)) + tuple(added + i for i, n in enumerate(self.shape)
+                                           if n == 1 and a.shape[added + i] != 1)
+        return a.sum(axis=axes, keepdims=True).reshape(self.shape)
+    def gradient(self, out_grad, node): return broadcast_to(out_grad, node.inputs[0].shape)
+
+# %% ../nbs/02_ops.ipynb #77648279
+@patch
+def broadcast_to(self: Tensor, shape) -> Tensor:
+    "Broadcast to `shape` (`BroadcastTo`). Gradient: `out_grad` summed over the broadcast axes."
+    return BroadcastTo(shape)(self)
+
+@patch
+def reshape(self: Tensor, *shape) -> Tensor:
+    "Reshape to `shape`, given as `t.reshape(2, 3)` or `t.reshape((2, 3))` (`Reshape`). Gradient: `out_grad` reshaped back."
+    return Reshape(shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)(self)
+
+@patch
+def transpose(self: Tensor, axes=None) -> Tensor:
+    "Swap two axes, the last two by default (`Transpose`, needle's semantics). Gradient: the same swap of `out_grad`."
+    return Transpose(axes)(self)
+
+# %% ../nbs/02_ops.ipynb #45d29548
+def _normalize_axes(axes, ndim) -> Optional[tuple]:
+    if axes is None: return None
+    if isinstance(axes, numbers.Integral): axes = (axes,)
+    return tuple(sorted(ax % ndim if ndim else 0 for ax in axes))
+
+def _keepdims_shape(shape, axes) -> tuple:
+    "`shape` with the reduced `axes` set to 1."
+    if axes is None: return (1,) * len(shape)
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+class Summation(TensorOp):
+    "Sum over `axes` (an int, a tuple, or `None` for all), removing them. Local derivative: 1 for each summed entry, so the gradient is `out_grad` broadcast back over `axes` (`ExpandReduced`)."
+    def __init__(self, axes=None): self.axes = axes
+    def compute(self, a):
+        out = a.sum(axis=_normalize_axes(self.axes, a.ndim))
+        return out if type(out) is type(a) else array_module(a).asarray(out)
+    def gradient(self, out_grad, node):
+        return ExpandReduced(self.axes, node.inputs[0].shape)(out_grad)
+
+class ExpandReduced(TensorOp):
+    """Put back the `axes` a reduction removed and broadcast over them, up to `shape`.
+
+    The adjoint of `summation(·, axes)`: one node where `reshape` then `broadcast_to` would make two.
+    """
+    def __init__(self, axes, shape): self.axes, self.shape = axes, tuple(shape)
+    def compute(self, a):
+        kept = _keepdims_shape(self.shape, _normalize_axes(self.axes, len(self.shape)))
+        return array_module(a).broadcast_to(a.reshape(kept), self.shape)
+    def gradient(self, out_grad, node): return summation(out_grad, self.axes)
+
+def summation(a, axes=None):
+    "Sum of `a` over `axes` (`Summation`; needle's name)."
+    return Summation(axes)(a)
+
+class Max(TensorOp):
+    "Maximum over `axes`, which are removed. Local derivative: 1 at the maximum, 0 elsewhere; tied maxima share it equally (as `torch.amax`)."
+    def __init__(self, axes=None): self.axes = axes
+    def compute(self, a):
+        out = a.max(axis=_normalize_axes(self.axes, a.ndim))
+        return out if type(out) is type(a) else array_module(a).asarray(out)
+    def gradient(self, out_grad, node):
+        a = node.inputs[0]
+        axes = _normalize_axes(self.axes, a.ndim)
+        kept = _keepdims_shape(a.shape, axes)
+        data = a.realize_cached_data()
+        is_max = data == node.realize_cached_data().reshape(kept)
+        share = is_max / is_max.sum(axis=axes, keepdims=True)
+        # `*` broadcasts the kept axes and its own gradient sums them back: no broadcast_to node
+        return reshape(out_grad, kept) * Tensor.make_const(share.astype(data.dtype))
+
+def amax(a, axes=None):
+    "Maximum over `axes` (named like numpy's and PyTorch's `amax`, so it never shadows Python's `max`)."
+    return Max(axes)(a)
+
+# %% ../nbs/02_ops.ipynb #728e10c2
+def _reject_axis_keywords(method: str, kwargs: dict):
+    "needle's reductions take `axes=`: name numpy's `axis=` and PyTorch's `dim=` when they are passed."
+    for wrong in ("axis", "dim"):
+        if wrong in kwargs:
+            raise TypeError(f"Tensor.{method}() got {wrong}={kwargs[wrong]!r}: needle uses axes= "
+                            f"(e.g. t.{method}(axes=({kwargs[wrong]!r},)))")
+    if kwargs: raise TypeError(f"Tensor.{method}() got unexpected keyword arguments {sorted(kwargs)}")
+
+@patch
+def sum(self: Tensor, axes=None, **kwargs) -> Tensor:
+    """Sum over `axes` (an int, a tuple, or `None` for all): needle's `summation`.
+
+    Shape: `axes` are removed. Local derivative: 1 for every summed entry, so the gradient
+    broadcasts `out_grad` back over `axes`. `axis=`/`dim=` raise a `TypeError`: needle uses `axes=`.
+    """
+    if kwargs: _reject_axis_keywords("sum", kwargs)
+    return Summation(axes)(self)
+
+@patch
+def max(self: Tensor, axes=None, **kwargs) -> Tensor:
+    """Maximum over `axes` (an int, a tuple, or `None` for all): `Max`.
+
+    Shape: `axes` are removed. Local derivative: 1 at the maximum (shared equally among ties), 0
+    elsewhere. `axis=`/`dim=` raise a `TypeError`: needle uses `axes=`.
+    """
+    if kwargs: _reject_axis_keywords("max", kwargs)
+    return Max(axes)(self)
+
+@patch
+def amax(self: Tensor, axes=None, **kwargs) -> Tensor:
+    "The same as `Tensor.max` (numpy's name)."
+    if kwargs: _reject_axis_keywords("amax", kwargs)
+    return Max(axes)(self)
+
+# %% ../nbs/02_ops.ipynb #dc3b3823
+class MatMul(TensorOp):
+    "`a @ b`, `(…, n, k) @ (…, k, m) → (…, n, m)`; `transpose_a`/`transpose_b` swap the last two axes of that operand first (2-D and up). Local derivatives: ∂/∂a = c̄ bᵀ, ∂/∂b = aᵀ c̄, each summed over broadcast batch axes."
+    def __init__(self, transpose_a: bool = False, transpose_b: bool = False):
+        self.transpose_a, self.transpose_b = transpose_a, transpose_b
+    def compute(self, a, b):
+        if self.transpose_a: a = a.swapaxes(-1, -2)
+        if self.transpose_b: b = b.swapaxes(-1, -2)
+        try: return a @ b
+        except ValueError:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
+                             f"({a.shape[-1] if a.ndim else a.shape} != "
+                             f"{b.shape[-2] if b.ndim > 1 else b.shape[0] if b.ndim else b.shape})") from None
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        a2 = a if a.ndim > 1 else reshape(a, (1,) + a.shape)
+        b2 = b if b.ndim > 1 else reshape(b, b.shape + (1,))
+        # with a 1-D operand the output lost an axis: put it back so the 2-D formulas apply
+        g = out_grad if a.ndim > 1 and b.ndim > 1 else reshape(out_grad, _matmul_shape(a2.shape, b2.shape))
+        ta, tb = self.transpose_a, self.transpose_b   # only ever set on operands of 2 axes or more
+        grad_a = grad_b = None
+        if a.requires_grad:
+            grad_a = MatMul(tb, True)(b2, g) if ta else MatMul(False, not tb)(g, b2)
+            grad_a = _sum_to_shape(grad_a, a2.shape)
+            if a.ndim == 1: grad_a = reshape(grad_a, a.shape)
+        if b.requires_grad:
+            grad_b = MatMul(True, ta)(g, a2) if tb else MatMul(not ta, False)(a2, g)
+            grad_b = _sum_to_shape(grad_b, b2.shape)
+            if b.ndim == 1: grad_b = reshape(grad_b, b.shape)
+        return grad_a, grad_b
+    def __repr__(self):
+        flags = [f"{k}=True" for k in ("transpose_a", "transpose_b") if getattr(self, k)]
+        return f"MatMul({', '.join(flags)})"
+
+def _matmul_shape(a_shape, b_shape):
+    batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    return tuple(batch) + (a_shape[-2], b_shape[-1])
+
+def matmul(a, b):
+    "`a @ b` (`MatMul`): `(…, n, k) @ (…, k, m) → (…, n, m)`."
+    return MatMul()(a, b)
+
+# %% ../nbs/02_ops.ipynb #95b14a80
+_matmul = MatMul()
+
+@patch
+def __matmul__(self: Tensor, other) -> Tensor:
+    "`self @ other` (`MatMul`): `(…, n, k) @ (…, k, m)`. Local derivatives: $\\bar c\\, B^\\top$ and $A^\\top \\bar c$."
+    return Tensor.make_from_op(_matmul, (self, other if isinstance(other, Tensor) else _constant(other, self)))
+
+@patch
+def __rmatmul__(self: Tensor, other) -> Tensor:
+    "`other @ self` for an array `other`: as `__matmul__` with the operands swapped."
+    return Tensor.make_from_op(_matmul, (_constant(other, self), self))
+
+@patch
+def matmul(self: Tensor, other) -> Tensor:
+    "`self @ other`: see `MatMul`."
+    return matmul(self, other)
+
+# %% ../nbs/02_ops.ipynb #429b3f36
+class Log(TensorOp):
+    "Natural logarithm elementwise. Local derivative: 1/a."
+    def compute(self, a): return array_module(a).log(a)
+    def gradient(self, out_grad, node): return out_grad / node.inputs[0]
+
+def log(a):
+    "ln `a` elementwise (`Log`)."
+    return Log()(a)
+
+class Exp(TensorOp):
+    "$e^a$ elementwise. Local derivative: $e^a$, the output itself."
+    def compute(self, a): return array_module(a).exp(a)
+    def gradient(self, out_grad, node): return out_grad * node
+
+def exp(a):
+    "$e^a$ elementwise (`Exp`)."
+    return Exp()(a)
+
+class ReLU(TensorOp):
+    "max(a, 0) elementwise. Local derivative: 1 where a > 0, else 0 (0 at a = 0, as needle and PyTorch)."
+    def compute(self, a): return array_module(a).maximum(a, 0)
+    def gradient(self, out_grad, node):
+        # a boolean mask multiplies without changing out_grad's dtype (float32 stays float32)
+        return out_grad * Tensor.make_const(node.realize_cached_data() > 0)
+
+def relu(a):
+    "max(a, 0) elementwise (`ReLU`)."
+    return ReLU()(a)
+
+class Tanh(TensorOp):
+    "tanh elementwise. Local derivative: 1 - tanh²(a), from the output."
+    def compute(self, a): return array_module(a).tanh(a)
+    def gradient(self, out_grad, node): return out_grad * (1 - node * node)
+
+def tanh(a):
+    "tanh `a` elementwise (`Tanh`)."
+    return Tanh()(a)
+
+class Sigmoid(TensorOp):
+    "σ(a) = 1/(1 + e^(-a)) elementwise, computed without overflow. Local derivative: σ(a)(1 - σ(a)), from the output."
+    def compute(self, a):
+        xp = array_module(a)
+        # split by sign so exp never overflows: sigma(a) = e^a / (1 + e^a) for a < 0
+        e = xp.exp(-xp.abs(a))
+        return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
+    def gradient(self, out_grad, node): return out_grad * node * (1 - node)
+
+def sigmoid(a):
+    "σ(`a`) elementwise (`Sigmoid`)."
+    return Sigmoid()(a)
+
+class LeakyReLUOp(TensorOp):
+    "$x$ where $x > 0$, `negative_slope`$\\cdot x$ elsewhere (the derivative at 0 is the slope, as PyTorch's)."
+    def __init__(self, negative_slope: float): self.negative_slope = float(negative_slope)
+    def compute(self, a): return array_module(a).where(a > 0, a, a * self.negative_slope)
+    def gradient(self, out_grad, node):
+        a = node.inputs[0].realize_cached_data()
+        slope = array_module(a).where(a > 0, 1.0, self.negative_slope).astype(a.dtype)
+        return out_grad * Tensor.make_const(slope)
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+def _erf(a):
+    "The error function on a numpy or cupy array (scipy's when installed, else `math.erf` per element)."
+    if not isinstance(a, np.ndarray):
+        from cupyx.scipy.special import erf
+        return erf(a)
+    try: from scipy.special import erf
+    except ImportError: return np.vectorize(math.erf, otypes=[a.dtype])(a)
+    return erf(a)
+
+class GELUOp(TensorOp):
+    """Gaussian Error Linear Unit (Hendrycks & Gimpel 2016): $x\\,\\Phi(x)$, or with `approximate="tanh"`
+    $\\tfrac12 x\\,(1 + \\tanh(\\sqrt{2/\\pi}\\,(x + 0.044715 x^3)))$."""
+    def __init__(self, approximate: str = "none"): self.approximate = approximate
+    def compute(self, a):
+        xp = array_module(a)
+        if self.approximate == "tanh":
+            return 0.5 * a * (1 + xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3)))
+        return 0.5 * a * (1 + _erf(a * (1 / math.sqrt(2))))
+    def gradient(self, out_grad, node):
+        a = node.inputs[0].realize_cached_data()
+        xp = array_module(a)
+        if self.approximate == "tanh":
+            t = xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3))
+            local = 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * a * a)
+        else:
+            cdf = 0.5 * (1 + _erf(a * (1 / math.sqrt(2))))
+            local = cdf + a * xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
+        return out_grad * Tensor.make_const(local.astype(a.dtype, copy=False))
+
+def leaky_relu(a, negative_slope: float = 0.01):
+    "`a` where positive, `negative_slope * a` elsewhere (`LeakyReLUOp`, PyTorch's `leaky_relu`)."
+    return LeakyReLUOp(negative_slope)(a)
+
+def gelu(a, approximate: str = "none"):
+    "$a\\,\\Phi(a)$ (`GELUOp`, PyTorch's `gelu`); `approximate='tanh'` for the tanh form."
+    return GELUOp(approximate)(a)
+
+# %% ../nbs/02_ops.ipynb #4037b07e
+@patch
+def exp(self: Tensor) -> Tensor:
+    "$e^x$ elementwise (`Exp`). Local derivative: $e^x$."
+    return Exp()(self)
+
+@patch
+def log(self: Tensor) -> Tensor:
+    "$\\ln x$ elementwise (`Log`). Local derivative: $1/x$."
+    return Log()(self)
+
+@patch
+def relu(self: Tensor) -> Tensor:
+    "$\\max(x, 0)$ elementwise (`ReLU`). Local derivative: 1 where $x > 0$, else 0."
+    return ReLU()(self)
+
+@patch
+def tanh(self: Tensor) -> Tensor:
+    "$\\tanh x$ elementwise (`Tanh`). Local derivative: $1 - \\tanh^2 x$."
+    return Tanh()(self)
+
+@patch
+def sigmoid(self: Tensor) -> Tensor:
+    "$\\sigma(x) = 1/(1 + e^{-x})$ elementwise (`Sigmoid`). Local derivative: $\\sigma(x)(1 - \\sigma(x))$."
+    return Sigmoid()(self)
+
+# %% ../nbs/02_ops.ipynb #ebbd5888
+class LogSumExp(TensorOp):
+    "log Σ exp(z) over `axes` (all by default), shifted by the maximum so no exponent exceeds 0; `axes` are removed. Local derivative: softmax(z) over `axes`."
+    def __init__(self, axes: Optional[tuple] = None): self.axes = axes
+    def compute(self, Z):
+        xp = array_module(Z)
+        axes = _normalize_axes(self.axes, Z.ndim)
+        m = Z.max(axis=axes, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)
+        out = xp.log(xp.exp(Z - m).sum(axis=axes, keepdims=True)) + m
+        out = out.reshape(tuple(n for i, n in enumerate(Z.shape) if axes is not None and i not in axes))
+        return out.astype(Z.dtype, copy=False)
+    def gradient(self, out_grad, node):
+        Z = node.inputs[0]
+        kept = _keepdims_shape(Z.shape, _normalize_axes(self.axes, Z.ndim))
+        # ∂LSE/∂z = softmax(z) over the reduced axes; `*` broadcasts the kept axes of out_grad
+        return reshape(out_grad, kept) * softmax(Z, self.axes)
+
+def logsumexp(a, axes=None):
+    "log Σ exp(`a`) over `axes` (`LogSumExp`)."
+    return LogSumExp(axes)(a)
+
+class LogSoftmax(TensorOp):
+    "Log-softmax over the last axis (needle's is row-wise on a 2-D batch of logits): z - logsumexp(z). Gradient: ḡ - softmax(z) Σ ḡ, the sum over the last axis."
+    def compute(self, Z):
+        return Z - LogSumExp(axes=(-1,)).compute(Z)[..., None]
+    def gradient(self, out_grad, node):
+        # ḡ − softmax(z) Σ ḡ: the Jacobian I − 1 softmax(z)ᵀ applied to ḡ
+        total = reshape(summation(out_grad, (-1,)), out_grad.shape[:-1] + (1,))
+        return out_grad - softmax(node.inputs[0]) * total
+
+def logsoftmax(a):
+    "z - logsumexp(z) over the last axis (`LogSoftmax`)."
+    return LogSoftmax()(a)
+
+class Softmax(TensorOp):
+    """Softmax over `axes` (default the last): $e^{z - \\max z} / \\sum e^{z - \\max z}$, so no exponent exceeds 0.
+
+    The one softmax computation of needle_nb: `LogSumExp`'s and `LogSoftmax`'s gradients, the fused
+    cross-entropy's gradient and `nn.Softmax` all call it. Gradient: $s \\odot (\\bar g - \\sum \\bar g \\odot s)$,
+    the sums over `axes` (the Jacobian $\\mathrm{diag}(s) - s s^\\top$ applied without forming it).
+    """
+    def __init__(self, axes=(-1,)): self.axes = axes
+    def compute(self, Z):
+        xp, axes = array_module(Z), _normalize_axes(self.axes, Z.ndim)
+        e = xp.exp(Z - Z.max(axis=axes, keepdims=True))
+        e /= e.sum(axis=axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
+        return e
+    def gradient(self, out_grad, node):
+        # s ⊙ (ḡ − Σ ḡ ⊙ s): the Jacobian diag(s) − s sᵀ applied to ḡ, without forming it
+        kept = _keepdims_shape(node.shape, _normalize_axes(self.axes, node.ndim))
+        total = reshape(summation(out_grad * node, self.axes), kept)
+        return (out_grad - total) * node
+
+def softmax(a, axes=(-1,)):
+    "Softmax of `a` over `axes` (default the last axis); the probabilities sum to 1 along them."
+    return Softmax(axes)(a)
+
+REDUCTIONS = ("mean", "sum", "none")
+
+def check_reduction(reduction: str, name: str) -> str:
+    """`reduction` when it is one of `REDUCTIONS` (PyTorch's loss reductions), else a `ValueError` naming `name`.
+
+    Example:
+        >>> check_reduction("sum", "MSELoss")
+        'sum'
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+class SoftmaxCrossEntropy(TensorOp):
+    r"""$\mathrm{LSE}(z) - z \cdot y$ per row of logits `Z` `(B, k)` and targets `Y` `(B, k)` (one-hot,
+    or any distribution), reduced by `reduction` (`"mean"`, `"sum"` or `"none"`), in one node.
+
+    Written with `logsumexp`, `*` and sums, a softmax loss is six nodes forward and a dozen backward;
+    fused, it is one node, and its gradient $(\mathrm{softmax}(z) - y)\,\bar{c}$ five.
+    """
+    def __init__(self, reduction: str = "mean"):
+        self.reduction = check_reduction(reduction, "SoftmaxCrossEntropy")
+    def compute(self, Z, Y):
+        if Z.ndim != 2 or Z.shape != Y.shape:
+            raise ValueError(f"softmax_cross_entropy: logits {Z.shape} and targets {Y.shape} must be equal (B, k) shapes")
+        xp = array_module(Z)
+        losses = LogSumExp(axes=(1,)).compute(Z) - (Z * Y).sum(axis=1)
+        if self.reduction == "none": return losses.astype(Z.dtype, copy=False)
+        total = losses.sum()
+        # a sum and a division: `ndarray.mean`'s Python wrapper costs more than the sum itself (benchmarks/NOTES.md)
+        if self.reduction == "mean": total = total / Z.shape[0]
+        return xp.asarray(total, dtype=Z.dtype)
+    def gradient(self, out_grad, node):
+        Z, Y = node.inputs
+        if self.reduction == "none": scale = reshape(out_grad, (Z.shape[0], 1))
+        elif self.reduction == "mean": scale = out_grad / Z.shape[0]
+        else: scale = out_grad
+        grad_Z = (softmax(Z) - Y) * scale if Z.requires_grad else None
+        grad_Y = -(Z * scale) if Y.requires_grad else None   # LSE(z) does not depend on y
+        return grad_Z, grad_Y
+
+def softmax_cross_entropy(logits, y_one_hot, reduction: str = "mean"):
+    "Softmax cross-entropy of `logits` `(B, k)` against `y_one_hot` `(B, k)`, fused into one op."
+    return SoftmaxCrossEntropy(reduction)(logits, y_one_hot)
+
+# %% ../nbs/02_ops.ipynb #1943ef43
+class Stack(TensorOp):
+    "Stack a `TensorTuple` of equal-shaped tensors along a new `axis`. Gradient: `out_grad` split along `axis`."
+    def __init__(self, axis: int): self.axis = axis
+    def compute(self, args): return array_module(args[0]).stack(args, axis=self.axis)
+    def gradient(self, out_grad, node): return split(out_grad, self.axis)
+
+def stack(args, axis=0):
+    "Stack the tensors `args` along a new `axis` (`Stack`)."
+    return Stack(axis)(make_tuple(*args))
+
+class Split(TensorTupleOp):
+    "Split a tensor along `axis` into a `TensorTuple` of its slices (that axis removed). Gradient: the slices' gradients stacked back."
+    def __init__(self, axis: int): self.axis = axis
+    def compute(self, A):
+        return tuple(A.take(i, axis=self.axis) for i in range(A.shape[self.axis]))
+    def gradient(self, out_grad, node): return stack(list(out_grad.tuple()), self.axis)
+
+def split(a, axis=0):
+    "The slices of `a` along `axis`, as a `TensorTuple` (`Split`)."
+    return Split(axis)(a)
+
+class GetItem(TensorOp):
+    "`a[index]` with numpy's basic and advanced indexing. Gradient: `out_grad` added back at the indexed places (`ScatterAdd`)."
+    def __init__(self, index): self.index = _unwrap_index(index)
+    def compute(self, a):
+        out = a[self.index]
+        return out if type(out) is type(a) else array_module(a).asarray(out)
+    def gradient(self, out_grad, node):
+        return ScatterAdd(self.index, node.inputs[0].shape)(out_grad)
+
+class ScatterAdd(TensorOp):
+    "Zeros of `shape` with `a` added at `index`: the adjoint of indexing."
+    def __init__(self, index, shape): self.index, self.shape = index, tuple(shape)
+    def compute(self, a):
+        xp = array_module(a)
+        out = xp.zeros(self.shape, dtype=a.dtype)
+        xp.add.at(out, self.index, a) if _has_array_index(self.index) else out.__setitem__(self.index, a)
+        return out
+    def gradient(self, out_grad, node): return GetItem(self.index)(out_grad)
+
+def _unwrap_index(index):
+    "Tensors used as indices become arrays."
+    if isinstance(index, tuple): return tuple(_unwrap_index(i) for i in index)
+    return index.realize_cached_data() if isinstance(index, Tensor) else index
+
+def _has_array_index(index):
+    items = index if isinstance(index, tuple) else (index,)
+    return any(hasattr(i, "shape") or isinstance(i, list) for i in items)
+
+def get_item(a, index):
+    "`a[index]` (`GetItem`)."
+    return GetItem(index)(a)
+
+# %% ../nbs/02_ops.ipynb #0f3ecf86
+@patch
+def __getitem__(self: Tensor, index) -> Tensor:
+    "`self[index]` (`GetItem`, numpy's indexing). Gradient: `out_grad` scattered back to the indexed places (`ScatterAdd`)."
+    return GetItem(index)(self)

@@ -9,20 +9,13 @@ from __future__ import annotations
 import math
 from typing import Iterable, Union
 import numpy as np
-from .autograd import Tensor, _device_of
+from .backend import array_module, to_host
+from .autograd import Tensor
 
 # %% auto #0
 __all__ = ['Optimizer', 'SGD', 'Adam', 'clip_grad_norm_', 'LRScheduler', 'StepLR', 'CosineAnnealingLR']
 
 # %% ../nbs/05_optim.ipynb #c7221e6a
-def _xp(array):
-    "The array module (numpy or cupy) of `array`."
-    return np if type(array) is np.ndarray else _device_of(array).xp
-
-def _host_copy(array) -> np.ndarray:
-    "A numpy copy of `array`, which the caller may keep or write into."
-    return array.copy() if type(array) is np.ndarray else _device_of(array).to_numpy(array)
-
 class Optimizer:
     """Base class: a list of parameters, per-parameter state, and the update `step()`.
 
@@ -111,7 +104,7 @@ class SGD(Optimizer):
             else:
                 u = grad
             update = u * lr
-            _assign(p, _xp(w).subtract(w, update, out=update))
+            _assign(p, array_module(w).subtract(w, update, out=update))
 
 # %% ../nbs/05_optim.ipynb #f54f69bd
 class Adam(Optimizer):
@@ -147,7 +140,7 @@ class Adam(Optimizer):
         for i, p in enumerate(self.params):
             if p.grad is None: continue
             w, grad = p.cached_data, p.grad.cached_data
-            xp = _xp(w)
+            xp = array_module(w)
             if weight_decay: grad = grad + weight_decay * w
             state = self.state.get(i)
             if state is None:
@@ -177,12 +170,8 @@ def _state_dict(self) -> dict:
     out = {name: float(getattr(self, name)) for name in self.hyperparameters}
     out.update({name: int(getattr(self, name)) for name in self.counters})
     for i, state in sorted(self.state.items()):
-        for name, array in state.items(): out[f"state.{i}.{name}"] = _host_copy(array)
+        for name, array in state.items(): out[f"state.{i}.{name}"] = to_host(array, copy=True)
     return out
-
-def _host_value(value) -> np.ndarray:
-    "A numpy view of a state-dict value: a number, an array, or a Tensor (as `load` returns)."
-    return value.numpy() if isinstance(value, Tensor) else np.asarray(value)
 
 def _load_state_dict(self, state_dict: dict):
     """Restore what `state_dict()` returned (values may also be 0-d arrays or tensors, as a loaded checkpoint gives).
@@ -195,8 +184,8 @@ def _load_state_dict(self, state_dict: dict):
     unexpected = [k for k in state_dict if k not in scalars and not k.startswith("state.")]
     if missing or unexpected:
         raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-    new_scalars = {name: float(_host_value(state_dict[name]).item()) for name in self.hyperparameters}
-    new_scalars.update({name: int(_host_value(state_dict[name]).item()) for name in self.counters})
+    new_scalars = {name: float(to_host(state_dict[name]).item()) for name in self.hyperparameters}
+    new_scalars.update({name: int(to_host(state_dict[name]).item()) for name in self.counters})
     new_state = {}
     for key, value in state_dict.items():
         if not key.startswith("state."): continue
@@ -208,7 +197,7 @@ def _load_state_dict(self, state_dict: dict):
         if i >= len(self.params):
             raise KeyError(f"{type(self).__name__}.load_state_dict: key {key!r} refers to parameter {i}, "
                            f"but the optimizer has {len(self.params)} parameters")
-        p, array = self.params[i], _host_value(value)
+        p, array = self.params[i], to_host(value)
         if array.shape != p.shape:
             raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} has shape {array.shape}, "
                              f"parameter {i} has shape {p.shape}")
@@ -237,7 +226,7 @@ def clip_grad_norm_(parameters: Union[Tensor, Iterable[Tensor]], max_norm: float
     if not params: return 0.0
     norm_type = float(norm_type)
     grads = [p.grad.cached_data for p in params]
-    norms = [float(_xp(g).linalg.norm(g.reshape(-1), ord=norm_type)) for g in grads]
+    norms = [float(array_module(g).linalg.norm(g.reshape(-1), ord=norm_type)) for g in grads]
     total_norm = float(np.linalg.norm(np.array(norms), ord=norm_type))
     if error_if_nonfinite and not math.isfinite(total_norm):
         raise RuntimeError(f"clip_grad_norm_: the total {norm_type}-norm of the gradients is {total_norm}; "

@@ -9,7 +9,7 @@ import pytest
 import needle_nb as ndl
 from needle_nb import init, nn
 from needle_nb.autograd import Tensor
-from needle_nb.stats import ActivationStats, color_dim, dead_chart, deep_relu_mlp, plot_stats
+from needle_nb.apps.activation_stats import ActivationStats, color_dim, dead_chart, deep_relu_mlp, plot_stats
 
 
 @pytest.fixture(params=ndl.all_devices(), ids=str)
@@ -111,8 +111,8 @@ def test_training_under_each_init(device):
     "Kaiming trains a deep ReLU MLP on digits far better than N(0, 1) in two epochs."
     pytest.importorskip("sklearn")
     from needle_nb.data import DataLoader, NDArrayDataset
-    from needle_nb.digits import digits_data
-    from needle_nb.models import train
+    from needle_nb.apps.digits import digits_data
+    from needle_nb.apps.simple_ml import train
     X_train, y_train, X_test, y_test = digits_data()
     mean, std = X_train.mean(), X_train.std()
     train_loader = DataLoader(NDArrayDataset((X_train - mean) / std, y_train), batch_size=64, shuffle=True)

@@ -591,3 +591,14 @@ def test_float32_mlp_gradients_stay_float32():
         assert p.grad.dtype == np.float32 and p.grad.cached_data.dtype == np.float32, p.grad.dtype
         assert p.grad.shape == p.shape
     assert x.grad is None
+
+
+def test_unknown_tensor_keywords_warn_naming_them():
+    "needle accepts and ignores unknown keywords; we accept them too, with a warning that names them."
+    with pytest.warns(UserWarning, match="require_grad"):
+        t = Tensor([1.0, 2.0], require_grad=False)
+    assert t.requires_grad   # the typo changed nothing, which is why the warning matters
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Tensor([1.0], requires_grad=False, dtype="float64")   # known keywords: no warning

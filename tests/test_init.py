@@ -7,6 +7,7 @@ import pytest
 
 import needle_nb as ndl
 import needle_nb.init as init
+import needle_nb.apps.init_studies as studies
 from needle_nb.autograd import Tensor
 
 DEVICES = ndl.all_devices()
@@ -64,10 +65,10 @@ def needle_reference(name, fan_in, fan_out, gain):
     return np.random.randn(fan_in, fan_out) * (math.sqrt(2) / math.sqrt(fan_in)) + 0
 
 
-@pytest.mark.parametrize("name", list(init.FUNCTIONAL_INITIALIZERS))
+@pytest.mark.parametrize("name", list(studies.FUNCTIONAL_INITIALIZERS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_functional_equals_needle_bit_for_bit(name, dtype):
-    fn = init.FUNCTIONAL_INITIALIZERS[name]
+    fn = studies.FUNCTIONAL_INITIALIZERS[name]
     kwargs = {"gain": 1.7} if name.startswith("xavier") else {}
     np.random.seed(0)
     got = fn(7, 11, dtype=dtype, requires_grad=True, **kwargs)
@@ -127,17 +128,17 @@ def test_gain_matches_torch():
 # fails `ks < ks_threshold(n, 1e-6)` with probability below 1e-6 on any seed. float32 rounding moves the
 # CDF by ~1e-7, far below the threshold (~0.006).
 def ks_of(samples, name, std):
-    return init.ks_statistic(samples, init.target_cdf(name, std)), init.ks_threshold(len(samples), FALSE_FAILURE)
+    return studies.ks_statistic(samples, studies.target_cdf(name, std)), studies.ks_threshold(len(samples), FALSE_FAILURE)
 
 
-@pytest.mark.parametrize("name", list(init.FUNCTIONAL_INITIALIZERS))
+@pytest.mark.parametrize("name", list(studies.FUNCTIONAL_INITIALIZERS))
 def test_functional_distribution(name):
-    samples, std = init.init_samples(name, 10, 20, n_tensors=1000, seed=123)
+    samples, std = studies.init_samples(name, 10, 20, n_tensors=1000, seed=123)
     ks, threshold = ks_of(samples, name, std)
     assert ks < threshold, (name, ks, threshold)
 
 
-@pytest.mark.parametrize("name", list(init.FUNCTIONAL_INITIALIZERS))
+@pytest.mark.parametrize("name", list(studies.FUNCTIONAL_INITIALIZERS))
 def test_planted_wrong_formula_fails(name):
     "The same test must reject a plausible mistake: Xavier using only fan_in, Kaiming using fan_in+fan_out."
     fan_in, fan_out = 10, 20
@@ -146,7 +147,7 @@ def test_planted_wrong_formula_fails(name):
     draw = np.random.rand if name.endswith("uniform") else np.random.randn
     scale = wrong_std * math.sqrt(3) if name.endswith("uniform") else wrong_std
     wrong = (draw(200_000) * (2 * scale) - scale) if name.endswith("uniform") else draw(200_000) * scale
-    ks, threshold = ks_of(wrong.astype(np.float32), name, init.target_std(name, fan_in, fan_out))
+    ks, threshold = ks_of(wrong.astype(np.float32), name, studies.target_std(name, fan_in, fan_out))
     assert ks > 5 * threshold, (name, ks, threshold)
 
 
@@ -159,7 +160,7 @@ INPLACE = {  # name -> (call, target distribution, target std) for a 10x20 tenso
                              math.sqrt(2 / 1.25) / math.sqrt(10)),
     "normal_": (lambda t: init.normal_(t, 0.0, 0.3), "normal", 0.3),
     "uniform_": (lambda t: init.uniform_(t, -0.6, 0.6), "uniform", 0.6 / math.sqrt(3)),
-    "lucid kaiming_normal": (lambda t: init.kaiming_normal(t, mode="fan_in"), "normal", math.sqrt(2 / 10)),
+    "tensor-first kaiming_normal": (lambda t: init.kaiming_normal(t, mode="fan_in"), "normal", math.sqrt(2 / 10)),
 }
 
 
@@ -192,8 +193,8 @@ def test_trunc_normal_distribution():
     for mean, std, a, b in [(0.1, 0.5, -0.5, 0.6), (0.0, 1.0, 2.5, 3.0)]:   # mass 0.73 and 0.005
         samples = init.trunc_normal_(init.zeros(400, 500), mean, std, a, b).numpy()
         assert samples.min() >= a and samples.max() <= b
-        ks = init.ks_statistic(samples.ravel(), cdf_of(mean, std, a, b))
-        assert ks < init.ks_threshold(samples.size, FALSE_FAILURE), (mean, std, a, b, ks)
+        ks = studies.ks_statistic(samples.ravel(), cdf_of(mean, std, a, b))
+        assert ks < studies.ks_threshold(samples.size, FALSE_FAILURE), (mean, std, a, b, ks)
 
 
 @pytest.mark.parametrize("shape", [(32, 8), (8, 32), (3, 3, 4, 16)])
@@ -282,8 +283,8 @@ def test_inplace_records_no_graph_and_keeps_grad_mode():
 
 # --- the numbers behind the plots ---------------------------------------------------------------
 def test_variance_vs_fan_follows_formula():
-    for name in init.FUNCTIONAL_INITIALIZERS:
-        fans, empirical, formula = init.variance_vs_fan(name, seed=5)
+    for name in studies.FUNCTIONAL_INITIALIZERS:
+        fans, empirical, formula = studies.variance_vs_fan(name, seed=5)
         # 20,000 samples: the sample variance's relative spread is <= sqrt(2/20000) = 1% (normal),
         # 0.6% (uniform), so 6% is a 6-sigma bound
         np.testing.assert_allclose(empirical / formula, 1, atol=0.06)
@@ -292,18 +293,18 @@ def test_variance_vs_fan_follows_formula():
 
 
 def test_histogram_numbers():
-    for name in init.FUNCTIONAL_INITIALIZERS:
-        samples, std = init.init_samples(name, 10, 20, n_tensors=200, seed=9)
+    for name in studies.FUNCTIONAL_INITIALIZERS:
+        samples, std = studies.init_samples(name, 10, 20, n_tensors=200, seed=9)
         assert samples.shape == (40_000,)
         assert abs(samples.var() / std ** 2 - 1) < 0.05   # > 6 sigma
-    assert init.target_std("xavier_uniform", 10, 20) == math.sqrt(2 / 30)
+    assert studies.target_std("xavier_uniform", 10, 20) == math.sqrt(2 / 30)
 
 
 @pytest.fixture(scope="module")
 def mlp():
     "Every MLP_RUNS entry for 2 seeds, and Kaiming+ReLU for 5 (batch 64: the claims don't depend on it)."
-    runs = {seed: init.mlp_runs(seed=seed, batch=64) for seed in (1, 2)}
-    kaiming = [init.mlp_signal_stds("kaiming", "relu", batch=64, seed=seed) for seed in range(10, 15)]
+    runs = {seed: studies.mlp_runs(seed=seed, batch=64) for seed in (1, 2)}
+    kaiming = [studies.mlp_signal_stds("kaiming", "relu", batch=64, seed=seed) for seed in range(10, 15)]
     return runs, kaiming
 
 
@@ -342,6 +343,6 @@ def test_mlp_other_claims(mlp):
 
 def test_mlp_rejects_unknown_names():
     with pytest.raises(ValueError, match="orthogonal"):
-        init.mlp_signal_stds("orthogonal", "relu", depth=2, width=4, batch=2)
+        studies.mlp_signal_stds("orthogonal", "relu", depth=2, width=4, batch=2)
     with pytest.raises(ValueError, match="gelu"):
-        init.mlp_signal_stds("kaiming", "gelu", depth=2, width=4, batch=2)
+        studies.mlp_signal_stds("kaiming", "gelu", depth=2, width=4, batch=2)

@@ -1,4 +1,4 @@
-"""needle's models (ResidualBlock, MLPResNet), our MLP, and the epoch/train/predict loop (nbs/07_models)."""
+"""needle's models (ResidualBlock, MLPResNet), our MLP, and the epoch/train/predict loop (nbs/07_models, nbs/07a_simple_ml)."""
 import gzip, struct
 
 import numpy as np
@@ -8,7 +8,8 @@ import needle_nb as ndl
 from needle_nb import nn, optim
 from needle_nb.autograd import Tensor
 from needle_nb.data import DataLoader, NDArrayDataset
-from needle_nb.models import MLP, MLPResNet, ResidualBlock, epoch, predict, train, train_mnist
+from needle_nb.apps.models import MLP, MLPResNet, ResidualBlock
+from needle_nb.apps.simple_ml import epoch, predict, train, train_mnist
 
 
 @pytest.fixture(params=ndl.all_devices(), ids=str)

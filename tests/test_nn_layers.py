@@ -8,6 +8,7 @@ import pytest
 import needle_nb as ndl
 import needle_nb.nn as nn
 from needle_nb import init
+import needle_nb.apps.testing as testing
 
 
 def t64(rs, *shape, device=None):
@@ -16,17 +17,11 @@ def t64(rs, *shape, device=None):
 
 def check_against_torch(torch, ours, theirs, x, params=(), torch_params=(), loss_weights=None, atol=1e-10):
     """Run `ours(x)` and `theirs(x)` (float64), compare outputs, then the gradients of a random
-    weighted sum with respect to `x` and each pair of (our, torch) parameters.
+    weighted sum with respect to `x` and each pair of (our, torch) parameters, through the one
+    comparison helper, `needle_nb.apps.testing.check_against_torch`.
     `torch_params` items are (tensor, to_ours) with `to_ours` mapping a torch gradient to our layout."""
-    xt = torch.tensor(x.numpy(), requires_grad=True)
-    out, out_t = ours(x), theirs(xt)
-    np.testing.assert_allclose(out.numpy(), out_t.detach().numpy(), atol=atol, rtol=1e-7)
-    c = np.random.RandomState(42).randn(*out.shape) if loss_weights is None else loss_weights
-    (out * ndl.Tensor(c, device=out.device, requires_grad=False)).sum().backward()
-    (out_t * torch.tensor(c)).sum().backward()
-    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), atol=atol, rtol=1e-7)
-    for p, (pt, to_ours) in zip(params, torch_params):
-        np.testing.assert_allclose(p.grad.numpy(), to_ours(pt.grad.numpy()), atol=atol, rtol=1e-7)
+    pairs = [(p, pt, to_ours) for p, (pt, to_ours) in zip(params, torch_params)]
+    testing.check_against_torch(ours, theirs, x, params=pairs, out_grad=loss_weights, seed=42, atol=atol, rtol=1e-7)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import needle_nb.ops as ops
 from needle_nb import Tensor
 
 from conftest import DEVICES
+from needle_nb.apps.testing import check_against_torch
 
 # deterministic and small: the whole file runs in seconds
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
@@ -378,7 +379,8 @@ def test_gradient_check_never_writes_into_shared_arrays():
 # --- against PyTorch ----------------------------------------------------------------------------
 def check_op(shapes, torch_fn, ndl_fn=None, *, device=ndl.cpu(), low=-2.0, high=2.0, atol=1e-9, rtol=1e-7,
              seed=0):
-    """Forward and backward of `ndl_fn` against `torch_fn` (float64), tinygrad's `helper_test_op`.
+    """Forward and backward of `ndl_fn` against `torch_fn` (float64), tinygrad's `helper_test_op`,
+    through the one comparison helper, `needle_nb.apps.testing.check_against_torch`.
 
     The inputs are uniform in [low, high); the backward pass pulls a random weighting of the output
     through both frameworks and compares every input's gradient.
@@ -387,18 +389,9 @@ def check_op(shapes, torch_fn, ndl_fn=None, *, device=ndl.cpu(), low=-2.0, high=
     torch.set_num_threads(1)
     ndl_fn = ndl_fn or torch_fn
     rs = np.random.RandomState(seed)
-    arrays = [rs.uniform(low, high, size=s) for s in shapes]
-    ours_in = [Tensor(a, device=device) for a in arrays]
-    theirs_in = [torch.tensor(a, requires_grad=True) for a in arrays]
-    ours, theirs = ndl_fn(*ours_in), torch_fn(*theirs_in)
+    ours_in = [Tensor(rs.uniform(low, high, size=s), device=device) for s in shapes]
+    ours, _ = check_against_torch(ndl_fn, torch_fn, *ours_in, atol=atol, rtol=rtol, seed=seed)
     assert ours.dtype == np.float64
-    np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), atol=atol, rtol=rtol)
-    weights = rs.randn(*theirs.shape)
-    (ours * Tensor(weights, device=device)).sum().backward()
-    (theirs * torch.tensor(weights)).sum().backward()
-    for i, (ours_input, theirs_input) in enumerate(zip(ours_in, theirs_in)):
-        np.testing.assert_allclose(ours_input.grad.numpy(), theirs_input.grad.numpy(), atol=atol, rtol=rtol,
-                                   err_msg=f"gradient of input {i}")
 
 
 def all_axes(x): return tuple(range(x.ndim))
@@ -475,3 +468,14 @@ def test_op_overhead_benchmark_runs(with_torch, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "x numpy" in out and all(name in out for name in names)
     assert ("skipping the PyTorch column" in out) != with_torch
+
+
+@pytest.mark.parametrize("method", ["sum", "max", "amax"])
+@pytest.mark.parametrize("keyword", ["axis", "dim"])
+def test_axis_and_dim_keywords_say_needle_uses_axes(method, keyword):
+    t = Tensor(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="needle uses axes="):
+        getattr(t, method)(**{keyword: 0})
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        getattr(t, method)(keepdims=True)
+    assert getattr(t, method)(axes=0).shape == (3,)

@@ -93,3 +93,12 @@ def test_imports_live_in_cells_of_their_own(nb):
     cells = json.loads(nb.read_text())['cells']
     bad = [c.get('id') for c in cells if c['cell_type'] == 'code' and _mixes_imports_with_code(''.join(c['source']))]
     assert not bad, f'{nb.name}: cells {bad} mix imports with other code; move the imports to a cell of their own'
+
+
+def test_ci_executes_each_notebook_once():
+    "tools/test.sh runs the notebooks only through tools/build_site.py, which runs nbdev-test once and builds from it."
+    script = [l.strip() for l in (ROOT/'tools'/'test.sh').read_text().splitlines() if not l.strip().startswith('#')]
+    assert not [l for l in script if re.search(r'\bnbdev-test\b', l)], 'test.sh runs nbdev-test itself: notebooks would run twice'
+    assert sum('tools/build_site.py' in l for l in script) == 1
+    build = (ROOT/'tools'/'build_site.py').read_text()
+    assert build.count("tool('nbdev-test')") == 1 and "'--save'" in build

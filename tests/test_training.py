@@ -7,9 +7,10 @@ pytest.importorskip("sklearn", reason="the digits data ship with scikit-learn (d
 import needle_nb as ndl
 from needle_nb import nn
 from needle_nb.data import DataLoader, NDArrayDataset
-from needle_nb.digits import digits_data, digits_loaders
-from needle_nb.models import MLP, MLPResNet, epoch, predict, train
-from needle_nb.planar import decision_grid, make_spirals
+from needle_nb.apps.digits import digits_data, digits_loaders
+from needle_nb.apps.models import MLP, MLPResNet
+from needle_nb.apps.simple_ml import epoch, predict, train
+from needle_nb.apps.planar import decision_grid, make_spirals
 
 
 @pytest.fixture(params=ndl.all_devices(), ids=str)

@@ -4,14 +4,15 @@ Where Quarto is installed this runs nbdev's standard `nbdev-docs`. Without Quart
 `--offline`) it builds the same site from nbdev's own processed notebooks with mkdocs-jupyter:
 
 1. copy the repo into `_build/site/src/` (so `nbs/` is never modified) and run every notebook copy
-   against the installed package with `nbdev-test --save` (plots come from today's code; a failing
-   notebook fails the build, and nbdev-test names the notebook and cell);
+   against the installed package with `nbdev-test --save`, once: this is CI's one execution of the
+   notebooks (tools/test.sh runs no other), so plots come from today's code, a failing notebook fails
+   the build with the notebook and cell named, and `--flags` / `NEEDLE_NB_FULL` reach it;
 2. add an API reference notebook: one `show_doc` per exported name in `needle_nb/_modidx.py`;
 3. `nbdev.serve.proc_nbs`: nbdev's doc processors, exactly what Quarto would be given;
 4. `tools/nbpages.py` turns Quarto-only conventions into what nbconvert renders;
 5. vendor MathJax 3 from npm (cached in `_build/cache/`), then `mkdocs build --strict`.
 
-Usage: python tools/build_site.py [--offline]
+Usage: python tools/build_site.py [--offline] [--n-workers N] [--flags FLAGS]
 """
 import argparse, os, re, shutil, subprocess, sys, tarfile, time
 from pathlib import Path
@@ -49,10 +50,11 @@ def copy_repo(dst):
     shutil.copytree(ROOT, dst, ignore=lambda d, names: [n for n in names if SKIP.match(n)])
 
 
-def execute_notebooks(src):
-    "Run every notebook copy; its outputs are saved into the copy."
-    n = str(min(os.cpu_count() or 1, 4))
-    r = subprocess.run([tool('nbdev-test'), 'nbs', '--save', '--n-workers', n, '--do-print'],
+def execute_notebooks(src, n_workers=None, flags=None):
+    "Run every notebook copy once; its outputs are saved into the copy (the pages are built from them)."
+    n = str(n_workers or min(os.cpu_count() or 1, 4))
+    extra = ['--flags', flags] if flags else []
+    r = subprocess.run([tool('nbdev-test'), 'nbs', '--save', '--n-workers', n, '--do-print', *extra],
                        cwd=src, stderr=subprocess.PIPE, text=True)
     sys.stderr.write(r.stderr)
     if r.returncode:
@@ -116,13 +118,13 @@ window.MathJax = {
 """)
 
 
-def build_offline():
+def build_offline(n_workers=None, flags=None):
     t0 = time.time()
     src, docs = BUILD/'src', BUILD/'docs'
     log(f'copying the repo to {src.relative_to(ROOT)}')
     copy_repo(src)
     log('executing every notebook against the installed package')
-    execute_notebooks(src)
+    execute_notebooks(src, n_workers, flags)
 
     from nbdev.config import get_config, nbpath2html
     cfg = get_config(ROOT)
@@ -172,12 +174,14 @@ def build_offline():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--offline', action='store_true', help='build without Quarto even if it is installed')
+    ap.add_argument('--n-workers', type=int, help='notebooks executed in parallel (default: CPUs, at most 4)')
+    ap.add_argument('--flags', help="nbdev-test flags to run, e.g. 'slow' (tst_flags cells are skipped otherwise)")
     args = ap.parse_args()
     os.chdir(ROOT)
     if shutil.which('quarto') and not args.offline:
         log("Quarto found: running nbdev's standard `nbdev-docs`")
         sys.exit(subprocess.run([tool('nbdev-docs')]).returncode)
-    build_offline()
+    build_offline(args.n_workers, args.flags)
 
 
 if __name__ == '__main__':

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Every check CI runs, from a fresh virtual environment: what nbdev 3's CI action
 # (answerdotai/workflows nbdev3-ci) does, minus Quarto, plus pytest and the offline docs site.
+# Every notebook is executed exactly once: tools/build_site.py runs `nbdev-test --save` on a
+# scratch copy of the repo (failing, with the notebook and cell named, if any notebook fails) and
+# builds the site from those executed copies.
 #
-#   bash tools/test.sh                  # slow-flagged notebook cells are skipped (tst_flags)
-#   TEST_FLAGS=slow bash tools/test.sh  # run them too
+#   bash tools/test.sh                       # slow-flagged notebook cells are skipped (tst_flags)
+#   TEST_FLAGS=slow bash tools/test.sh       # run them too
+#   NEEDLE_NB_FULL=1 bash tools/test.sh      # chapters that train run their full experiments
 #
 # Safe in a dev checkout: nbdev-clean/-export run on a scratch copy and are compared, so
 # uncommitted work is never rewritten.
@@ -38,12 +42,9 @@ diff -r "${SKIP[@]}" needle_nb "$SCRATCH/needle_nb" ||
     fail "needle_nb/ is not what the notebooks export: run nbdev-export and commit the result"
 done_step
 
-step "nbdev-test: every notebook runs (workers: $WORKERS, extra flags: ${TEST_FLAGS:-none})"
-nbdev-test --n-workers "$WORKERS" ${TEST_FLAGS:+--flags "$TEST_FLAGS"} || fail "a notebook failed (see above)"
-done_step
-
-step "offline docs site (tools/build_site.py --offline)"
-python tools/build_site.py --offline || fail "docs build failed (see above)"
+step "every notebook executed once, and the offline docs site built from those runs (workers: $WORKERS, extra flags: ${TEST_FLAGS:-none}, full runs: ${NEEDLE_NB_FULL:-no})"
+python tools/build_site.py --offline --n-workers "$WORKERS" ${TEST_FLAGS:+--flags "$TEST_FLAGS"} ||
+    fail "a notebook failed or the docs build failed (see above)"
 done_step
 
 step "pytest tests/ (includes the headless-browser check of the site just built)"

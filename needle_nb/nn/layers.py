@@ -12,13 +12,14 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 from ..autograd import Tensor, TensorOp
 from .. import ops, init
-from ..ops import _xp
+from ..ops import LeakyReLUOp, GELUOp
+from ..backend import array_module
 from .module import Module, Parameter, Buffer
 
 # %% auto #0
-__all__ = ['L2Loss', 'Identity', 'Flatten', 'ReLU', 'Tanh', 'Sigmoid', 'LeakyReLUOp', 'GELUOp', 'LeakyReLU', 'GELU', 'Softmax',
-           'Linear', 'ModuleTuple', 'Sequential', 'Residual', 'ModuleList', 'ModuleDict', 'Dropout', 'BatchNorm1d',
-           'LayerNorm', 'LayerNorm1d', 'Embedding', 'CrossEntropyLoss', 'SoftmaxLoss', 'MSELoss']
+__all__ = ['L2Loss', 'Identity', 'Flatten', 'ReLU', 'Tanh', 'Sigmoid', 'LeakyReLU', 'GELU', 'Softmax', 'Linear', 'ModuleTuple',
+           'Sequential', 'Residual', 'ModuleList', 'ModuleDict', 'Dropout', 'BatchNorm1d', 'LayerNorm', 'LayerNorm1d',
+           'Embedding', 'CrossEntropyLoss', 'SoftmaxLoss', 'MSELoss', 'LeakyReLUOp', 'GELUOp']
 
 # %% ../../nbs/04a_nn_layers.ipynb #0aa38209
 class Identity(Module):
@@ -44,45 +45,7 @@ class Sigmoid(Module):
     def forward(self, x: Tensor) -> Tensor: return ops.sigmoid(x)
 
 # %% ../../nbs/04a_nn_layers.ipynb #6c2d39d3
-class LeakyReLUOp(TensorOp):
-    "$x$ where $x > 0$, `negative_slope`$\\cdot x$ elsewhere (the derivative at 0 is the slope, as PyTorch's)."
-    def __init__(self, negative_slope: float): self.negative_slope = float(negative_slope)
-    def compute(self, a): return _xp(a).where(a > 0, a, a * self.negative_slope)
-    def gradient(self, out_grad, node):
-        a = node.inputs[0].realize_cached_data()
-        slope = _xp(a).where(a > 0, 1.0, self.negative_slope).astype(a.dtype)
-        return out_grad * Tensor.make_const(slope)
-
-_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-
-def _erf(a):
-    "The error function on a numpy or cupy array (scipy's when installed, else `math.erf` per element)."
-    if not isinstance(a, np.ndarray):
-        from cupyx.scipy.special import erf
-        return erf(a)
-    try: from scipy.special import erf
-    except ImportError: return np.vectorize(math.erf, otypes=[a.dtype])(a)
-    return erf(a)
-
-class GELUOp(TensorOp):
-    """Gaussian Error Linear Unit (Hendrycks & Gimpel 2016): $x\\,\\Phi(x)$, or with `approximate="tanh"`
-    $\\tfrac12 x\\,(1 + \\tanh(\\sqrt{2/\\pi}\\,(x + 0.044715 x^3)))$."""
-    def __init__(self, approximate: str = "none"): self.approximate = approximate
-    def compute(self, a):
-        xp = _xp(a)
-        if self.approximate == "tanh":
-            return 0.5 * a * (1 + xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3)))
-        return 0.5 * a * (1 + _erf(a * (1 / math.sqrt(2))))
-    def gradient(self, out_grad, node):
-        a = node.inputs[0].realize_cached_data()
-        xp = _xp(a)
-        if self.approximate == "tanh":
-            t = xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3))
-            local = 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * a * a)
-        else:
-            cdf = 0.5 * (1 + _erf(a * (1 / math.sqrt(2))))
-            local = cdf + a * xp.exp(-0.5 * a * a) * (1 / math.sqrt(2 * math.pi))
-        return out_grad * Tensor.make_const(local.astype(a.dtype, copy=False))
+_all_ = ["LeakyReLUOp", "GELUOp"]   # the ops live in needle_nb.ops; nn keeps its names for them
 
 class LeakyReLU(Module):
     "PyTorch's LeakyReLU: $x$ for $x > 0$, `negative_slope`$\\cdot x$ otherwise."
@@ -110,10 +73,7 @@ class Softmax(Module):
         self.dim = dim
     def extra_repr(self): return f"dim={self.dim}"
     def forward(self, x: Tensor) -> Tensor:
-        dim = self.dim % x.ndim
-        if dim == x.ndim - 1: return ops.exp(ops.logsoftmax(x))
-        kept = tuple(1 if i == dim else n for i, n in enumerate(x.shape))
-        return ops.exp(x - ops.logsumexp(x, axes=(dim,)).reshape(kept))
+        return ops.softmax(x, axes=(self.dim,))
 
 # %% ../../nbs/04a_nn_layers.ipynb #470999be
 class Linear(Module):
@@ -143,7 +103,7 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, X: Tensor) -> Tensor:
-        # one registry read instead of two `__getattr__` fallbacks (~1 µs each, per layer, per step)
+        # one registry read instead of two `__getattr__` fallbacks (per layer, per step: benchmarks/NOTES.md)
         params = self._parameters
         out = X @ params["weight"]
         bias = params["bias"]
@@ -382,13 +342,6 @@ class Embedding(Module):
         return self.weight[idx]
 
 # %% ../../nbs/04a_nn_layers.ipynb #e78997c5
-_REDUCTIONS = ("mean", "sum", "none")
-
-def _check_reduction(reduction: str, name: str) -> str:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    return reduction
-
 class CrossEntropyLoss(Module):
     """Softmax cross-entropy of logits `(B, k)` and integer labels `(B,)` (PyTorch's name for needle's SoftmaxLoss).
 
@@ -397,7 +350,7 @@ class CrossEntropyLoss(Module):
     """
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        self.reduction = _check_reduction(reduction, type(self).__name__)
+        self.reduction = ops.check_reduction(reduction, type(self).__name__)
 
     def forward(self, logits: Tensor, y) -> Tensor:
         if logits.ndim != 2:
@@ -418,7 +371,7 @@ class MSELoss(Module):
     "Mean squared error $\\frac1n \\sum (\\hat y - y)^2$ (or its sum, or elementwise, by `reduction`)."
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        self.reduction = _check_reduction(reduction, type(self).__name__)
+        self.reduction = ops.check_reduction(reduction, type(self).__name__)
     def forward(self, prediction: Tensor, target) -> Tensor:
         if tuple(prediction.shape) != tuple(target.shape):
             raise ValueError(f"{type(self).__name__}: prediction shape {prediction.shape} != target shape "

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 import numpy as np
 from fastcore.basics import patch
-from ..backend import Device, cpu, default_device
+from ..backend import Device, cpu, default_device, to_host
 from ..autograd import Tensor
 
 # %% auto #0
@@ -366,12 +366,6 @@ def state_dict(self: Module, prefix: str = "") -> "OrderedDict[str, Tensor]":
     """
     return OrderedDict(_state_items(self, prefix))
 
-def _host_array(value):
-    "A numpy array with the values of a Tensor or array-like (a copy from a GPU)."
-    if isinstance(value, Tensor): return value.numpy()
-    if hasattr(value, "get") and not isinstance(value, np.ndarray): return value.get()
-    return np.asarray(value)
-
 @patch
 def load_state_dict(self: Module, state_dict: dict, strict: bool = True) -> IncompatibleKeys:
     """Copy `state_dict`'s values into this module's parameters and buffers.
@@ -394,7 +388,7 @@ def load_state_dict(self: Module, state_dict: dict, strict: bool = True) -> Inco
     for key, tensor in own.items():
         if key not in state_dict: continue
         try:
-            source = _host_array(state_dict[key])
+            source = to_host(state_dict[key])
             if tuple(source.shape) != tuple(tensor.shape):
                 problems.append(f"size mismatch for {key!r}: the checkpoint has shape {tuple(source.shape)}, "
                                 f"the model has shape {tuple(tensor.shape)}")
@@ -413,7 +407,7 @@ def _checkpoint_arrays(state_dict: dict) -> "OrderedDict[str, np.ndarray]":
     for key, value in state_dict.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"save: state dict keys must be non-empty strings, got {key!r}")
-        array = _host_array(value)
+        array = to_host(value)
         if array.dtype.hasobject:
             raise ValueError(f"save: {key!r} is not numeric (dtype {array.dtype}); only arrays can be saved")
         arrays[key] = array
