@@ -27,7 +27,8 @@ ORDER = [
     'nn.module', 'nn.layers', 'nn.conv', 'nn.sequence', 'nn.transformer',   # 04, 04a, 04c, 04d, 04e
     'nn',                                                      # 04b_nn: nn/__init__.py re-exports them
     'optim',                                                   # 05_optim
-    'data', 'data_vision', 'data_text',                        # 06_data, 06a_vision_data, 06b_text_data
+    'data.basic', 'data.vision', 'data.text',                  # 06_data, 06a_vision_data, 06b_text_data
+    'data',                                                    # 06c_data: data/__init__.py re-exports them
     'apps.models', 'apps.simple_ml', 'apps.digits', 'apps.planar', 'apps.activation_stats',  # 07-10 (lab)
     '',                                                        # 99_namespace: needle_nb/__init__.py
 ]
