@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/ndarray.html.md"""
 
 # %% ../nbs/00a_ndarray.ipynb #6c49cc15
 from __future__ import annotations
-import math, numbers
+import functools, math, numbers
 import numpy as np
 from fastcore.basics import patch
 import needle_nb.backend as backend
@@ -18,6 +18,7 @@ __all__ = ['DTYPES', 'Array', 'DeviceNotEnabledError', 'FlatBackend', 'TiledCPUB
 
 # %% ../nbs/00a_ndarray.ipynb #481f329c
 DTYPES = ("float32", "float64", "int32", "int64")
+_DTYPE_NAMES = {np.dtype(name): name for name in DTYPES}   # np.dtype.name is slow: ops ask for it every call
 
 def _dtype_name(dtype) -> str:
     "`dtype` as one of `DTYPES` (None means float32, needle's only dtype), or a TypeError naming it."
@@ -64,7 +65,10 @@ class FlatBackend:
             raise IndexError(f"the view with shape {shape}, strides {tuple(strides)} and offset {offset} reads "
                              f"positions {low}..{high} of a buffer of {buffer.size} elements")
         itemsize = buffer.itemsize
-        view = self.xp.lib.stride_tricks.as_strided(buffer[low:], shape, tuple(abs(s) * itemsize for s in strides))
+        byte_strides = tuple(abs(s) * itemsize for s in strides)
+        if self.xp is np:   # numpy's constructor over the buffer: what as_strided does, without its overhead
+            view = np.ndarray(shape, buffer.dtype, buffer=buffer, offset=low * itemsize, strides=byte_strides)
+        else: view = self.xp.lib.stride_tricks.as_strided(buffer[low:], shape, byte_strides)
         return self.xp.flip(view, tuple(flipped)) if flipped else view
 
     # --- moving data ---------------------------------------------------------------------------
@@ -154,6 +158,7 @@ class BackendDevice:
     def __hash__(self): return hash(self.name)
     def __repr__(self): return self.name + "()"
     def enabled(self) -> bool: return self.mod is not None
+    def __reduce__(self): return _device_named, (self.name,)   # copies and pickles are the device itself
     def __getattr__(self, name):
         if name in ("name", "mod", "reason"): raise AttributeError(name)   # not set yet (copy, pickle)
         if self.mod is None: raise DeviceNotEnabledError(f"device {self!r} is not enabled here: {self.reason}")
@@ -221,7 +226,21 @@ def all_devices() -> list:
     "`[cpu(), cuda(), cpu_numpy()]`, disabled ones included (as needle's)."
     return [cpu(), cuda(), cpu_numpy()]
 
+def _device_named(name: str) -> BackendDevice:
+    "The device called `name` (how a pickled device comes back)."
+    factories = {"cpu": cpu, "cuda": cuda, "cpu_numpy": cpu_numpy}
+    if name not in factories: raise ValueError(f"no nd device is called {name!r}; there are {sorted(factories)}")
+    return factories[name]()
+
 # %% ../nbs/00a_ndarray.ipynb #85c1e3f1
+@functools.lru_cache(maxsize=1024)
+def _compact_strides(shape: tuple) -> tuple:
+    stride, strides = 1, []
+    for n in reversed(shape):
+        strides.append(stride)
+        stride *= n
+    return tuple(reversed(strides))
+
 class NDArray:
     """needle's strided array: the flat buffer `_handle` on `_device`, read through `_shape`, `_strides` and `_offset`.
 
@@ -251,11 +270,7 @@ class NDArray:
     @staticmethod
     def compact_strides(shape) -> tuple:
         "Row-major strides in elements: $s_k = \\prod_{j > k} n_j$."
-        stride, strides = 1, []
-        for n in reversed(shape):
-            strides.append(stride)
-            stride *= n
-        return tuple(reversed(strides))
+        return _compact_strides(tuple(shape))
 
     @staticmethod
     def make(shape, strides=None, device=None, handle=None, offset=0, dtype="float32") -> NDArray:
@@ -266,7 +281,10 @@ class NDArray:
         array._strides = NDArray.compact_strides(array._shape) if strides is None else tuple(strides)
         array._offset = offset
         array._device = device if device is not None else default_device()
-        array._handle = array._device.Array(math.prod(array._shape), dtype) if handle is None else handle
+        if handle is None:
+            if dtype not in DTYPES: dtype = _dtype_name(dtype)
+            handle = array._device.Array(math.prod(array._shape), dtype)
+        array._handle = handle
         return array
 
     @property
@@ -278,7 +296,7 @@ class NDArray:
     @property
     def dtype(self) -> str:
         "The dtype's name, e.g. `'float32'` (needle's only one)."
-        return self._handle.array.dtype.name
+        return _DTYPE_NAMES[self._handle.array.dtype]
     @property
     def ndim(self) -> int: return len(self._shape)
     @property
@@ -287,6 +305,9 @@ class NDArray:
     def numpy(self) -> np.ndarray:
         "A numpy copy with the logical shape (from any device)."
         return self.device.to_numpy(self._handle, self._shape, self._strides, self._offset)
+    def __reduce__(self):
+        "Pickles and deep copies hold the values (a compact copy), the dtype and the device."
+        return array, (self.numpy(), self.dtype, self.device)
     def __repr__(self): return f"NDArray({self.numpy()}, device={self.device})"
     def __str__(self): return str(self.numpy())
 
@@ -408,8 +429,11 @@ def flat(self: NDArray) -> NDArray:
 # %% ../nbs/00a_ndarray.ipynb #e55dcaa0
 def _result_dtype(a: str, b, floating: bool = False) -> str:
     "numpy's promotion of dtype `a` with dtype or Python number `b`; integers become float64 when `floating`."
-    dtype = np.result_type(a, b) if a != b else np.dtype(a)
-    return "float64" if floating and dtype.kind in "iu" else dtype.name
+    # the common cases without asking numpy (a Python number is "weak": it keeps the array's dtype)
+    if a == b or isinstance(b, int) or (isinstance(b, float) and a[0] == "f"): dtype = a
+    elif isinstance(b, float): dtype = "float64"
+    else: dtype = np.result_type(a, b).name
+    return "float64" if floating and dtype[0] == "i" else dtype
 
 def _scalar(value):
     "`value` as a Python number (a numpy scalar too, so a float32 array stays float32), or a TypeError."

@@ -530,6 +530,24 @@ def test_device_factories_draw_as_needle(device):
     assert device.one_hot(3, np.array([1, 2, 0])).numpy().tolist() == np.eye(3)[[1, 2, 0]].tolist()
 
 
+@devices
+def test_fill_setitem_extensions_pickle_and_copies(device):
+    "fill writes through a view; setitem takes a numpy value or one that broadcasts; pickles and deep copies hold values, dtype and device."
+    import copy, pickle
+    A = nd.array(np.zeros((3, 4)), device=device)
+    A[0:2, 1:3].fill(5.0)
+    A[2, :] = nd.array([[1.0, 2.0, 3.0, 4.0]], device=device)[0:1, 0:1]     # one value broadcast over the row
+    A[0, :] = np.array([[9, 8, 7, 6]])
+    np.testing.assert_array_equal(A.numpy(), [[9, 8, 7, 6], [0, 5, 5, 0], [1, 1, 1, 1]])
+    view = A.permute((1, 0))[1:3, :]
+    for clone in (pickle.loads(pickle.dumps(view)), copy.deepcopy(view)):
+        assert clone.device == device and clone.dtype == "float32" and clone._handle is not A._handle
+        np.testing.assert_array_equal(clone.numpy(), A.numpy().T[1:3])
+    ints = nd.array([3, 1], device=device, dtype="int64")
+    assert pickle.loads(pickle.dumps(ints)).dtype == "int64"
+    assert copy.copy(device) is device and pickle.loads(pickle.dumps(device)) is device
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input: a clear error, nothing changed
 # ------------------------------------------------------------------------------------------------
