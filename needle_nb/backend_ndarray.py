@@ -538,25 +538,26 @@ def reduce_view_out(self: NDArray, axis, keepdims: bool = False, dtype=None):
     return view, NDArray.make(shape, device=self._device, dtype=dtype)
 
 @patch
+def _reduce(self: NDArray, kernel, axis, keepdims: bool, dtype=None) -> NDArray:
+    "`kernel(a, out, reduce_size)` on the compacted view with the reduced axis last: needle's recipe."
+    view, out = self.reduce_view_out(axis, keepdims, dtype)
+    kernel(view.compact()._handle, out._handle, view.shape[-1])
+    return out
+
+@patch
 def sum(self: NDArray, axis=None, keepdims: bool = False) -> NDArray:
     "The sum over `axis` (None: everything, shape (1,)), needle's shapes."
-    view, out = self.reduce_view_out(axis, keepdims)
-    self.device.reduce_sum(view.compact()._handle, out._handle, view.shape[-1])
-    return out
+    return self._reduce(self.device.reduce_sum, axis, keepdims)
 
 @patch
 def max(self: NDArray, axis=None, keepdims: bool = False) -> NDArray:
     "The maximum over `axis` (None: everything, shape (1,)), needle's shapes."
-    view, out = self.reduce_view_out(axis, keepdims)
-    self.device.reduce_max(view.compact()._handle, out._handle, view.shape[-1])
-    return out
+    return self._reduce(self.device.reduce_max, axis, keepdims)
 
 @patch
 def argmax(self: NDArray, axis=None, keepdims: bool = False) -> NDArray:
     "Positions (int64) of the first maximum over `axis` (None: in the flattened array), shaped as `max`. needle_nb's extension."
-    view, out = self.reduce_view_out(axis, keepdims, dtype="int64")
-    self.device.reduce_argmax(view.compact()._handle, out._handle, view.shape[-1])
-    return out
+    return self._reduce(self.device.reduce_argmax, axis, keepdims, dtype="int64")
 
 # %% ../nbs/00a_ndarray.ipynb #c88266f3
 @patch

@@ -548,6 +548,44 @@ def test_fill_setitem_extensions_pickle_and_copies(device):
     assert copy.copy(device) is device and pickle.loads(pickle.dumps(device)) is device
 
 
+class _NumpyAsCupy:
+    "numpy standing in for cupy: the device module then takes its non-numpy branches (as_strided over a slice, asnumpy)."
+    def __getattr__(self, name): return getattr(np, name)
+    @staticmethod
+    def asnumpy(a): return np.array(a)   # cupy's asnumpy always copies to the host
+
+
+STAND_IN = nd.BackendDevice("cuda_stand_in", nd.FlatBackend("cuda_stand_in", _NumpyAsCupy(), tile_size=4))
+
+
+@SETTINGS
+@given(view_chains(), st.data())
+def test_the_cupy_code_path_with_numpy_standing_in(case, data):
+    "What runs on a GPU, run on the CPU: views (negative strides too), compact, setitem, ops, reductions, matmul, take."
+    assert STAND_IN.xp is not np
+    shape, ops = case
+    base, base_np, a, x = chain(STAND_IN, shape, ops)
+    assert_same_view(a, x, base_np)
+    c = a.compact()
+    np.testing.assert_array_equal(c.numpy(), x)
+    c_np = c.numpy(); c_np += 1                       # numpy() is a copy, as cupy's asnumpy
+    np.testing.assert_array_equal(c.numpy(), x)
+    np.testing.assert_array_equal(nd.flip(a, 0).numpy(), np.flip(x, 0))
+    np.testing.assert_allclose((a * 2 + c).numpy(), x * 2 + x)
+    np.testing.assert_allclose(a.sum(axis=0).numpy(), x.sum(axis=0))
+    np.testing.assert_array_equal(a.take([0, -1], axis=-1).numpy(), np.take(x, [0, -1], axis=-1))
+    m = nd_array(np.arange(6.0).reshape(2, 3), STAND_IN)
+    m_np = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose((m @ m.permute((1, 0))).numpy(), m_np @ m_np.T)
+    view_chain = data.draw(view_chains(broadcast=False))
+    base, base_np, v, y = chain(STAND_IN, *view_chain)
+    base_np = base_np.copy(); y = base_np
+    for op in view_chain[1]: y = apply_np(y, op)
+    v[tuple(slice(None) for _ in v.shape)] = -3.0
+    y[...] = -3.0
+    np.testing.assert_array_equal(base.numpy(), base_np)
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input: a clear error, nothing changed
 # ------------------------------------------------------------------------------------------------
