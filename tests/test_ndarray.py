@@ -5,6 +5,7 @@
   matmul with sizes that are and are not multiples of the tile, pad, flip, elementwise, scalar and
   comparison ops, and the extensions (broadcasting, batched matmul, take, argmax, astype, dtypes);
 - a compatibility test built from NEEDLE-API.md §1 and §7 (what hw3/hw4 tests rely on);
+- the code path a GPU takes (cupy's `as_strided`, `asnumpy`), run with numpy standing in for cupy;
 - bad input is refused with a message naming it;
 - the benchmark's quick mode runs.
 Every test runs on each enabled device of `nd.all_devices()` (cuda is skipped without a GPU).
