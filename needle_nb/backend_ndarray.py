@@ -261,7 +261,7 @@ class NDArray:
         elif isinstance(other, np.ndarray) or hasattr(other, "__cuda_array_interface__"):
             device = device or default_device()
             array = NDArray.make(other.shape, device=device, dtype=_dtype_name(dtype))
-            if device.xp is np and not isinstance(other, np.ndarray): other = other.get()   # cupy -> host
+            if device.xp is np: other = backend.to_host(other)   # a cupy array comes to the host first
             device.from_numpy(other, array._handle)
         else:
             array = NDArray(np.array(other), device=device, dtype=dtype)
@@ -661,11 +661,27 @@ def full(shape, fill_value, dtype="float32", device=None) -> NDArray:
     "A compact array filled with `fill_value`."
     return (device or default_device()).full(shape, fill_value, dtype)
 
-def broadcast_to(array, new_shape) -> NDArray: return array.broadcast_to(new_shape)
-def reshape(array, new_shape) -> NDArray: return array.reshape(new_shape)
-def maximum(a, b) -> NDArray: return a.maximum(b)
-def log(a) -> NDArray: return a.log()
-def exp(a) -> NDArray: return a.exp()
-def tanh(a) -> NDArray: return a.tanh()
-def flip(a, axes) -> NDArray: return a.flip(axes)
-def sum(a, axis=None, keepdims=False) -> NDArray: return a.sum(axis=axis, keepdims=keepdims)
+def broadcast_to(array, new_shape) -> NDArray:
+    "`array.broadcast_to(new_shape)`: a view with stride 0 along the broadcast axes."
+    return array.broadcast_to(new_shape)
+def reshape(array, new_shape) -> NDArray:
+    "`array.reshape(new_shape)`: a view of a compact array with the new shape's compact strides."
+    return array.reshape(new_shape)
+def maximum(a, b) -> NDArray:
+    "Elementwise `max(a, b)`; `b` may be an NDArray or a scalar."
+    return a.maximum(b)
+def log(a) -> NDArray:
+    "Elementwise natural logarithm."
+    return a.log()
+def exp(a) -> NDArray:
+    "Elementwise exponential."
+    return a.exp()
+def tanh(a) -> NDArray:
+    "Elementwise hyperbolic tangent."
+    return a.tanh()
+def flip(a, axes) -> NDArray:
+    "`a.flip(axes)`: reverse the order of entries along `axes` (a view with negated strides)."
+    return a.flip(axes)
+def sum(a, axis=None, keepdims=False) -> NDArray:
+    "`a.sum(axis, keepdims)` with needle's result shapes (one axis, or all of them)."
+    return a.sum(axis=axis, keepdims=keepdims)
