@@ -50,7 +50,7 @@ def weighted_sum(outputs, rs):
     "A random linear functional of every output, so each output's gradient path is exercised."
     weights = [rs.randn(*o.shape) for o in outputs]
     ours = sum(((o * ndl.Tensor(w, device=o.device, requires_grad=False)).sum() for o, w in zip(outputs, weights)),
-               start=ndl.Tensor(0.0, dtype="float64", requires_grad=False))
+               start=ndl.Tensor(0.0, dtype="float64", device=outputs[0].device, requires_grad=False))
     return ours, weights
 
 
