@@ -8,8 +8,9 @@ both compute true float32 matrix products. Each figure is the median of timed st
 warm-up, with the device synchronised before the clock is read; the contestants take turns.
 
 Workloads (issue 18): an MLP training step at batch 4096, widths 4096-4096-4096-10 (target
-<= 1.3x PyTorch), and a small MLP step (batch 128, 784-256-128-10) that shows the per-op
-launch and Python overhead.
+<= 1.3x PyTorch), a small MLP step (batch 128, 784-256-128-10) that shows the per-op launch and
+Python overhead, and a ResNet9 training step at batch 128 (target <= 4x; needle's ResNet9 from
+`needle_nb.apps.models`, the same network built from torch.nn, cuDNN on).
 """
 from __future__ import annotations
 import argparse, cProfile, io, json, os, platform, pstats, statistics, sys, time
@@ -94,6 +95,52 @@ def torch_mlp_step(widths, batch, lr=0.01):
     return step
 
 
+def needle_resnet9_step(batch, lr=0.01):
+    "One SGD step of needle's ResNet9 on CIFAR-shaped data (NCHW), on the cuda device."
+    from needle_nb.apps.models import ResNet9
+    device = ndl.cuda()
+    np.random.seed(0)
+    model, loss_fn = ResNet9(device=device), nn.SoftmaxLoss()
+    opt = optim.SGD(model.parameters(), lr=lr)
+    rs = np.random.RandomState(1)
+    X = ndl.Tensor(rs.rand(batch, 3, 32, 32).astype(np.float32), device=device, requires_grad=False)
+    y = ndl.Tensor(rs.randint(0, 10, batch), device=device, requires_grad=False)
+    def step():
+        opt.reset_grad()
+        loss = loss_fn(model(X), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def torch_resnet9_step(batch, lr=0.01):
+    "The same ResNet9 (NEEDLE-API.md 6.1) built from torch.nn: ConvBN blocks, two residual pairs."
+    tnn = torch.nn
+    def conv_bn(a, b, k, s): return tnn.Sequential(tnn.Conv2d(a, b, k, s, padding=k // 2), tnn.BatchNorm2d(b), tnn.ReLU())
+    class Residual(tnn.Module):
+        def __init__(self, fn): super().__init__(); self.fn = fn
+        def forward(self, x): return self.fn(x) + x
+    torch.manual_seed(0)
+    model = tnn.Sequential(conv_bn(3, 16, 7, 4), conv_bn(16, 32, 3, 2),
+                           Residual(tnn.Sequential(conv_bn(32, 32, 3, 1), conv_bn(32, 32, 3, 1))),
+                           conv_bn(32, 64, 3, 2), conv_bn(64, 128, 3, 2),
+                           Residual(tnn.Sequential(conv_bn(128, 128, 3, 1), conv_bn(128, 128, 3, 1))),
+                           tnn.Flatten(), tnn.Linear(128, 128), tnn.ReLU(), tnn.Linear(128, 10)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = tnn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(batch, 3, 32, 32, generator=g).cuda()
+    y = torch.randint(0, 10, (batch,), generator=g).cuda()
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(X), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -125,8 +172,24 @@ def main(argv=None):
         line = ", ".join(f"{k} {v['median'] * 1e3:.2f} ms" for k, v in timing.items())
         print(f"{name}: {line}" + (f"; ratio {row['ratio']:.2f}x" if have_torch else "")
               + (f" (target <= {target}x)" if target else ""), flush=True)
+    try:
+        import needle_nb.apps.models as models
+        have_resnet9 = hasattr(models, "ResNet9")
+    except ImportError:
+        have_resnet9 = False
+    if have_resnet9:
+        steps = {"needle_nb": needle_resnet9_step(128)}
+        if have_torch: steps["torch"] = torch_resnet9_step(128)
+        timing = compare(steps, repeats=args.repeats, warmup=5)
+        row = {"batch": 128, "target_ratio": 4.0, "times": timing}
+        if have_torch: row["ratio"] = timing["needle_nb"]["median"] / timing["torch"]["median"]
+        results["workloads"]["resnet9_step"] = row
+        line = ", ".join(f"{k} {v['median'] * 1e3:.2f} ms" for k, v in timing.items())
+        print(f"resnet9_step: {line}" + (f"; ratio {row['ratio']:.2f}x (target <= 4x)" if have_torch else ""), flush=True)
+    else:
+        print("resnet9_step: needle_nb.apps.models has no ResNet9 yet; skipped", flush=True)
     if args.profile:
-        step = needle_mlp_step(*workloads["mlp_big_step"][:2])
+        step = needle_resnet9_step(128) if have_resnet9 else needle_mlp_step(*workloads["mlp_big_step"][:2])
         for _ in range(3): step()
         _sync_all()
         profiler = cProfile.Profile()
