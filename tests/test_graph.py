@@ -73,6 +73,9 @@ def test_graph_is_find_topo_sort(leaf_flags, recipe):
     pos = layout_columns(graph)
     assert all(pos[u][0] < pos[v][0] for u, v in graph.edges)
     assert len(set(pos.values())) == len(graph)   # no two nodes in one place
+    for column in {c for c, _ in pos.values()}:   # top to bottom in find_topo_sort's order
+        ranks = [graph.nodes[n]["rank"] for n in sorted((n for n in graph if pos[n][0] == column), key=lambda n: pos[n][1])]
+        assert ranks == sorted(ranks)
 
 
 def recorded_backward_order(out):

@@ -153,7 +153,8 @@ def node_text(attrs: dict, numbered: bool = False) -> str:
     if kind == "op": return attrs["op"]
     if kind == "elided": return f"… {attrs['count']} earlier nodes"
     if kind == "module":
-        head = f"{attrs['label']}: {attrs['module']}"
+        label, module = attrs["label"], attrs["module"]
+        head = label if label.split(" (call")[0] == module else f"{label}: {module}"
         lines = [head, f"{_count(attrs['n_ops'], 'op')}, {_count(attrs['n_params'], 'param')}", f"out {attrs['shape']} {attrs['dtype']}"]
     else:
         role = attrs["role"]
@@ -198,6 +199,8 @@ def plot_graph(graph, *, numbered: bool = False, title: Optional[str] = None):
         graph: from `computation_graph`.
         numbered: prefix each value with `[k]`, its place in backward's visit (1: the output).
         title: drawn above the graph; a capped graph's note is drawn below it.
+
+    The figure's attribute `graph` is the graph drawn.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch
