@@ -143,6 +143,7 @@ def test_drawing_shows_gradients_only_after_backward():
     texts = [t.get_text() for t in fig2.axes[0].texts]
     assert "[5] x2\n(1,) float32\ngrad (1,) |g|=12" in texts
     assert "[3] x3\n(1,) float32\ngrad (1,) |g|=6" in texts
+    assert texts.count("×2") == 1   # x2 * x2: one arrow into both slots, marked
     plt.close(fig); plt.close(fig2)
 
 

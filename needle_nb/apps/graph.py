@@ -245,6 +245,12 @@ def plot_graph(graph, *, numbered: bool = False, title: Optional[str] = None):
         ax.add_patch(FancyArrowPatch(centre[u], centre[v], patchA=artists[u].get_bbox_patch(),
                                      patchB=artists[v].get_bbox_patch(), arrowstyle="-|>", mutation_scale=10,
                                      color="#444444", linewidth=0.9, shrinkA=1, shrinkB=1, zorder=4))
+        uses = len(graph.edges[u, v].get("slots", ()))
+        if uses > 1:   # `x * x`: one arrow carries the value into two argument slots
+            (xu, yu), (xv, yv) = centre[u], centre[v]
+            start, end = xu + sizes[u][0] / 2, xv - sizes[v][0] / 2   # the arrow's visible stretch
+            ax.text((start + end) / 2, (yu + yv) / 2 + FONT_PT / 3, f"×{uses}", ha="center", va="bottom",
+                    fontsize=FONT_PT, color="#444444", zorder=5)
     if title: ax.text(width / 2, height - _MARGIN_PT, title, ha="center", va="top", fontsize=FONT_PT + 1,
                       weight="bold")
     if note: ax.text(_MARGIN_PT, _MARGIN_PT, note, ha="left", va="bottom", fontsize=FONT_PT, style="italic",
