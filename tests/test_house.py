@@ -21,6 +21,7 @@ ORDER = [
     'backend', 'backend_ndarray', 'backend_selection',         # 00_backend, 00a_ndarray
     'autograd',                                                # 01_autograd
     'apps.testing',                                            # 01a_testing (lab: torch comparisons)
+    'apps.graph',                                              # 01b_graph (lab: draws computation graphs)
     'ops', 'ops_conv',                                         # 02_ops, 02a_conv_ops
     'init',                                                    # 03_init
     'apps.init_studies',                                       # 03a_init_studies (lab: imports init and below)
