@@ -133,8 +133,8 @@ def calculate_fans(tensor_or_shape, layout: str = "needle") -> tuple:
 
     | layout | linear weight | conv kernel | fans of the kernel |
     |---|---|---|---|
-    | `"needle"` (default) | `(in, out)` | `(k, k, c_in, c_out)`: receptive field first | $(k^2 c_{in},\ k^2 c_{out})$ |
-    | `"torch"` | `(out, in)` | `(c_out, c_in, k, k)`: receptive field last | $(k^2 c_{in},\ k^2 c_{out})$ |
+    | `"needle"` (default) | `(in, out)` | `(k, k, c_in, c_out)`: receptive field first | $(k^2 c_{in}, k^2 c_{out})$ |
+    | `"torch"` | `(out, in)` | `(c_out, c_in, k, k)`: receptive field last | $(k^2 c_{in}, k^2 c_{out})$ |
 
     A needle weight of 4 axes is a square kernel, so `(32, 16, 3, 3)` (PyTorch's layout) is refused
     with `layout="needle"` rather than read as a 32 × 16 kernel.
