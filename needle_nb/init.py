@@ -13,10 +13,10 @@ from .backend import Device, default_device, rng
 from .autograd import Tensor, no_grad
 
 # %% auto #0
-__all__ = ['rand', 'randn', 'constant', 'ones', 'zeros', 'randb', 'one_hot', 'zeros_like', 'ones_like', 'calculate_gain',
-           'calculate_fans', 'xavier_std', 'kaiming_std', 'xavier_uniform', 'xavier_normal', 'kaiming_uniform',
-           'kaiming_normal', 'uniform_', 'normal_', 'constant_', 'ones_', 'zeros_', 'xavier_uniform_', 'xavier_normal_',
-           'kaiming_uniform_', 'kaiming_normal_', 'trunc_normal_', 'orthogonal_']
+__all__ = ['LAYOUTS', 'rand', 'randn', 'constant', 'ones', 'zeros', 'randb', 'one_hot', 'zeros_like', 'ones_like',
+           'calculate_gain', 'calculate_fans', 'xavier_std', 'kaiming_std', 'xavier_uniform', 'xavier_normal',
+           'kaiming_uniform', 'kaiming_normal', 'uniform_', 'normal_', 'constant_', 'ones_', 'zeros_',
+           'xavier_uniform_', 'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'trunc_normal_', 'orthogonal_']
 
 # %% ../nbs/03_init.ipynb #43ce860a
 def _device(device: Optional[Device]) -> Device: return default_device() if device is None else device
@@ -126,20 +126,34 @@ def calculate_gain(nonlinearity: str, param: Optional[float] = None) -> float:
         raise ValueError(f"calculate_gain: negative_slope {param!r} is not a number")
     return math.sqrt(2.0 / (1 + param ** 2))
 
-def calculate_fans(tensor_or_shape) -> tuple:
-    """`(fan_in, fan_out)` of a weight in needle's layout.
+LAYOUTS = ("needle", "torch")
 
-    A linear weight is `(fan_in, fan_out)`. With more axes the last two are `(c_in, c_out)` and the
-    leading ones the receptive field (a conv kernel `(k, k, c_in, c_out)` has
-    `fan_in = k*k*c_in`, `fan_out = k*k*c_out`). Note PyTorch's layout is `(out, in, k, k)`.
+def calculate_fans(tensor_or_shape, layout: str = "needle") -> tuple:
+    """`(fan_in, fan_out)` of a weight stored in `layout`.
+
+    | layout | linear weight | conv kernel | fans of the kernel |
+    |---|---|---|---|
+    | `"needle"` (default) | `(in, out)` | `(k, k, c_in, c_out)`: receptive field first | $(k^2 c_{in}, k^2 c_{out})$ |
+    | `"torch"` | `(out, in)` | `(c_out, c_in, k, k)`: receptive field last | $(k^2 c_{in}, k^2 c_{out})$ |
+
+    A needle weight of 4 axes is a square kernel, so `(32, 16, 3, 3)` (PyTorch's layout) is refused
+    with `layout="needle"` rather than read as a 32 × 16 kernel.
 
     Example:
-        >>> calculate_fans((3, 3, 16, 32))
-        (144, 288)
+        >>> calculate_fans((3, 3, 16, 32)), calculate_fans((32, 16, 3, 3), layout="torch")
+        ((144, 288), (144, 288))
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"calculate_fans: layout must be one of {LAYOUTS}, got {layout!r}")
     shape = tuple(tensor_or_shape.shape) if hasattr(tensor_or_shape, "shape") else tuple(tensor_or_shape)
     if len(shape) < 2:
         raise ValueError(f"fans need a weight with at least 2 axes (fan_in, fan_out); got shape {shape}")
+    if layout == "torch":
+        receptive_field = math.prod(shape[2:])
+        return shape[1] * receptive_field, shape[0] * receptive_field
+    if len(shape) == 4 and shape[0] != shape[1]:
+        raise ValueError(f"calculate_fans: shape {shape} is not a needle conv kernel (k, k, c_in, c_out), whose "
+                         f"first two axes are equal; for PyTorch's (c_out, c_in, k, k) pass layout='torch'")
     receptive_field = math.prod(shape[:-2])
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
@@ -152,8 +166,8 @@ def _check_mode(mode, name):
     if mode not in ("fan_in", "fan_out"):
         raise ValueError(f"{name}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
 
-def _draw_shape(fan_in, fan_out, shape, name):
-    "The shape to draw and its fans: `(fan_in, fan_out)`, or `shape` whose missing fans are computed."
+def _draw_shape(fan_in, fan_out, shape, name, layout="needle"):
+    "The shape to draw and its fans: `(fan_in, fan_out)`, or `shape` (in `layout`) whose missing fans are computed."
     if shape is None:
         if fan_in is None or fan_out is None:
             raise ValueError(f"{name}: give fan_in and fan_out, or shape=")
@@ -161,7 +175,7 @@ def _draw_shape(fan_in, fan_out, shape, name):
         return (fan_in, fan_out), fan_in, fan_out
     shape = tuple(shape)
     if fan_in is None or fan_out is None:
-        computed = calculate_fans(shape)
+        computed = calculate_fans(shape, layout)
         fan_in = computed[0] if fan_in is None else fan_in
         fan_out = computed[1] if fan_out is None else fan_out
     _check_fans(fan_in, fan_out, name)
@@ -204,7 +218,7 @@ def _tensor_form(fn_, tensor, extra_positional, kwargs, name, **options):
                         f"unexpected arguments {sorted(kwargs)}")
     return fn_(tensor, **options)
 
-def xavier_uniform(fan_in, fan_out=None, gain=1.0, *, shape=None, **kwargs) -> Tensor:
+def xavier_uniform(fan_in, fan_out=None, gain=1.0, *, shape=None, layout="needle", **kwargs) -> Tensor:
     """Glorot & Bengio (2010): $U(-a, a)$ with $a = \\mathrm{gain}\\sqrt{6/(n_{in}+n_{out})}$.
 
     Args:
@@ -212,6 +226,7 @@ def xavier_uniform(fan_in, fan_out=None, gain=1.0, *, shape=None, **kwargs) -> T
             A `Tensor` as first argument is filled in place instead (`xavier_uniform_`).
         gain: scale, e.g. `calculate_gain("tanh")`.
         shape: draw this shape (e.g. a conv kernel `(k, k, c_in, c_out)`); missing fans come from it.
+        layout: how `shape` is laid out when fans come from it: `"needle"` or `"torch"` (see `calculate_fans`).
         **kwargs: `device`, `dtype`, `requires_grad`, passed to `rand`.
 
     Example:
@@ -220,12 +235,12 @@ def xavier_uniform(fan_in, fan_out=None, gain=1.0, *, shape=None, **kwargs) -> T
         ((256, 128), True)
     """
     if isinstance(fan_in, Tensor):
-        return _tensor_form(xavier_uniform_, fan_in, fan_out, kwargs, "xavier_uniform", gain=gain)
-    shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "xavier_uniform")
+        return _tensor_form(xavier_uniform_, fan_in, fan_out, kwargs, "xavier_uniform", gain=gain, layout=layout)
+    shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "xavier_uniform", layout)
     bound = _uniform_bound(xavier_std(fan_in, fan_out, gain))
     return rand(*shape, low=-bound, high=bound, **kwargs)
 
-def xavier_normal(fan_in, fan_out=None, gain=1.0, *, shape=None, **kwargs) -> Tensor:
+def xavier_normal(fan_in, fan_out=None, gain=1.0, *, shape=None, layout="needle", **kwargs) -> Tensor:
     """Glorot & Bengio (2010): $\\mathcal N(0, \\sigma^2)$ with $\\sigma = \\mathrm{gain}\\sqrt{2/(n_{in}+n_{out})}$.
 
     Arguments as `xavier_uniform`; `**kwargs` go to `randn`.
@@ -236,8 +251,8 @@ def xavier_normal(fan_in, fan_out=None, gain=1.0, *, shape=None, **kwargs) -> Te
         (300, 100)
     """
     if isinstance(fan_in, Tensor):
-        return _tensor_form(xavier_normal_, fan_in, fan_out, kwargs, "xavier_normal", gain=gain)
-    shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "xavier_normal")
+        return _tensor_form(xavier_normal_, fan_in, fan_out, kwargs, "xavier_normal", gain=gain, layout=layout)
+    shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "xavier_normal", layout)
     std = xavier_std(fan_in, fan_out, gain)
     return randn(*shape, mean=0, std=std, **kwargs)
 
@@ -245,7 +260,7 @@ def _kaiming_fan_gain(fan_in, fan_out, mode, nonlinearity, a, name):
     _check_mode(mode, name)
     return (fan_in if mode == "fan_in" else fan_out), calculate_gain(nonlinearity, a)
 
-def kaiming_uniform(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan_in", shape=None,
+def kaiming_uniform(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan_in", shape=None, layout="needle",
                     **kwargs) -> Tensor:
     """He et al. (2015): $U(-b, b)$ with $b = \\mathrm{gain}\\sqrt{3/n}$, $n$ = `fan_in` (or `fan_out`).
 
@@ -256,6 +271,7 @@ def kaiming_uniform(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan
         a: negative slope, for `nonlinearity="leaky_relu"`.
         mode: "fan_in" keeps the forward variance, "fan_out" the backward one.
         shape: draw this shape (e.g. a conv kernel `(k, k, c_in, c_out)`); missing fans come from it.
+        layout: how `shape` is laid out when fans come from it: `"needle"` or `"torch"` (see `calculate_fans`).
         **kwargs: `device`, `dtype`, `requires_grad`, passed to `rand`.
 
     Example:
@@ -265,13 +281,13 @@ def kaiming_uniform(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan
     """
     if isinstance(fan_in, Tensor):
         return _tensor_form(kaiming_uniform_, fan_in, fan_out, kwargs, "kaiming_uniform",
-                            a=a, mode=mode, nonlinearity=nonlinearity)
-    shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "kaiming_uniform")
+                            a=a, mode=mode, nonlinearity=nonlinearity, layout=layout)
+    shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "kaiming_uniform", layout)
     fan, gain = _kaiming_fan_gain(fan_in, fan_out, mode, nonlinearity, a, "kaiming_uniform")
     bound = _uniform_bound(kaiming_std(fan, gain))
     return rand(*shape, low=-bound, high=bound, **kwargs)
 
-def kaiming_normal(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan_in", shape=None,
+def kaiming_normal(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan_in", shape=None, layout="needle",
                    **kwargs) -> Tensor:
     """He et al. (2015): $\\mathcal N(0, \\sigma^2)$ with $\\sigma = \\mathrm{gain}/\\sqrt n$, $n$ = `fan_in` (or `fan_out`).
 
@@ -284,20 +300,20 @@ def kaiming_normal(fan_in, fan_out=None, nonlinearity="relu", *, a=0, mode="fan_
     """
     if isinstance(fan_in, Tensor):
         return _tensor_form(kaiming_normal_, fan_in, fan_out, kwargs, "kaiming_normal",
-                            a=a, mode=mode, nonlinearity=nonlinearity)
-    shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "kaiming_normal")
+                            a=a, mode=mode, nonlinearity=nonlinearity, layout=layout)
+    shape, fan_in, fan_out = _draw_shape(fan_in, fan_out, shape, "kaiming_normal", layout)
     fan, gain = _kaiming_fan_gain(fan_in, fan_out, mode, nonlinearity, a, "kaiming_normal")
     std = kaiming_std(fan, gain)
     return randn(*shape, mean=0, std=std, **kwargs)
 
 # %% ../nbs/03_init.ipynb #926a8863
-def _check_tensor(tensor, name, *, need_float=True, need_fans=False):
+def _check_tensor(tensor, name, *, need_float=True, need_fans=False, layout="needle"):
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name}: expected a needle_nb Tensor, got {type(tensor).__name__}")
     if need_float and not np.issubdtype(tensor.dtype, np.floating):
         raise ValueError(f"{name}: needs a floating-point tensor, got dtype {tensor.dtype}")
     if need_fans:
-        fan_in, fan_out = calculate_fans(tensor.shape)
+        fan_in, fan_out = calculate_fans(tensor.shape, layout)
         if fan_in == 0 or fan_out == 0:
             raise ValueError(f"{name}: tensor of shape {tensor.shape} has a zero fan ({fan_in}, {fan_out})")
         return fan_in, fan_out
@@ -399,22 +415,22 @@ def zeros_(tensor: Tensor) -> Tensor:
 
 # %% ../nbs/03_init.ipynb #c7f57584
 @no_grad()
-def xavier_uniform_(tensor: Tensor, gain: float = 1.0) -> Tensor:
+def xavier_uniform_(tensor: Tensor, gain: float = 1.0, layout: str = "needle") -> Tensor:
     """Glorot & Bengio (2010), in place: $U(-a, a)$, $a = \\mathrm{gain}\\sqrt{6/(n_{in}+n_{out})}$.
 
-    Fans come from `calculate_fans` (needle's `(in, out)` layout). Returns `tensor`.
+    Fans come from `calculate_fans(tensor.shape, layout)` (needle's `(in, out)` by default). Returns `tensor`.
 
     Example:
         >>> w = xavier_uniform_(ndl.Tensor(np.zeros((256, 128), dtype=np.float32)))
         >>> bool(abs(w.numpy()).max() <= math.sqrt(6 / 384))
         True
     """
-    fan_in, fan_out = _check_tensor(tensor, "xavier_uniform_", need_fans=True)
+    fan_in, fan_out = _check_tensor(tensor, "xavier_uniform_", need_fans=True, layout=layout)
     bound = _uniform_bound(xavier_std(fan_in, fan_out, gain))
     return _replace(tensor, _uniform_array(tensor.shape, -bound, bound, tensor.dtype))
 
 @no_grad()
-def xavier_normal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
+def xavier_normal_(tensor: Tensor, gain: float = 1.0, layout: str = "needle") -> Tensor:
     """Glorot & Bengio (2010), in place: $\\mathcal N(0, \\sigma^2)$, $\\sigma = \\mathrm{gain}\\sqrt{2/(n_{in}+n_{out})}$.
 
     Example:
@@ -422,38 +438,39 @@ def xavier_normal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
         >>> w.shape
         (300, 100)
     """
-    fan_in, fan_out = _check_tensor(tensor, "xavier_normal_", need_fans=True)
+    fan_in, fan_out = _check_tensor(tensor, "xavier_normal_", need_fans=True, layout=layout)
     std = xavier_std(fan_in, fan_out, gain)
     return _replace(tensor, _normal_array(tensor.shape, 0.0, std, tensor.dtype))
 
-def _kaiming_fan_gain_(tensor, a, mode, nonlinearity, name):
+def _kaiming_fan_gain_(tensor, a, mode, nonlinearity, name, layout="needle"):
     "Validate everything a `kaiming_*_` call needs, before the tensor is touched."
-    fan_in, fan_out = _check_tensor(tensor, name, need_fans=True)
+    fan_in, fan_out = _check_tensor(tensor, name, need_fans=True, layout=layout)
     return _kaiming_fan_gain(fan_in, fan_out, mode, nonlinearity, a, name)
 
 @no_grad()
 def kaiming_uniform_(tensor: Tensor, a: float = 0, mode: str = "fan_in",
-                     nonlinearity: str = "leaky_relu") -> Tensor:
+                     nonlinearity: str = "leaky_relu", layout: str = "needle") -> Tensor:
     """He et al. (2015), in place: $U(-b, b)$, $b = \\mathrm{gain}\\sqrt{3/n}$ (PyTorch's defaults).
 
     Args:
-        tensor: a weight with at least 2 axes, needle layout.
+        tensor: a weight with at least 2 axes.
         a: leaky ReLU's negative slope (0 gives ReLU's gain $\\sqrt 2$).
         mode: "fan_in" (forward variance) or "fan_out" (backward variance).
         nonlinearity: a name of `calculate_gain`'s table.
+        layout: `"needle"` (`(in, out)`, `(k, k, c_in, c_out)`) or `"torch"` (`(out, in)`, `(c_out, c_in, k, k)`).
 
     Example:
         >>> w = kaiming_uniform_(zeros(512, 256))
         >>> bool(abs(w.numpy()).max() <= math.sqrt(6 / 512))
         True
     """
-    fan, gain = _kaiming_fan_gain_(tensor, a, mode, nonlinearity, "kaiming_uniform_")
+    fan, gain = _kaiming_fan_gain_(tensor, a, mode, nonlinearity, "kaiming_uniform_", layout)
     bound = _uniform_bound(kaiming_std(fan, gain))
     return _replace(tensor, _uniform_array(tensor.shape, -bound, bound, tensor.dtype))
 
 @no_grad()
 def kaiming_normal_(tensor: Tensor, a: float = 0, mode: str = "fan_in",
-                    nonlinearity: str = "leaky_relu") -> Tensor:
+                    nonlinearity: str = "leaky_relu", layout: str = "needle") -> Tensor:
     """He et al. (2015), in place: $\\mathcal N(0, \\sigma^2)$, $\\sigma = \\mathrm{gain}/\\sqrt n$.
 
     Arguments as `kaiming_uniform_`.
@@ -463,7 +480,7 @@ def kaiming_normal_(tensor: Tensor, a: float = 0, mode: str = "fan_in",
         >>> bool(0.08 < w.numpy().std() < 0.1)
         True
     """
-    fan, gain = _kaiming_fan_gain_(tensor, a, mode, nonlinearity, "kaiming_normal_")
+    fan, gain = _kaiming_fan_gain_(tensor, a, mode, nonlinearity, "kaiming_normal_", layout)
     std = kaiming_std(fan, gain)
     return _replace(tensor, _normal_array(tensor.shape, 0.0, std, tensor.dtype))
 

@@ -14,8 +14,8 @@ from .autograd import Tensor, TensorOp
 from .ops import transpose, summation, mul_scalar
 
 # %% auto #0
-__all__ = ['Flip', 'flip', 'Pad', 'pad', 'Dilate', 'UnDilate', 'dilate', 'undilate', 'Conv', 'conv', 'MaxPool', 'AvgPool',
-           'max_pool2d', 'avg_pool2d', 'global_avg_pool2d']
+__all__ = ['Flip', 'flip', 'Pad', 'pad', 'Dilate', 'UnDilate', 'dilate', 'undilate', 'Conv', 'ConvKernelGrad', 'conv', 'MaxPool',
+           'AvgPool', 'max_pool2d', 'avg_pool2d', 'global_avg_pool2d']
 
 # %% ../nbs/02a_conv_ops.ipynb #95df3a36
 def _axes_tuple(axes) -> tuple:
@@ -184,26 +184,52 @@ class Conv(TensorOp):
     def gradient(self, out_grad, node):
         a, b = node.inputs
         s, p = self.stride, self.padding
-        kernel_h, kernel_w = b.shape[:2]
-        H, W = a.shape[1:3]
-        r_h, r_w = (H + 2 * p - kernel_h) % s, (W + 2 * p - kernel_w) % s   # rows/columns no window reaches
-        g = dilate(out_grad, (1, 2), s - 1) if s > 1 else out_grad       # (N, H_out·s, W_out·s, C_out)
-        grad_a = grad_b = None
-        if a.requires_grad:
-            kernel = transpose(flip(b, (0, 1)), (2, 3))                    # (K, K, C_out, C_in)
-            top, left = kernel_h - 1 - p, kernel_w - 1 - p
-            bottom, right = top - (s - 1 - r_h), left - (s - 1 - r_w)
-            if top == bottom == left == right >= 0:
-                grad_a = conv(g, kernel, stride=1, padding=top)
-            else:
-                grad_a = conv(pad(g, ((0, 0), (top, bottom), (left, right), (0, 0))), kernel, stride=1, padding=0)
-        if b.requires_grad:
-            if s > 1: g = pad(g, ((0, 0), (0, 1 - s), (0, 1 - s), (0, 0)))  # drop dilate's trailing zeros
-            g_kernel = transpose(transpose(g, (0, 1)), (1, 2))              # (H', W', N, C_out)
-            grad_b = conv(transpose(a, (0, 3)), g_kernel, stride=1, padding=p)   # (C_in, K + r, K + r, C_out)
-            if r_h or r_w: grad_b = pad(grad_b, ((0, 0), (0, -r_h), (0, -r_w), (0, 0)))
+        grad_a = _conv_input_grad(out_grad, b, a.shape, s, p) if a.requires_grad else None
+        grad_b = None
+        if b.requires_grad and s > 1:
+            grad_b = ConvKernelGrad(s, p, b.shape[:2])(a, out_grad)       # the dilated zeros skipped
+        elif b.requires_grad:
+            g_kernel = transpose(transpose(out_grad, (0, 1)), (1, 2))       # (H_out, W_out, N, C_out)
+            grad_b = conv(transpose(a, (0, 3)), g_kernel, stride=1, padding=p)   # (C_in, K, K, C_out)
             grad_b = transpose(transpose(grad_b, (0, 1)), (1, 2))           # (K, K, C_in, C_out)
         return grad_a, grad_b
+
+def _conv_input_grad(out_grad, b, a_shape, s: int, p: int):
+    "The input's gradient of `conv(a, b, s, p)` for `out_grad`: the dilated `out_grad` ⋆ the flipped, channel-swapped `b`."
+    kernel_h, kernel_w = b.shape[:2]
+    H, W = a_shape[1:3]
+    r_h, r_w = (H + 2 * p - kernel_h) % s, (W + 2 * p - kernel_w) % s   # rows/columns no window reaches
+    g = dilate(out_grad, (1, 2), s - 1) if s > 1 else out_grad       # (N, H_out·s, W_out·s, C_out)
+    kernel = transpose(flip(b, (0, 1)), (2, 3))                      # (K, K, C_out, C_in)
+    top, left = kernel_h - 1 - p, kernel_w - 1 - p
+    bottom, right = top - (s - 1 - r_h), left - (s - 1 - r_w)
+    if top == bottom == left == right >= 0: return conv(g, kernel, stride=1, padding=top)
+    return conv(pad(g, ((0, 0), (top, bottom), (left, right), (0, 0))), kernel, stride=1, padding=0)
+
+class ConvKernelGrad(TensorOp):
+    """The kernel's gradient of `conv(a, b, stride, padding)`: $\\sum_{n,i,j} \\tilde a_{n,is+u,js+v,c}\\,g_{n,i,j,o}$.
+
+    `(a (N, H, W, C_in), g (N, H_out, W_out, C_out))` → `(KH, KW, C_in, C_out)`: the im2col rows of the
+    padded `a`, transposed, times `g` as an `(N·H_out·W_out, C_out)` matrix (no dilated zeros).
+    """
+    def __init__(self, stride: int, padding: int, kernel_size):
+        self.stride, self.padding, self.kernel_size = stride, padding, tuple(kernel_size)
+    def __repr__(self): return f"ConvKernelGrad(stride={self.stride}, padding={self.padding}, kernel_size={self.kernel_size})"
+
+    def compute(self, a, g):
+        kernel_h, kernel_w = self.kernel_size
+        p = self.padding
+        if p: a = array_module(a).pad(a, ((0, 0), (p, p), (p, p), (0, 0)))
+        N, H_out, W_out, c_out = g.shape
+        windows = _im2col(a, kernel_h, kernel_w, self.stride)          # (N, H_out, W_out, KH, KW, C_in)
+        rows = windows.reshape(N * H_out * W_out, kernel_h * kernel_w * a.shape[3])   # the one copy
+        return (rows.transpose() @ g.reshape(N * H_out * W_out, c_out)).reshape(kernel_h, kernel_w, a.shape[3], c_out)
+
+    def gradient(self, out_grad, node):
+        a, g = node.inputs
+        grad_a = _conv_input_grad(g, out_grad, a.shape, self.stride, self.padding) if a.requires_grad else None
+        grad_g = conv(a, out_grad, stride=self.stride, padding=self.padding) if g.requires_grad else None
+        return grad_a, grad_g
 
 def conv(a, b, stride=1, padding=1):
     "needle's `conv`: NHWC input `a`, `(K, K, C_in, C_out)` kernel `b`; note the default `padding=1`."

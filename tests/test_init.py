@@ -346,3 +346,52 @@ def test_mlp_rejects_unknown_names():
         studies.mlp_signal_stds("orthogonal", "relu", depth=2, width=4, batch=2)
     with pytest.raises(ValueError, match="gelu"):
         studies.mlp_signal_stds("kaiming", "gelu", depth=2, width=4, batch=2)
+
+
+# --- layouts of 4-D weights (issue 14) -----------------------------------------------------------
+@pytest.mark.parametrize("needle_shape, torch_shape, fans", [
+    ((3, 3, 16, 32), (32, 16, 3, 3), (144, 288)),
+    ((5, 5, 1, 8), (8, 1, 5, 5), (25, 200)),
+    ((1, 1, 7, 2), (2, 7, 1, 1), (7, 2)),
+    ((4, 9), (9, 4), (4, 9)),                       # Linear: needle (in, out), PyTorch (out, in)
+    ((3, 6, 10), (10, 6, 3), (18, 30)),             # conv1d: needle (k, c_in, c_out), PyTorch (c_out, c_in, k)
+])
+def test_calculate_fans_in_both_layouts(torch, needle_shape, torch_shape, fans):
+    assert init.calculate_fans(needle_shape) == fans == init.calculate_fans(needle_shape, layout="needle")
+    assert init.calculate_fans(torch_shape, layout="torch") == fans
+    assert init.calculate_fans(Tensor(np.zeros(torch_shape, np.float32)), layout="torch") == fans
+    # PyTorch's own fan computation agrees on its layout
+    assert torch.nn.init._calculate_fan_in_and_fan_out(torch.zeros(torch_shape)) == fans
+
+
+def test_torch_layout_kernel_is_no_longer_misread():
+    "(32, 16, 3, 3) once gave (1536, 1536) silently; in needle's layout it is now an error that names the fix."
+    with pytest.raises(ValueError, match="layout='torch'"): init.calculate_fans((32, 16, 3, 3))
+    with pytest.raises(ValueError, match="layout='torch'"): init.kaiming_uniform_(init.zeros(32, 16, 3, 3))
+    with pytest.raises(ValueError, match="layout"): init.calculate_fans((3, 3, 1, 1), layout="NCHW")
+    w = init.zeros(32, 16, 3, 3)
+    before = w.realize_cached_data()
+    with pytest.raises(ValueError, match="layout"): init.xavier_normal_(w, layout="tf")
+    assert w.realize_cached_data() is before                   # bad input changes nothing
+
+
+@pytest.mark.parametrize("fn, is_uniform, std", [
+    (lambda shape, layout: init.kaiming_uniform_(init.zeros(*shape), layout=layout), True, math.sqrt(2 / 144)),
+    (lambda shape, layout: init.kaiming_normal_(init.zeros(*shape), mode="fan_out", layout=layout), False,
+     math.sqrt(2 / 288)),
+    (lambda shape, layout: init.xavier_uniform_(init.zeros(*shape), layout=layout), True, math.sqrt(2 / 432)),
+    (lambda shape, layout: init.xavier_normal_(init.zeros(*shape), layout=layout), False, math.sqrt(2 / 432)),
+    (lambda shape, layout: init.kaiming_uniform(None, None, shape=shape, layout=layout), True, math.sqrt(2 / 144)),
+    (lambda shape, layout: init.kaiming_normal(None, None, shape=shape, layout=layout), False, math.sqrt(2 / 144)),
+    (lambda shape, layout: init.xavier_uniform(None, None, shape=shape, layout=layout), True, math.sqrt(2 / 432)),
+    (lambda shape, layout: init.xavier_normal(None, None, shape=shape, layout=layout), False, math.sqrt(2 / 432)),
+    (lambda shape, layout: init.kaiming_uniform(init.zeros(*shape), layout=layout), True, math.sqrt(2 / 144)),
+])
+@pytest.mark.parametrize("shape, layout", [((3, 3, 16, 32), "needle"), ((32, 16, 3, 3), "torch")])
+def test_initializers_scale_by_the_layouts_fans(fn, is_uniform, std, shape, layout):
+    "16 -> 32 channels, 3x3: fan_in 144, fan_out 288 in either layout; 4,608 draws pin the std to ~2%."
+    ndl.manual_seed(0); np.random.seed(0)
+    w = fn(shape, layout).numpy()
+    assert w.shape == shape
+    assert abs(w.std() - std) < 0.05 * std, (w.std(), std)
+    if is_uniform: assert np.abs(w).max() <= math.sqrt(3) * std * (1 + 1e-6)

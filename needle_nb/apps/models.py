@@ -1,4 +1,4 @@
-"""needle's `apps/mlp_resnet.py`: a residual MLP, one epoch of training or evaluation, and a training loop with a progress bar.
+"""needle's `apps/mlp_resnet.py` and `apps/models.py`: an MLP builder, a residual MLP, needle's ResNet9 convnet and a small CNN.
 
 Docs: https://needle-nb.github.io/needle-nb/models.html.md"""
 
@@ -11,7 +11,7 @@ from .. import nn, init
 from ..autograd import Tensor
 
 # %% auto #0
-__all__ = ['ResidualBlock', 'MLPResNet', 'MLP']
+__all__ = ['ResidualBlock', 'MLPResNet', 'MLP', 'ConvBN', 'ResNet9', 'Unflatten', 'SmallCNN']
 
 # %% ../../nbs/07_models.ipynb #d53e7896
 def ResidualBlock(dim: int, hidden_dim: int, norm=nn.BatchNorm1d, drop_prob: float = 0.1,
@@ -67,3 +67,65 @@ def MLP(*sizes: int, weight_init: Optional[Callable[[Tensor], object]] = None,
         layers.append(linear)
         if i < len(sizes) - 2: layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+# %% ../../nbs/07_models.ipynb #aa435d27
+class ConvBN(nn.Module):
+    """`Conv(a, b, k, stride=s)` → `BatchNorm2d(b)` → `ReLU` (needle's ResNet9 brick).
+
+    Shapes: `(N, a, H, W)` → `(N, b, ⌊(H + 2(k//2) − k)/s⌋ + 1, …)`.
+    """
+    def __init__(self, a: int, b: int, k: int, s: int, device=None, dtype="float32"):
+        super().__init__()
+        self.conv = nn.Conv(a, b, k, stride=s, device=device, dtype=dtype)
+        self.bn = nn.BatchNorm2d(b, device=device, dtype=dtype)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor: return self.relu(self.bn(self.conv(x)))
+
+class ResNet9(nn.Module):
+    """needle's ResNet9 for CIFAR-10: `(N, 3, 32, 32)` images → `(N, 10)` logits.
+
+    Modules in creation (and parameter) order: ConvBN(3, 16, 7, 4), ConvBN(16, 32, 3, 2),
+    Residual(ConvBN(32, 32, 3, 1), ConvBN(32, 32, 3, 1)), ConvBN(32, 64, 3, 2), ConvBN(64, 128, 3, 2),
+    Residual(ConvBN(128, 128, 3, 1), ConvBN(128, 128, 3, 1)), Flatten, Linear(128, 128), ReLU, Linear(128, 10).
+    """
+    def __init__(self, device=None, dtype="float32"):
+        super().__init__()
+        def convbn(a, b, k, s): return ConvBN(a, b, k, s, device=device, dtype=dtype)
+        self.model = nn.Sequential(
+            convbn(3, 16, 7, 4), convbn(16, 32, 3, 2),
+            nn.Residual(nn.Sequential(convbn(32, 32, 3, 1), convbn(32, 32, 3, 1))),
+            convbn(32, 64, 3, 2), convbn(64, 128, 3, 2),
+            nn.Residual(nn.Sequential(convbn(128, 128, 3, 1), convbn(128, 128, 3, 1))),
+            nn.Flatten(),
+            nn.Linear(128, 128, device=device, dtype=dtype), nn.ReLU(),
+            nn.Linear(128, 10, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor: return self.model(x)
+
+# %% ../../nbs/07_models.ipynb #1e5035d9
+class Unflatten(nn.Module):
+    "`(N, prod(shape))` rows (or `(N, *shape)` already) → `(N, *shape)`; PyTorch's `nn.Unflatten(1, shape)`."
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.shape = tuple(shape)
+    def extra_repr(self): return f"{self.shape}"
+    def forward(self, x: Tensor) -> Tensor: return x.reshape((x.shape[0], *self.shape))
+
+def SmallCNN(in_channels: int = 1, image_size: int = 28, widths=(16, 32), hidden: int = 64,
+             num_classes: int = 10, device=None, dtype="float32") -> nn.Module:
+    """`Unflatten`, then per width `Conv(3×3) → BatchNorm2d → ReLU → MaxPool2d(2)`, then `Flatten → Linear → ReLU → Linear`.
+
+    Maps `(N, in_channels·image_size²)` rows or `(N, in_channels, image_size, image_size)` images to
+    `(N, num_classes)` logits. `image_size` must be divisible by `2**len(widths)`.
+    """
+    if image_size % 2 ** len(widths):
+        raise ValueError(f"SmallCNN: image_size {image_size} is not divisible by 2**{len(widths)} (one halving per width)")
+    layers, channels = [Unflatten(in_channels, image_size, image_size)], in_channels
+    for width in widths:
+        layers += [nn.Conv(channels, width, 3, device=device, dtype=dtype), nn.BatchNorm2d(width, device=device, dtype=dtype),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+        channels = width
+    side = image_size // 2 ** len(widths)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * side * side, hidden, device=device, dtype=dtype),
+                         nn.ReLU(), nn.Linear(hidden, num_classes, device=device, dtype=dtype))

@@ -15,8 +15,8 @@ from .. import nn, optim, data
 from .models import MLPResNet
 
 # %% auto #0
-__all__ = ['FULL_RUN_ENV', 'full_run', 'pick', 'data_present', 'epoch', 'evaluate', 'train', 'plot_history', 'predict',
-           'train_mnist']
+__all__ = ['FULL_RUN_ENV', 'device', 'full_run', 'pick', 'data_present', 'epoch', 'evaluate', 'train', 'plot_history', 'predict',
+           'train_mnist', 'epoch_general_cifar10', 'train_cifar10', 'evaluate_cifar10']
 
 # %% ../../nbs/07a_simple_ml.ipynb #f4bbce27
 FULL_RUN_ENV = "NEEDLE_NB_FULL"
@@ -164,3 +164,64 @@ def train_mnist(batch_size: int = 100, epochs: int = 10, optimizer=optim.Adam, l
         train_err, train_loss = epoch(train_loader, model, opt)
     test_err, test_loss = epoch(test_loader, model)
     return train_err, train_loss, test_err, test_loss
+
+# %% ../../nbs/07a_simple_ml.ipynb #0019e15f
+from ..backend import cpu
+
+# %% ../../nbs/07a_simple_ml.ipynb #0144ee56
+device = cpu()   # needle's module global; batches follow the model's device
+
+def epoch_general_cifar10(dataloader, model: nn.Module, loss_fn=nn.SoftmaxLoss(), opt=None, *,
+                          progress=None) -> tuple[float, float]:
+    """One epoch over image batches (needle's): train with `opt`, else evaluate.
+
+    Args:
+        dataloader: yields `(X, y)`, `X` of shape `(N, C, H, W)` (or whatever `model` takes), `y` class ids.
+        model: maps `X` to `(N, classes)` logits.
+        loss_fn: an instance, e.g. `nn.SoftmaxLoss()`.
+        opt: the optimizer; `None` evaluates.
+        progress: optional wrapper for the batch iterator (a progress bar).
+
+    Returns:
+        `(accuracy, mean loss)`, both averaged over samples.
+    """
+    np.random.seed(4)
+    training = opt is not None
+    model.train() if training else model.eval()
+    batch_device = _model_device(model)
+    correct, total_loss, seen = 0, 0.0, 0
+    for X, y in (dataloader if progress is None else progress(dataloader)):
+        X, y = X.to(batch_device), y.to(batch_device)
+        if training:
+            opt.reset_grad()
+            logits = model(X)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            opt.step()
+        else:
+            with no_grad():
+                logits = model(X)
+                loss = loss_fn(logits, y)
+        correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
+        total_loss += loss.item() * X.shape[0]
+        seen += X.shape[0]
+    return correct / seen, total_loss / seen
+
+def train_cifar10(model: nn.Module, dataloader, n_epochs: int = 1, optimizer=optim.Adam, lr: float = 0.001,
+                  weight_decay: float = 0.001, loss_fn=nn.SoftmaxLoss, *, progress=None) -> tuple[float, float]:
+    """needle's `train_cifar10`: seed 4, `optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)`,
+    then `n_epochs` of `epoch_general_cifar10(dataloader, model, loss_fn(), opt)`.
+
+    Returns:
+        the last epoch's `(accuracy, mean loss)`.
+    """
+    np.random.seed(4)
+    opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(n_epochs):
+        acc, loss = epoch_general_cifar10(dataloader, model, loss_fn(), opt, progress=progress)
+    return acc, loss
+
+def evaluate_cifar10(model: nn.Module, dataloader, loss_fn=nn.SoftmaxLoss, *, progress=None) -> tuple[float, float]:
+    "needle's `evaluate_cifar10`: seed 4, one evaluation epoch; returns `(accuracy, mean loss)`."
+    np.random.seed(4)
+    return epoch_general_cifar10(dataloader, model, loss_fn(), None, progress=progress)
