@@ -21,9 +21,9 @@ __all__ = ['REDUCTIONS', 'gradient_check', 'EWiseAdd', 'add', 'AddScalar', 'add_
            'divide', 'DivScalar', 'divide_scalar', 'Negate', 'negate', 'Transpose', 'transpose', 'Reshape', 'reshape',
            'BroadcastTo', 'broadcast_to', 'SumToShape', 'Summation', 'ExpandReduced', 'summation', 'Max', 'amax',
            'MatMul', 'matmul', 'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid',
-           'LeakyReLUOp', 'GELUOp', 'leaky_relu', 'gelu', 'LogSumExp', 'logsumexp', 'LogSoftmax', 'logsoftmax',
-           'Softmax', 'softmax', 'check_reduction', 'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack', 'stack',
-           'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item']
+           'LeakyReLUOp', 'GELUOp', 'leaky_relu', 'gelu', 'Softsign', 'softsign', 'LogSumExp', 'logsumexp',
+           'LogSoftmax', 'logsoftmax', 'Softmax', 'softmax', 'check_reduction', 'SoftmaxCrossEntropy',
+           'softmax_cross_entropy', 'Stack', 'stack', 'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _py_scalar(scalar):
@@ -626,6 +626,21 @@ def tanh(self: Tensor) -> Tensor:
 def sigmoid(self: Tensor) -> Tensor:
     "$\\sigma(x) = 1/(1 + e^{-x})$ elementwise (`Sigmoid`). Local derivative: $\\sigma(x)(1 - \\sigma(x))$."
     return Sigmoid()(self)
+
+# %% ../nbs/02_ops.ipynb #10bd4a18
+class Softsign(TensorOp):
+    "$a/(1+|a|)$ elementwise. Local derivative: $1/(1+|a|)^2 = (1-|s|)^2$ with $s$ the output."
+    def compute(self, a):
+        xp = array_module(a)
+        return a / (1 + xp.abs(a))
+    def gradient(self, out_grad, node):
+        a = node.inputs[0].realize_cached_data()
+        local = 1 / (1 + array_module(a).abs(a)) ** 2
+        return out_grad * Tensor.make_const(local.astype(a.dtype, copy=False))
+
+def softsign(a):
+    "$a/(1+|a|)$ elementwise (`Softsign`, PyTorch's `softsign`)."
+    return Softsign()(a)
 
 # %% ../nbs/02_ops.ipynb #ebbd5888
 class LogSumExp(TensorOp):

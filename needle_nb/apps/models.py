@@ -45,7 +45,7 @@ def MLPResNet(dim: int, hidden_dim: int = 100, num_blocks: int = 3, num_classes:
         nn.Linear(hidden_dim, num_classes, device=device, dtype=dtype))
 
 def MLP(*sizes: int, weight_init: Optional[Callable[[Tensor], object]] = None,
-        device=None, dtype="float32") -> nn.Module:
+        device=None, dtype="float32", activation: Callable[[], nn.Module] = nn.ReLU) -> nn.Module:
     """`Linear → ReLU → … → Linear` through the widths `sizes`, e.g. `MLP(64, 128, 10)`.
 
     Args:
@@ -54,6 +54,7 @@ def MLP(*sizes: int, weight_init: Optional[Callable[[Tensor], object]] = None,
             `lambda w: init.kaiming_normal_(w, nonlinearity="relu")`); the biases then start at zero.
             `None` keeps `Linear`'s own (needle's) initialisation.
         device, dtype: of the parameters.
+        activation: builds the layer after each hidden `Linear` (e.g. `nn.Tanh`); default `nn.ReLU`.
 
     Maps `(batch, sizes[0])` inputs to `(batch, sizes[-1])` outputs; no activation after the last layer.
     """
@@ -65,7 +66,7 @@ def MLP(*sizes: int, weight_init: Optional[Callable[[Tensor], object]] = None,
             weight_init(linear.weight)
             if linear.bias is not None: init.zeros_(linear.bias)
         layers.append(linear)
-        if i < len(sizes) - 2: layers.append(nn.ReLU())
+        if i < len(sizes) - 2: layers.append(activation())
     return nn.Sequential(*layers)
 
 # %% ../../nbs/07_models.ipynb #aa435d27

@@ -17,9 +17,9 @@ from ..backend import array_module
 from .module import Module, Parameter, Buffer
 
 # %% auto #0
-__all__ = ['L2Loss', 'Identity', 'Flatten', 'ReLU', 'Tanh', 'Sigmoid', 'LeakyReLU', 'GELU', 'Softmax', 'Linear', 'ModuleTuple',
-           'Sequential', 'Residual', 'ModuleList', 'ModuleDict', 'Dropout', 'BatchNorm1d', 'LayerNorm', 'LayerNorm1d',
-           'Embedding', 'CrossEntropyLoss', 'SoftmaxLoss', 'MSELoss', 'LeakyReLUOp', 'GELUOp']
+__all__ = ['L2Loss', 'Identity', 'Flatten', 'ReLU', 'Tanh', 'Sigmoid', 'LeakyReLU', 'GELU', 'Softmax', 'Softsign', 'Linear',
+           'ModuleTuple', 'Sequential', 'Residual', 'ModuleList', 'ModuleDict', 'Dropout', 'BatchNorm1d', 'LayerNorm',
+           'LayerNorm1d', 'Embedding', 'CrossEntropyLoss', 'SoftmaxLoss', 'MSELoss', 'LeakyReLUOp', 'GELUOp']
 
 # %% ../../nbs/04a_nn_layers.ipynb #0aa38209
 class Identity(Module):
@@ -74,6 +74,11 @@ class Softmax(Module):
     def extra_repr(self): return f"dim={self.dim}"
     def forward(self, x: Tensor) -> Tensor:
         return ops.softmax(x, axes=(self.dim,))
+
+# %% ../../nbs/04a_nn_layers.ipynb #56532d81
+class Softsign(Module):
+    "$x/(1+|x|)$ elementwise (PyTorch's Softsign). Local derivative: $1/(1+|x|)^2$."
+    def forward(self, x: Tensor) -> Tensor: return ops.softsign(x)
 
 # %% ../../nbs/04a_nn_layers.ipynb #470999be
 class Linear(Module):
