@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/conv_ops.html.md"""
 
 # %% ../nbs/02a_conv_ops.ipynb #730cf41c
 from __future__ import annotations
-import numbers
+import numbers, operator
 from typing import Tuple
 import numpy as np
 from .backend import array_module
@@ -146,9 +146,11 @@ def _conv_forward(a, b, stride: int, padding: int):
     # floats each way writes: im2col's rows, or every pixel's product with every kernel tap
     if stride == 1 and H_pad * W_pad * c_out < H_out * W_out * C:
         return _conv_shift_add(a, b)
+    xp = array_module(a)
     windows = _im2col(a, kernel_h, kernel_w, stride)
-    rows = windows.reshape(N * H_out * W_out, kernel_h * kernel_w * C)     # the one copy
-    out = rows @ b.reshape(kernel_h * kernel_w * C, c_out)
+    # xp.reshape, not the method: needle's NDArray.reshape needs a compact array, numpy's copies
+    rows = xp.reshape(windows, (N * H_out * W_out, kernel_h * kernel_w * C))     # the one copy
+    out = rows @ xp.reshape(b, (kernel_h * kernel_w * C, c_out))
     return out.reshape(N, H_out, W_out, c_out)
 
 def _conv_shift_add(a, b):
@@ -156,12 +158,15 @@ def _conv_shift_add(a, b):
     N, H, W, C = a.shape
     kernel_h, kernel_w, _, c_out = b.shape
     H_out, W_out = H - kernel_h + 1, W - kernel_w + 1
-    taps = b.transpose(2, 0, 1, 3).reshape(C, kernel_h * kernel_w * c_out)
-    products = (a.reshape(N * H * W, C) @ taps).reshape(N, H, W, kernel_h, kernel_w, c_out)
-    out = products[:, :H_out, :W_out, 0, 0].copy()
+    xp = array_module(a)
+    # numpy's indexing rules (an int drops its axis): NDArray's own [] keeps needle's, so its module indexes
+    index = getattr(xp, "getitem", operator.getitem)
+    taps = xp.reshape(xp.transpose(b, (2, 0, 1, 3)), (C, kernel_h * kernel_w * c_out))
+    products = (xp.reshape(a, (N * H * W, C)) @ taps).reshape(N, H, W, kernel_h, kernel_w, c_out)
+    out = index(products, (slice(None), slice(None, H_out), slice(None, W_out), 0, 0)).copy()
     for u in range(kernel_h):
         for v in range(kernel_w):
-            if u or v: out += products[:, u:u + H_out, v:v + W_out, u, v]
+            if u or v: out += index(products, (slice(None), slice(u, u + H_out), slice(v, v + W_out), u, v))
     return out
 
 # %% ../nbs/02a_conv_ops.ipynb #53b25c52

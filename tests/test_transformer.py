@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import needle_nb as ndl
+from conftest import not_under_nd
 import needle_nb.nn as nn
 
 
@@ -49,6 +50,7 @@ def test_attention_against_scaled_dot_product_attention(torch, rs, device, causa
         np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), atol=1e-12)
 
 
+@not_under_nd("the test reads the mask with numpy's indexing (mask[0, 0] drops axes; needle's NDArray keeps them)")
 def test_causal_mask_is_needles():
     attention = nn.MultiHeadAttention(causal=True)
     mask = attention.create_causal_mask(3, 5, ndl.cpu())
@@ -115,6 +117,7 @@ def test_attention_layer_draws_and_names_are_needles():
     assert layer.attn.causal and layer.prenorm_k.dim == 5
 
 
+@not_under_nd("the test assigns numpy arrays to a tensor's .data (or writes into cached_data with numpy indexing); under nd a tensor holds an NDArray")
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_layer_against_torch_multihead_attention(torch, rs, causal):
     "Our layer = torch's MultiheadAttention (no biases) on layer-normalized inputs, weights copied across."
