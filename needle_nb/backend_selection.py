@@ -90,29 +90,40 @@ def __abs__(self: _NDArray) -> _NDArray:
     "`|self|` elementwise."
     return self._unary(lambda a, out: self.device.ewise_unary("abs", a, out)) if _is_float(self.dtype) else self.maximum(-self)
 
+def _in_place(a: _NDArray, other, ewise, scalar, fallback) -> _NDArray:
+    "`a op= other` into `a`'s buffer: one kernel call writing `out=a` when `a` is compact and nothing changes shape or dtype, else `fallback` then a write through the view."
+    if a.is_compact():
+        if isinstance(other, _NDArray):
+            if other._shape == a._shape and other.dtype == a.dtype and other._device == a._device:
+                ewise(a._handle, other.compact()._handle, a._handle)
+                return a
+        elif isinstance(other, numbers.Real) and (a.dtype.kind == "f" or isinstance(other, numbers.Integral)):
+            scalar(a._handle, other, a._handle)
+            return a
+    _write(a, fallback(a, other))
+    return a
+
 @patch
 def __iadd__(self: _NDArray, other) -> _NDArray:
     "`self += other` written into this array's own buffer, through the view (numpy's in-place meaning)."
-    _write(self, self + other)
-    return self
+    return _in_place(self, other, self.device.ewise_add, self.device.scalar_add, operator.add)
 
 @patch
 def __isub__(self: _NDArray, other) -> _NDArray:
     "`self -= other`, in place."
+    if not isinstance(other, _NDArray) and isinstance(other, numbers.Real): return self.__iadd__(-other)
     _write(self, self - other)
     return self
 
 @patch
 def __imul__(self: _NDArray, other) -> _NDArray:
     "`self *= other`, in place."
-    _write(self, self * other)
-    return self
+    return _in_place(self, other, self.device.ewise_mul, self.device.scalar_mul, operator.mul)
 
 @patch
 def __itruediv__(self: _NDArray, other) -> _NDArray:
     "`self /= other`, in place."
-    _write(self, self / other)
-    return self
+    return _in_place(self, other, self.device.ewise_div, self.device.scalar_div, operator.truediv)
 
 @patch
 def astype(self: _NDArray, dtype, copy: bool = True) -> _NDArray:
@@ -506,7 +517,13 @@ class NumpyAPI:
         b2 = b.reshape(b.shape + (1,)) if b.ndim == 1 else b
         if a2.shape[-1] != b2.shape[-2]:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned")
-        out = a2 @ b2
+        if a2.ndim == 2 and b2.ndim == 2:
+            # the device's plain kernel, not NDArray @'s tiled one: re-laying both operands and the output in
+            # T×T tiles pays in C++, where a tile stays in registers; over numpy's BLAS it would only copy
+            (m, n), p = a2.shape, b2.shape[1]
+            out = _NDArray.make((m, p), device=a.device, dtype=np.result_type(a.dtype, b.dtype).name)
+            a.device.matmul(a2.compact()._handle, b2.compact()._handle, out._handle, m, n, p)
+        else: out = a2 @ b2
         if b.ndim == 1: out = out.reshape(out.shape[:-1])
         if a.ndim == 1: out = out.reshape(out.shape[:-2] + out.shape[-1:])
         return out

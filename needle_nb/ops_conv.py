@@ -247,8 +247,9 @@ class _WindowSum(TensorOp):
         self.kernel, self.stride, self.padding, self.mask = kernel, stride, padding, mask
     def compute(self, a):
         windows = _pool_windows(_pad_spatial(a, self.padding), self.kernel, self.stride)
-        if self.mask is not None: windows = array_module(a).where(self.mask, windows, 0)
-        return windows.sum(axis=(-2, -1))
+        xp = array_module(a)
+        if self.mask is not None: windows = xp.where(self.mask, windows, 0)
+        return xp.sum(windows, axis=(-2, -1))
     def gradient(self, out_grad, node):
         return _WindowScatter(self.kernel, self.stride, self.padding, node.inputs[0].shape, self.mask)(out_grad)
 
@@ -258,14 +259,16 @@ class _WindowScatter(TensorOp):
         self.kernel, self.stride, self.padding, self.shape, self.mask = kernel, stride, padding, tuple(shape), mask
     def compute(self, g):
         xp, k, s, p = array_module(g), self.kernel, self.stride, self.padding
+        index = getattr(xp, "getitem", operator.getitem)   # numpy's rules, also for nd's NDArray (see Conv)
         *lead, H, W = self.shape
         H_out, W_out = g.shape[-2:]
         out = xp.zeros((*lead, H + 2 * p, W + 2 * p), dtype=g.dtype)
         for u in range(k):            # one strided add per offset in the window (overlapping windows add up)
             for v in range(k):
-                part = g if self.mask is None else xp.where(self.mask[..., u, v], g, 0)
-                out[..., u:u + s * (H_out - 1) + 1:s, v:v + s * (W_out - 1) + 1:s] += part
-        return out[..., p:p + H, p:p + W] if p else out
+                part = g if self.mask is None else xp.where(index(self.mask, (..., u, v)), g, 0)
+                window = index(out, (..., slice(u, u + s * (H_out - 1) + 1, s), slice(v, v + s * (W_out - 1) + 1, s)))
+                window += part                                 # a view: the add lands in `out`
+        return index(out, (..., slice(p, p + H), slice(p, p + W))) if p else out
     def gradient(self, out_grad, node):
         return _WindowSum(self.kernel, self.stride, self.padding, self.mask)(out_grad)
 
@@ -285,11 +288,11 @@ class MaxPool(_Pool):
     def compute(self, a):
         xp = array_module(a)
         windows = _pool_windows(_pad_spatial(a, self.padding, -xp.inf), self.kernel, self.stride)
-        flat = windows.reshape(windows.shape[:-2] + (self.kernel * self.kernel,))
-        first_max = flat.argmax(axis=-1)[..., None]
+        flat = xp.reshape(windows, windows.shape[:-2] + (self.kernel * self.kernel,))
+        first_max = xp.reshape(xp.argmax(flat, axis=-1), flat.shape[:-1] + (1,))
         # which entry of each window wins: the gradient's route (fixed by the values, like a ReLU mask)
         self.mask = (xp.arange(self.kernel * self.kernel) == first_max).reshape(windows.shape)
-        return xp.take_along_axis(flat, first_max, axis=-1)[..., 0]
+        return xp.max(flat, axis=-1)
     def gradient(self, out_grad, node): return self._scatter(node, self.mask)(out_grad)
 
 class AvgPool(_Pool):
@@ -297,7 +300,7 @@ class AvgPool(_Pool):
     name = "avg_pool2d"
     def compute(self, a):
         windows = _pool_windows(_pad_spatial(a, self.padding), self.kernel, self.stride)
-        return windows.sum(axis=(-2, -1)) * (1 / (self.kernel * self.kernel))
+        return array_module(a).sum(windows, axis=(-2, -1)) * (1 / (self.kernel * self.kernel))
     def gradient(self, out_grad, node):
         return mul_scalar(self._scatter(node)(out_grad), 1 / (self.kernel * self.kernel))
 

@@ -20,7 +20,7 @@ import needle_nb as ndl
 import needle_nb.nn as nn
 from needle_nb import Tensor
 
-from conftest import DEVICES, not_under_nd
+from conftest import DEVICES
 from test_ops import check_op
 from test_nn_layers import check_against_torch, _set_affine
 
@@ -247,7 +247,6 @@ POOLS = [((2, 3, 8, 8), 2, None, 0), ((1, 2, 7, 6), 3, 2, 1), ((2, 1, 5, 5), 3, 
          ((1, 1, 9, 4), 4, 2, 2), ((2, 2, 5, 6), 1, 2, 0), ((1, 1, 7, 7), 5, 3, 2)]
 
 
-@not_under_nd("pooling (needle_nb's extension: needle has none) indexes windows with numpy's `...`, integer indices and take_along_axis")
 @devices
 @pytest.mark.parametrize("shape, kernel, stride, padding", POOLS)
 def test_pooling_against_torch(device, shape, kernel, stride, padding):
@@ -259,7 +258,6 @@ def test_pooling_against_torch(device, shape, kernel, stride, padding):
     check_op([shape], lambda x: x.mean((2, 3)), ndl.global_avg_pool2d, device=device)
 
 
-@not_under_nd("pooling (needle_nb's extension: needle has none) indexes windows with numpy's `...`, integer indices and take_along_axis")
 @pytest.mark.parametrize("shape, kernel, stride, padding", POOLS)
 def test_pooling_finite_differences(rs, shape, kernel, stride, padding):
     a = t64(rs, *shape)
@@ -268,7 +266,6 @@ def test_pooling_finite_differences(rs, shape, kernel, stride, padding):
     ndl.gradient_check(ndl.global_avg_pool2d, a, backward=True)
 
 
-@not_under_nd("pooling (needle_nb's extension: needle has none) indexes windows with numpy's `...`, integer indices and take_along_axis")
 def test_pooling_gradients_are_differentiable(rs):
     a = t64(rs, 1, 2, 6, 6)
     for pool in (lambda x: ndl.max_pool2d(x, 3, 2, 1), lambda x: ndl.avg_pool2d(x, 3, 1, 1)):
@@ -370,7 +367,6 @@ def test_batchnorm2d_eval_against_torch(torch, rs, device):
     with pytest.raises(ValueError, match=r"\(N, 4, H, W\)"): ours(Tensor(np.ones((2, 3, 4, 4))))
 
 
-@not_under_nd("pooling (needle_nb's extension: needle has none) indexes windows with numpy's `...`, integer indices and take_along_axis")
 @devices
 def test_pooling_layers_against_torch(torch, rs, device):
     x = t64(rs, 2, 3, 7, 6, device=device)
@@ -384,7 +380,6 @@ def test_pooling_layers_against_torch(torch, rs, device):
     with pytest.raises(ValueError, match="at most half"): nn.AvgPool2d(2, padding=2)
 
 
-@not_under_nd("pooling (needle_nb's extension: needle has none) indexes windows with numpy's `...`, integer indices and take_along_axis")
 def test_flatten_after_conv_matches_torch(torch, rs):
     x = t64(rs, 2, 3, 4, 4)
     out = nn.Flatten()(nn.MaxPool2d(2)(x))
@@ -392,7 +387,6 @@ def test_flatten_after_conv_matches_torch(torch, rs):
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
 
 
-@not_under_nd("pooling (needle_nb's extension: needle has none) indexes windows with numpy's `...`, integer indices and take_along_axis")
 def test_small_cnn_trains():
     ndl.manual_seed(0)
     rs = np.random.RandomState(0)
@@ -442,7 +436,6 @@ def test_conv_benchmark_contenders_agree():
         bench.check_agree({"numpy (by hand)": bench.numpy_fn(*data), "needle_nb": bench.needle_fn(*broken)})
 
 
-@not_under_nd("pooling (needle_nb's extension: needle has none) indexes windows with numpy's `...`, integer indices and take_along_axis")
 @pytest.mark.parametrize("kernel, stride, padding", [(2, None, 0), (3, 1, 1), (3, 2, 1)])
 def test_max_pool_ties_route_the_gradient_as_torch(rs, kernel, stride, padding):
     "With tied maxima the gradient goes to the first one in row-major order, as PyTorch's CPU kernel."
