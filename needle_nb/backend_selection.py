@@ -57,9 +57,6 @@ def scatter_add(self: FlatBackend, out, positions, values):
 # %% ../nbs/00b_backend_selection.ipynb #2a4722ae
 def _is_float(dtype: str) -> bool: return dtype.startswith("float")
 
-def _fresh(shape, like: _NDArray, dtype=None) -> _NDArray:
-    return _NDArray.make(tuple(shape), device=like.device, dtype=like.dtype if dtype is None else dtype)
-
 def _write(target: _NDArray, value) -> None:
     "Write the NDArray (broadcast to fit) or number `value` through every element of the view `target`, in place."
     if isinstance(value, _NDArray):
@@ -73,7 +70,7 @@ def _check_dtype(dtype) -> str:
     if name not in nd.DTYPES: raise TypeError(f"an NDArray holds one of {', '.join(nd.DTYPES)}; got dtype {dtype!r}")
     return name
 
-# %% ../nbs/00b_backend_selection.ipynb #b79465b3
+# %% ../nbs/00b_backend_selection.ipynb #47c99f33
 @patch
 def __rtruediv__(self: _NDArray, other) -> _NDArray:
     "`other / self` for a number `other` (needle's NDArray has no `__rtruediv__`)."
@@ -90,6 +87,22 @@ def __abs__(self: _NDArray) -> _NDArray:
     "`|self|` elementwise."
     return self._unary(lambda a, out: self.device.ewise_unary("abs", a, out)) if _is_float(self.dtype) else self.maximum(-self)
 
+@patch
+def __or__(self: _NDArray, other) -> _NDArray:
+    "Elementwise logical or of two masks (non-zero is true), as 0/1."
+    return (self != 0).maximum(other != 0)
+
+@patch
+def __and__(self: _NDArray, other) -> _NDArray:
+    "Elementwise logical and of two masks (non-zero is true), as 0/1."
+    return (self != 0) * (other != 0)
+
+@patch
+def __invert__(self: _NDArray) -> _NDArray:
+    "Elementwise logical not of a mask (non-zero is true), as 0/1."
+    return self == 0
+
+# %% ../nbs/00b_backend_selection.ipynb #596f6084
 def _in_place(a: _NDArray, other, ewise, scalar, fallback) -> _NDArray:
     "`a op= other` into `a`'s buffer: one kernel call writing `out=a` when `a` is compact and nothing changes shape or dtype, else `fallback` then a write through the view."
     if a.is_compact():
@@ -125,6 +138,7 @@ def __itruediv__(self: _NDArray, other) -> _NDArray:
     "`self /= other`, in place."
     return _in_place(self, other, self.device.ewise_div, self.device.scalar_div, operator.truediv)
 
+# %% ../nbs/00b_backend_selection.ipynb #b6c36ff0
 @patch
 def astype(self: _NDArray, dtype, copy: bool = True) -> _NDArray:
     """This array's values as `dtype`: a compact copy, or the array itself when `copy=False` and nothing changes
@@ -193,21 +207,6 @@ def __int__(self: _NDArray) -> int:
     return int(self.item())
 
 @patch
-def __or__(self: _NDArray, other) -> _NDArray:
-    "Elementwise logical or of two masks (non-zero is true), as 0/1."
-    return (self != 0).maximum(other != 0)
-
-@patch
-def __and__(self: _NDArray, other) -> _NDArray:
-    "Elementwise logical and of two masks (non-zero is true), as 0/1."
-    return (self != 0) * (other != 0)
-
-@patch
-def __invert__(self: _NDArray) -> _NDArray:
-    "Elementwise logical not of a mask (non-zero is true), as 0/1."
-    return self == 0
-
-@patch
 def __array__(self: _NDArray, dtype=None, copy=None) -> np.ndarray:
     "`np.asarray(a)`: a host copy (`numpy()`), so numpy functions and `np.testing` accept NDArrays."
     host = self.numpy()
@@ -253,7 +252,7 @@ def randb(self: BackendDevice, *shape, p=0.5, dtype="float32") -> _NDArray:
     draws = np.random.rand(*(shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)) <= p
     return self.array(draws.astype(np.float32), dtype="float32" if np.dtype(dtype) == np.bool_ else dtype)
 
-# %% ../nbs/00b_backend_selection.ipynb #169a7242
+# %% ../nbs/00b_backend_selection.ipynb #afb62851
 def _shape_tuple(shape) -> tuple:
     return (int(shape),) if isinstance(shape, numbers.Integral) else tuple(int(n) for n in shape)
 
@@ -265,6 +264,190 @@ def _axes_tuple(axis, ndim: int) -> tuple:
         raise ValueError(f"axis {axis} is out of bounds for an array of {ndim} dimensions")
     return tuple(sorted({int(ax) % max(ndim, 1) for ax in axes})) if ndim else ()
 
+class _UFunc:
+    "A numpy-style binary function on NDArrays with `out=` (and `.at` for `add`)."
+    def __init__(self, api, name, fn): self.api, self.__name__, self.fn = api, name, fn
+    def __call__(self, a, b, out=None):
+        if not isinstance(a, _NDArray) and not isinstance(b, _NDArray): a = self.api.asarray(a)
+        return self.api.into(out, self.fn(a, b))
+    def at(self, a: _NDArray, index, b):
+        "Unbuffered `a[index] op= b` (repeated positions accumulate): numpy's `ufunc.at`, for `add` only."
+        if self.__name__ != "add": raise NotImplementedError(f"NumpyAPI: only add.at is implemented, not {self.__name__}.at")
+        positions = _positions(a.shape, index)
+        values = self.api.asarray(b, dtype=a.dtype) if not isinstance(b, _NDArray) else b.astype(a.dtype, copy=False)
+        values = values.broadcast_to(positions.shape).compact()
+        if not a.is_compact(): raise ValueError(f"add.at writes into a compact array; got a view of shape {a.shape}")
+        a.device.scatter_add(a._handle, _NDArray(positions.reshape(-1), device=a.device, dtype="int64")._handle, values._handle)
+
+def _power(a, b):
+    if isinstance(a, _NDArray) and isinstance(b, _NDArray):
+        return a.ewise_or_scalar(b, a.device.ewise_power, a.device.scalar_power)
+    return a ** b
+
+class NumpyAPI:
+    """numpy's functions, with numpy's semantics, on the NDArrays of one device: what `backend.array_module`
+    returns for an NDArray (as it returns `numpy` for a numpy array and `cupy` for a cupy array).
+
+    Each function is built from NDArray methods (views, compact, elementwise, reductions, matmul) and the
+    device kernels. Only three things are made on the host and copied in: the positions that fancy indexing and
+    `add.at` pick, `arange`, and `erf` (no kernel).
+    Masks (comparisons, `isfinite`) are 0/1 in the input's dtype, as needle's comparisons.
+    """
+    inf, nan, pi, e, newaxis = np.inf, np.nan, np.pi, np.e, None
+    float32, float64, int32, int64 = np.float32, np.float64, np.int32, np.int64
+
+    def __init__(self, device: BackendDevice):
+        self.device = device
+        for name, fn in (("add", operator.add), ("subtract", operator.sub), ("multiply", operator.mul),
+                         ("true_divide", operator.truediv), ("divide", operator.truediv), ("power", _power)):
+            setattr(self, name, _UFunc(self, name, fn))
+        # numpy's sub-modules, looked up when called (the methods are added section by section below)
+        self.lib = _Namespace(stride_tricks=_Namespace(as_strided=lambda *args, **kw: self.as_strided(*args, **kw)))
+        self.linalg = _Namespace(norm=lambda *args, **kw: self.norm(*args, **kw))
+    def __repr__(self): return f"NumpyAPI({self.device!r})"
+
+
+    # --- making arrays -----------------------------------------------------------------------------
+    def asarray(self, a, dtype=None) -> _NDArray:
+        "`a` as an NDArray on this device (itself when it is one already and `dtype` matches)."
+        if isinstance(a, _NDArray): return a if dtype is None else a.astype(dtype, copy=False)
+        return self.device.array(a, dtype=dtype)
+    def array(self, a, dtype=None) -> _NDArray:
+        "A copy of `a` as an NDArray."
+        return self.device.array(a, dtype=dtype)
+    def empty(self, shape, dtype="float64") -> _NDArray: return self.device.empty(_shape_tuple(shape), dtype=dtype)
+    def full(self, shape, fill_value, dtype="float64") -> _NDArray:
+        return self.device.full(_shape_tuple(shape), fill_value, dtype=dtype)
+    def zeros(self, shape, dtype="float64") -> _NDArray: return self.full(shape, 0, dtype)
+    def ones(self, shape, dtype="float64") -> _NDArray: return self.full(shape, 1, dtype)
+    def empty_like(self, a, dtype=None) -> _NDArray: return self.empty(a.shape, dtype or a.dtype)
+    def zeros_like(self, a, dtype=None) -> _NDArray: return self.zeros(a.shape, dtype or a.dtype)
+    def ones_like(self, a, dtype=None) -> _NDArray: return self.ones(a.shape, dtype or a.dtype)
+    def full_like(self, a, fill_value, dtype=None) -> _NDArray: return self.full(a.shape, fill_value, dtype or a.dtype)
+    def arange(self, *args, dtype=None) -> _NDArray:
+        "`np.arange(*args)` as an NDArray."
+        return self.device.array(np.arange(*args, dtype=dtype))
+    def into(self, out, result):
+        "`result`, or, with an `out` array, `result` written into `out` and `out` (numpy's `out=`)."
+        if out is None: return result
+        _write(out, result)
+        return out
+
+class _Namespace:
+    "A few functions under a sub-module name (`lib.stride_tricks`, `linalg`)."
+    def __init__(self, **functions): self.__dict__.update(functions)
+
+_NAMESPACES = {}
+
+def numpy_api(device: BackendDevice) -> NumpyAPI:
+    "The `NumpyAPI` of an nd device (one per device)."
+    if device.name not in _NAMESPACES: _NAMESPACES[device.name] = NumpyAPI(device)
+    return _NAMESPACES[device.name]
+
+# %% ../nbs/00b_backend_selection.ipynb #1aac5d75
+@patch
+def exp(self: NumpyAPI, a, out=None): return self.into(out, self.asarray(a).exp())
+@patch
+def log(self: NumpyAPI, a, out=None): return self.into(out, self.asarray(a).log())
+@patch
+def tanh(self: NumpyAPI, a, out=None): return self.into(out, self.asarray(a).tanh())
+@patch
+def _unary(self: NumpyAPI, name, a, out):
+    a = self.asarray(a)
+    result = a._unary(lambda h, o: a.device.ewise_unary(name, h, o))
+    return self.into(out, result)
+@patch
+def sqrt(self: NumpyAPI, a, out=None): return self._unary("sqrt", a, out)
+@patch
+def abs(self: NumpyAPI, a, out=None): return self._unary("abs", a, out)
+@patch
+def sign(self: NumpyAPI, a, out=None): return self._unary("sign", a, out)
+@patch
+def sin(self: NumpyAPI, a, out=None): return self._unary("sin", a, out)
+@patch
+def cos(self: NumpyAPI, a, out=None): return self._unary("cos", a, out)
+@patch
+def isfinite(self: NumpyAPI, a) -> _NDArray:
+    "1 where `a` is finite, else 0 (in `a`'s dtype)."
+    return self._unary("isfinite", a, None)
+@patch
+def maximum(self: NumpyAPI, a, b, out=None):
+    "Elementwise max (either may be a number; shapes broadcast)."
+    return self.into(out, a.maximum(b) if isinstance(a, _NDArray) else self.asarray(b).maximum(a))
+@patch
+def minimum(self: NumpyAPI, a, b, out=None): return self.into(out, -self.maximum(-a, -b))
+@patch
+def negative(self: NumpyAPI, a, out=None): return self.into(out, -a)
+@patch
+def where(self: NumpyAPI, condition, x, y) -> _NDArray:
+    "`x` where `condition` is non-zero, else `y` (arrays or numbers, broadcast together): the select kernel."
+    condition = self.asarray(condition)
+    arrays = [v for v in (x, y) if isinstance(v, _NDArray)]
+    shape = np.broadcast_shapes(condition.shape, *(v.shape for v in arrays))
+    dtype = np.result_type(*(v.dtype for v in arrays)).name if arrays else np.result_type(x, y).name
+    def full(v):
+        if isinstance(v, _NDArray): return v.astype(dtype, copy=False).broadcast_to(shape).compact()
+        return self.full(shape, v, dtype)
+    out = _NDArray.make(shape, device=self.device, dtype=dtype)
+    self.device.ewise_where(condition.broadcast_to(shape).compact()._handle, full(x)._handle, full(y)._handle,
+                            out._handle)
+    return out
+@patch
+def erf(self: NumpyAPI, a) -> _NDArray:
+    "The error function. No device kernel: computed on the host (scipy) and copied back."
+    from scipy.special import erf
+    a = self.asarray(a)
+    return self.device.array(erf(a.numpy()), dtype=a.dtype)
+
+# %% ../nbs/00b_backend_selection.ipynb #a50b6657
+@patch
+def _reduce(self: NumpyAPI, kernel: str, a, axis, keepdims, dtype=None) -> _NDArray:
+    a = self.asarray(a)
+    axes = _axes_tuple(axis, a.ndim)
+    kept = tuple(ax for ax in range(a.ndim) if ax not in axes)
+    view = a.permute(kept + axes).compact()
+    reduce_size = math.prod(a.shape[ax] for ax in axes)
+    out = _NDArray.make(tuple(a.shape[ax] for ax in kept), device=a.device, dtype=dtype or a.dtype)
+    if reduce_size == 0:
+        if kernel != "reduce_sum": raise ValueError(f"{kernel}: zero-size reduction has no identity")
+        out.fill(0)
+    elif out.size: getattr(a.device, kernel)(view._handle, out._handle, reduce_size)
+    if keepdims: out = out.reshape(tuple(1 if ax in axes else n for ax, n in enumerate(a.shape)))
+    return out
+@patch
+def sum(self: NumpyAPI, a, axis=None, keepdims=False) -> _NDArray:
+    "numpy's `sum`: over `axis` (None, an int or a tuple); None gives a 0-d array (needle's NDArray.sum gives (1,))."
+    return self._reduce("reduce_sum", a, axis, keepdims)
+@patch
+def max(self: NumpyAPI, a, axis=None, keepdims=False) -> _NDArray:
+    "numpy's `max` over `axis` (None, an int or a tuple)."
+    return self._reduce("reduce_max", a, axis, keepdims)
+@patch
+def amax(self: NumpyAPI, a, axis=None, keepdims=False) -> _NDArray:
+    "numpy's other name for `max`."
+    return self.max(a, axis, keepdims)
+
+@patch
+def mean(self: NumpyAPI, a, axis=None, keepdims=False) -> _NDArray:
+    "numpy's `mean`."
+    a = self.asarray(a)
+    count = math.prod(a.shape[ax] for ax in _axes_tuple(axis, a.ndim))
+    return self.sum(a, axis, keepdims) / count
+@patch
+def argmax(self: NumpyAPI, a, axis=None) -> _NDArray:
+    "numpy's `argmax`: the first maximum's position over `axis` (None: in the flattened array), int64."
+    a = self.asarray(a)
+    if axis is None: a, axis = self.reshape(a, (a.size,)), 0
+    return self._reduce("reduce_argmax", a, axis, False, dtype="int64")
+@patch
+def norm(self: NumpyAPI, x, ord=None) -> _NDArray:
+    "The vector norm of a 1-D `x` (`linalg.norm`): `ord` None or 2, 1, a real p, or `inf`."
+    x = abs(self.asarray(x))
+    if ord is None or ord == 2: return self.sum(x * x) ** 0.5
+    if ord == np.inf: return self.max(x)
+    return self.sum(x ** ord) ** (1 / ord)
+
+# %% ../nbs/00b_backend_selection.ipynb #2cc5b396
 def _is_basic(index) -> bool:
     "Whether `index` uses only numpy's basic indexing (ints, slices, None, ...): a view."
     items = index if isinstance(index, tuple) else (index,)
@@ -305,242 +488,99 @@ def _positions(shape: tuple, index) -> np.ndarray:
     index = tuple(as_index(i) for i in index) if isinstance(index, tuple) else as_index(index)
     return np.arange(math.prod(shape), dtype=np.int64).reshape(shape)[index]
 
-class _UFunc:
-    "A numpy-style binary function on NDArrays with `out=` (and `.at` for `add`)."
-    def __init__(self, api, name, fn): self.api, self.__name__, self.fn = api, name, fn
-    def __call__(self, a, b, out=None):
-        if not isinstance(a, _NDArray) and not isinstance(b, _NDArray): a = self.api.asarray(a)
-        return self.api.into(out, self.fn(a, b))
-    def at(self, a: _NDArray, index, b):
-        "Unbuffered `a[index] op= b` (repeated positions accumulate): numpy's `ufunc.at`, for `add` only."
-        if self.__name__ != "add": raise NotImplementedError(f"NumpyAPI: only add.at is implemented, not {self.__name__}.at")
-        positions = _positions(a.shape, index)
-        values = self.api.asarray(b, dtype=a.dtype) if not isinstance(b, _NDArray) else b.astype(a.dtype, copy=False)
-        values = values.broadcast_to(positions.shape).compact()
-        target = a if a.is_compact() else None
-        if target is None: raise ValueError("add.at needs a compact target array")
-        a.device.scatter_add(a._handle, _NDArray(positions.reshape(-1), device=a.device, dtype="int64")._handle, values._handle)
+@patch
+def reshape(self: NumpyAPI, a, shape) -> _NDArray:
+    "numpy's `reshape`: a view of a compact array, else a compact copy first."
+    return self.asarray(a).compact().reshape(_shape_tuple(shape))
+@patch
+def broadcast_to(self: NumpyAPI, a, shape) -> _NDArray:
+    "A stride-0 view; a ValueError naming both shapes when they do not broadcast (numpy's error type)."
+    try: return self.asarray(a).broadcast_to(_shape_tuple(shape))
+    except AssertionError as e: raise ValueError(str(e)) from None
+@patch
+def swapaxes(self: NumpyAPI, a, axis1, axis2) -> _NDArray: return self.asarray(a).swapaxes(axis1, axis2)
+@patch
+def transpose(self: NumpyAPI, a, axes=None) -> _NDArray: return self.asarray(a).transpose(axes or ())
+@patch
+def as_strided(self: NumpyAPI, a, shape, strides) -> _NDArray:
+    "`lib.stride_tricks.as_strided` with strides in elements (NDArray's unit, as `a.strides`)."
+    return a.as_strided(tuple(shape), tuple(strides))
+@patch
+def flip(self: NumpyAPI, a, axis) -> _NDArray: return self.asarray(a).flip(axis)
+@patch
+def pad(self: NumpyAPI, a, pad_width, constant_values=0) -> _NDArray:
+    "numpy's `pad` with a constant: one `(before, after)` pair per axis."
+    a = self.asarray(a)
+    widths = tuple((int(l), int(r)) for l, r in pad_width)
+    out = self.full(tuple(n + l + r for n, (l, r) in zip(a.shape, widths)), constant_values, a.dtype)
+    if a.size: _write(_basic_view(out, tuple(slice(l, l + n) for n, (l, _) in zip(a.shape, widths))), a)
+    return out
+@patch
+def stack(self: NumpyAPI, arrays, axis=0) -> _NDArray:
+    "numpy's `stack`: equal shapes, a new `axis`; each array written into its slice of one buffer."
+    arrays = [self.asarray(x) for x in arrays]
+    shape = arrays[0].shape
+    if any(x.shape != shape for x in arrays): raise ValueError(f"stack: all input arrays must have the same shape, got {[x.shape for x in arrays]}")
+    axis = axis % (len(shape) + 1)
+    out = _NDArray.make(shape[:axis] + (len(arrays),) + shape[axis:], device=self.device,
+                        dtype=np.result_type(*(x.dtype for x in arrays)).name)
+    for i, x in enumerate(arrays):
+        _write(_basic_view(out, (slice(None),) * axis + (i,)), x)
+    return out
+@patch
+def concatenate(self: NumpyAPI, arrays, axis=0) -> _NDArray:
+    "numpy's `concatenate` along an existing `axis`."
+    arrays = [self.asarray(x) for x in arrays]
+    axis = axis % arrays[0].ndim
+    shape = list(arrays[0].shape)
+    shape[axis] = sum(x.shape[axis] for x in arrays)
+    out, start = _NDArray.make(tuple(shape), device=self.device, dtype=arrays[0].dtype), 0
+    for x in arrays:
+        _write(_basic_view(out, (slice(None),) * axis + (slice(start, start + x.shape[axis]),)), x)
+        start += x.shape[axis]
+    return out
+@patch
+def take(self: NumpyAPI, a, indices, axis=None) -> _NDArray:
+    a = self.asarray(a)
+    if axis is None: a, axis = self.reshape(a, (a.size,)), 0
+    return a.take(indices, axis=axis)
+@patch
+def getitem(self: NumpyAPI, a, index) -> _NDArray:
+    """`a[index]` with numpy's rules (NDArray's own `[]` keeps needle's: an int keeps its axis). Basic
+    indices give a view; integer or boolean arrays gather the picked positions (`take`) into a copy."""
+    if _is_basic(index): return _basic_view(a, index)
+    positions = _positions(a.shape, index)
+    return a.compact().reshape((a.size,)).take(_NDArray(positions, device=a.device, dtype="int64"))
+@patch
+def setitem(self: NumpyAPI, a, index, value) -> None:
+    "`a[index] = value` with numpy's rules, for basic indices: written through the view."
+    if not _is_basic(index): raise NotImplementedError("NumpyAPI.setitem takes basic indices (ints, slices, None, ...)")
+    _write(_basic_view(a, index), value if not hasattr(value, "shape") else self.asarray(value))
 
-def _power(a, b):
-    if isinstance(a, _NDArray) and isinstance(b, _NDArray):
-        return a.ewise_or_scalar(b, a.device.ewise_power, a.device.scalar_power)
-    return a ** b
-
-class NumpyAPI:
-    """numpy's functions, with numpy's semantics, on the NDArrays of one device: what `backend.array_module`
-    returns for an NDArray (as it returns `numpy` for a numpy array and `cupy` for a cupy array).
-
-    Each function is built from NDArray methods (views, compact, elementwise, reductions, matmul) and the
-    device kernels; nothing goes through numpy's own array functions except index arithmetic on the host.
-    Masks (comparisons, `isfinite`) are 0/1 in the input's dtype, as needle's comparisons.
-    """
-    inf, nan, pi, e, newaxis = np.inf, np.nan, np.pi, np.e, None
-    float32, float64, int32, int64 = np.float32, np.float64, np.int32, np.int64
-
-    def __init__(self, device: BackendDevice):
-        self.device = device
-        for name, fn in (("add", operator.add), ("subtract", operator.sub), ("multiply", operator.mul),
-                         ("true_divide", operator.truediv), ("divide", operator.truediv), ("power", _power)):
-            setattr(self, name, _UFunc(self, name, fn))
-        self.lib = _Namespace(stride_tricks=_Namespace(as_strided=self.as_strided))
-        self.linalg = _Namespace(norm=self.norm)
-    def __repr__(self): return f"NumpyAPI({self.device!r})"
-
-    # --- making arrays -----------------------------------------------------------------------------
-    def asarray(self, a, dtype=None) -> _NDArray:
-        "`a` as an NDArray on this device (itself when it is one already and `dtype` matches)."
-        if isinstance(a, _NDArray): return a if dtype is None else a.astype(dtype, copy=False)
-        return self.device.array(a, dtype=dtype)
-    def array(self, a, dtype=None) -> _NDArray:
-        "A copy of `a` as an NDArray."
-        return self.device.array(a, dtype=dtype)
-    def empty(self, shape, dtype="float64") -> _NDArray: return self.device.empty(_shape_tuple(shape), dtype=dtype)
-    def full(self, shape, fill_value, dtype="float64") -> _NDArray:
-        return self.device.full(_shape_tuple(shape), fill_value, dtype=dtype)
-    def zeros(self, shape, dtype="float64") -> _NDArray: return self.full(shape, 0, dtype)
-    def ones(self, shape, dtype="float64") -> _NDArray: return self.full(shape, 1, dtype)
-    def empty_like(self, a, dtype=None) -> _NDArray: return self.empty(a.shape, dtype or a.dtype)
-    def zeros_like(self, a, dtype=None) -> _NDArray: return self.zeros(a.shape, dtype or a.dtype)
-    def ones_like(self, a, dtype=None) -> _NDArray: return self.ones(a.shape, dtype or a.dtype)
-    def full_like(self, a, fill_value, dtype=None) -> _NDArray: return self.full(a.shape, fill_value, dtype or a.dtype)
-    def arange(self, *args, dtype=None) -> _NDArray:
-        "`np.arange(*args)` as an NDArray."
-        return self.device.array(np.arange(*args, dtype=dtype))
-    def into(self, out, result):
-        "`result`, or, with an `out` array, `result` written into `out` and `out` (numpy's `out=`)."
-        if out is None: return result
-        _write(out, result)
-        return out
-
-    # --- elementwise ---------------------------------------------------------------------------------
-    def exp(self, a, out=None): return self.into(out, self.asarray(a).exp())
-    def log(self, a, out=None): return self.into(out, self.asarray(a).log())
-    def tanh(self, a, out=None): return self.into(out, self.asarray(a).tanh())
-    def _unary(self, name, a, out):
-        a = self.asarray(a)
-        result = a._unary(lambda h, o: a.device.ewise_unary(name, h, o))
-        return self.into(out, result)
-    def sqrt(self, a, out=None): return self._unary("sqrt", a, out)
-    def abs(self, a, out=None): return self._unary("abs", a, out)
-    def sign(self, a, out=None): return self._unary("sign", a, out)
-    def sin(self, a, out=None): return self._unary("sin", a, out)
-    def cos(self, a, out=None): return self._unary("cos", a, out)
-    def isfinite(self, a) -> _NDArray:
-        "1 where `a` is finite, else 0 (in `a`'s dtype)."
-        return self._unary("isfinite", a, None)
-    def maximum(self, a, b, out=None):
-        "Elementwise max (either may be a number; shapes broadcast)."
-        return self.into(out, a.maximum(b) if isinstance(a, _NDArray) else self.asarray(b).maximum(a))
-    def minimum(self, a, b, out=None): return self.into(out, -self.maximum(-a, -b))
-    def negative(self, a, out=None): return self.into(out, -a)
-    def where(self, condition, x, y) -> _NDArray:
-        "`x` where `condition` is non-zero, else `y` (arrays or numbers, broadcast together): the select kernel."
-        condition = self.asarray(condition)
-        arrays = [v for v in (x, y) if isinstance(v, _NDArray)]
-        shape = np.broadcast_shapes(condition.shape, *(v.shape for v in arrays))
-        dtype = np.result_type(*(v.dtype for v in arrays)).name if arrays else np.result_type(x, y).name
-        def full(v):
-            if isinstance(v, _NDArray): return v.astype(dtype, copy=False).broadcast_to(shape).compact()
-            return self.full(shape, v, dtype)
-        out = _NDArray.make(shape, device=self.device, dtype=dtype)
-        self.device.ewise_where(condition.broadcast_to(shape).compact()._handle, full(x)._handle, full(y)._handle,
-                                out._handle)
-        return out
-    def erf(self, a) -> _NDArray:
-        "The error function. No device kernel: computed on the host (scipy) and copied back."
-        from scipy.special import erf
-        a = self.asarray(a)
-        return self.device.array(erf(a.numpy()), dtype=a.dtype)
-
-    # --- reductions ----------------------------------------------------------------------------------
-    def _reduce(self, kernel: str, a, axis, keepdims, dtype=None) -> _NDArray:
-        a = self.asarray(a)
-        axes = _axes_tuple(axis, a.ndim)
-        kept = tuple(ax for ax in range(a.ndim) if ax not in axes)
-        view = a.permute(kept + axes).compact()
-        reduce_size = math.prod(a.shape[ax] for ax in axes)
-        out = _NDArray.make(tuple(a.shape[ax] for ax in kept), device=a.device, dtype=dtype or a.dtype)
-        if reduce_size == 0:
-            if kernel != "reduce_sum": raise ValueError(f"{kernel}: zero-size reduction has no identity")
-            out.fill(0)
-        elif out.size: getattr(a.device, kernel)(view._handle, out._handle, reduce_size)
-        if keepdims: out = out.reshape(tuple(1 if ax in axes else n for ax, n in enumerate(a.shape)))
-        return out
-    def sum(self, a, axis=None, keepdims=False) -> _NDArray:
-        "numpy's `sum`: over `axis` (None, an int or a tuple); None gives a 0-d array (needle's NDArray.sum gives (1,))."
-        return self._reduce("reduce_sum", a, axis, keepdims)
-    def max(self, a, axis=None, keepdims=False) -> _NDArray:
-        "numpy's `max` over `axis` (None, an int or a tuple)."
-        return self._reduce("reduce_max", a, axis, keepdims)
-    amax = max
-    def mean(self, a, axis=None, keepdims=False) -> _NDArray:
-        "numpy's `mean`."
-        a = self.asarray(a)
-        count = math.prod(a.shape[ax] for ax in _axes_tuple(axis, a.ndim))
-        return self.sum(a, axis, keepdims) / count
-    def argmax(self, a, axis=None) -> _NDArray:
-        "numpy's `argmax`: the first maximum's position over `axis` (None: in the flattened array), int64."
-        a = self.asarray(a)
-        if axis is None: a, axis = self.reshape(a, (a.size,)), 0
-        return self._reduce("reduce_argmax", a, axis, False, dtype="int64")
-    def norm(self, x, ord=None) -> _NDArray:
-        "The vector norm of a 1-D `x` (`linalg.norm`): `ord` None or 2, 1, a real p, or `inf`."
-        x = abs(self.asarray(x))
-        if ord is None or ord == 2: return self.sum(x * x) ** 0.5
-        if ord == np.inf: return self.max(x)
-        return self.sum(x ** ord) ** (1 / ord)
-
-    # --- shapes and views ----------------------------------------------------------------------------
-    def reshape(self, a, shape) -> _NDArray:
-        "numpy's `reshape`: a view of a compact array, else a compact copy first."
-        return self.asarray(a).compact().reshape(_shape_tuple(shape))
-    def broadcast_to(self, a, shape) -> _NDArray:
-        "A stride-0 view; a ValueError naming both shapes when they do not broadcast (numpy's error type)."
-        try: return self.asarray(a).broadcast_to(_shape_tuple(shape))
-        except AssertionError as e: raise ValueError(str(e)) from None
-    def swapaxes(self, a, axis1, axis2) -> _NDArray: return self.asarray(a).swapaxes(axis1, axis2)
-    def transpose(self, a, axes=None) -> _NDArray: return self.asarray(a).transpose(axes or ())
-    def as_strided(self, a, shape, strides) -> _NDArray:
-        "`lib.stride_tricks.as_strided` with strides in elements (NDArray's unit, as `a.strides`)."
-        return a.as_strided(tuple(shape), tuple(strides))
-    def flip(self, a, axis) -> _NDArray: return self.asarray(a).flip(axis)
-    def pad(self, a, pad_width, constant_values=0) -> _NDArray:
-        "numpy's `pad` with a constant: one `(before, after)` pair per axis."
-        a = self.asarray(a)
-        widths = tuple((int(l), int(r)) for l, r in pad_width)
-        out = self.full(tuple(n + l + r for n, (l, r) in zip(a.shape, widths)), constant_values, a.dtype)
-        if a.size: _write(_basic_view(out, tuple(slice(l, l + n) for n, (l, _) in zip(a.shape, widths))), a)
-        return out
-    def stack(self, arrays, axis=0) -> _NDArray:
-        "numpy's `stack`: equal shapes, a new `axis`; each array written into its slice of one buffer."
-        arrays = [self.asarray(x) for x in arrays]
-        shape = arrays[0].shape
-        if any(x.shape != shape for x in arrays): raise ValueError(f"stack: all input arrays must have the same shape, got {[x.shape for x in arrays]}")
-        axis = axis % (len(shape) + 1)
-        out = _NDArray.make(shape[:axis] + (len(arrays),) + shape[axis:], device=self.device,
-                            dtype=np.result_type(*(x.dtype for x in arrays)).name)
-        for i, x in enumerate(arrays):
-            _write(_basic_view(out, (slice(None),) * axis + (i,)), x)
-        return out
-    def concatenate(self, arrays, axis=0) -> _NDArray:
-        "numpy's `concatenate` along an existing `axis`."
-        arrays = [self.asarray(x) for x in arrays]
-        axis = axis % arrays[0].ndim
-        shape = list(arrays[0].shape)
-        shape[axis] = sum(x.shape[axis] for x in arrays)
-        out, start = _NDArray.make(tuple(shape), device=self.device, dtype=arrays[0].dtype), 0
-        for x in arrays:
-            _write(_basic_view(out, (slice(None),) * axis + (slice(start, start + x.shape[axis]),)), x)
-            start += x.shape[axis]
-        return out
-    def take(self, a, indices, axis=None) -> _NDArray:
-        a = self.asarray(a)
-        if axis is None: a, axis = self.reshape(a, (a.size,)), 0
-        return a.take(indices, axis=axis)
-    def getitem(self, a, index) -> _NDArray:
-        """`a[index]` with numpy's rules (NDArray's own `[]` keeps needle's: an int keeps its axis). Basic
-        indices give a view; integer or boolean arrays gather the picked positions (`take`) into a copy."""
-        if _is_basic(index): return _basic_view(a, index)
-        positions = _positions(a.shape, index)
-        return a.compact().reshape((a.size,)).take(_NDArray(positions, device=a.device, dtype="int64"))
-    def setitem(self, a, index, value) -> None:
-        "`a[index] = value` with numpy's rules, for basic indices: written through the view."
-        if not _is_basic(index): raise NotImplementedError("NumpyAPI.setitem takes basic indices (ints, slices, None, ...)")
-        _write(_basic_view(a, index), value if not hasattr(value, "shape") else self.asarray(value))
-
-    # --- products and memory -------------------------------------------------------------------------
-    def matmul(self, a, b) -> _NDArray:
-        "numpy's `matmul`: a 1-D operand is a row (left) or a column (right), that axis dropped from the result."
-        a, b = self.asarray(a), self.asarray(b)
-        if a.ndim == 0 or b.ndim == 0: raise ValueError("matmul: operands must have at least one axis")
-        a2 = a.reshape((1,) + a.shape) if a.ndim == 1 else a
-        b2 = b.reshape(b.shape + (1,)) if b.ndim == 1 else b
-        if a2.shape[-1] != b2.shape[-2]:
-            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned")
-        if a2.ndim == 2 and b2.ndim == 2:
-            # the device's plain kernel, not NDArray @'s tiled one: re-laying both operands and the output in
-            # T×T tiles pays in C++, where a tile stays in registers; over numpy's BLAS it would only copy
-            (m, n), p = a2.shape, b2.shape[1]
-            out = _NDArray.make((m, p), device=a.device, dtype=np.result_type(a.dtype, b.dtype).name)
-            a.device.matmul(a2.compact()._handle, b2.compact()._handle, out._handle, m, n, p)
-        else: out = a2 @ b2
-        if b.ndim == 1: out = out.reshape(out.shape[:-1])
-        if a.ndim == 1: out = out.reshape(out.shape[:-2] + out.shape[-1:])
-        return out
-    def shares_memory(self, a, b) -> bool:
-        "Whether the two arrays read the same buffer."
-        return a._handle is b._handle
-
-class _Namespace:
-    "A few functions under a sub-module name (`lib.stride_tricks`, `linalg`)."
-    def __init__(self, **functions): self.__dict__.update(functions)
-
-_NAMESPACES = {}
-
-def numpy_api(device: BackendDevice) -> NumpyAPI:
-    "The `NumpyAPI` of an nd device (one per device)."
-    if device.name not in _NAMESPACES: _NAMESPACES[device.name] = NumpyAPI(device)
-    return _NAMESPACES[device.name]
+# %% ../nbs/00b_backend_selection.ipynb #0078e1dc
+@patch
+def matmul(self: NumpyAPI, a, b) -> _NDArray:
+    "numpy's `matmul`: a 1-D operand is a row (left) or a column (right), that axis dropped from the result."
+    a, b = self.asarray(a), self.asarray(b)
+    if a.ndim == 0 or b.ndim == 0: raise ValueError("matmul: operands must have at least one axis")
+    a2 = a.reshape((1,) + a.shape) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape + (1,)) if b.ndim == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned")
+    if a2.ndim == 2 and b2.ndim == 2:
+        # the device's plain kernel, not NDArray @'s tiled one: re-laying both operands and the output in
+        # T×T tiles pays in C++, where a tile stays in registers; over numpy's BLAS it would only copy
+        (m, n), p = a2.shape, b2.shape[1]
+        out = _NDArray.make((m, p), device=a.device, dtype=np.result_type(a.dtype, b.dtype).name)
+        a.device.matmul(a2.compact()._handle, b2.compact()._handle, out._handle, m, n, p)
+    else: out = a2 @ b2
+    if b.ndim == 1: out = out.reshape(out.shape[:-1])
+    if a.ndim == 1: out = out.reshape(out.shape[:-2] + out.shape[-1:])
+    return out
+@patch
+def shares_memory(self: NumpyAPI, a, b) -> bool:
+    "Whether the two arrays read the same buffer."
+    return a._handle is b._handle
 
 # %% ../nbs/00b_backend_selection.ipynb #2e6a2039
 BACKEND = os.environ.get("NEEDLE_BACKEND", "np")
