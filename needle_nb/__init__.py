@@ -13,5 +13,6 @@ from .backend import *
 from .autograd import *
 from .ops import *
 from .ops_conv import *
-from . import backend, autograd, ops, init, nn, optim, data
+from . import backend, backend_ndarray, backend_selection, autograd, ops, init, nn, optim, data
 from .nn import save, load
+from .backend_selection import *   # last, as needle's: ndl.cpu, ndl.NDArray, ndl.BACKEND follow NEEDLE_BACKEND

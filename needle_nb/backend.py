@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['DeviceUnavailableError', 'Device', 'CPUDevice', 'cpu', 'CUDADevice', 'cuda', 'default_device', 'all_devices',
-           'array_module', 'device_of', 'to_host', 'rng', 'manual_seed']
+__all__ = ['DeviceUnavailableError', 'Device', 'CPUDevice', 'cpu', 'CUDADevice', 'cuda', 'default_device', 'set_default_device',
+           'all_devices', 'array_module', 'device_of', 'to_host', 'rng', 'manual_seed']
 
 # %% ../nbs/00_backend.ipynb #36c648ff
 def _probe_cupy():
@@ -122,9 +122,16 @@ def cuda(index: int = 0) -> CUDADevice:
     return _CUDA[index]
 
 # %% ../nbs/00_backend.ipynb #9c90c3e7
+_DEFAULT = None   # None: the CPU; `backend_selection` sets nd.cpu() under NEEDLE_BACKEND=nd
+
 def default_device() -> Device:
-    "The device new tensors go to when none is given: the CPU, as in needle."
-    return _CPU
+    "The device new tensors go to when none is given: the CPU, as in needle (see `set_default_device`)."
+    return _CPU if _DEFAULT is None else _DEFAULT
+
+def set_default_device(device) -> None:
+    "Make `device` where new tensors go when none is given (None: back to `cpu()`), as `torch.set_default_device`."
+    global _DEFAULT
+    _DEFAULT = device
 
 def all_devices() -> list:
     "Every device that can hold tensors here: the CPU, plus `cuda()` when cupy sees a GPU."
@@ -139,7 +146,10 @@ def array_module(array):
         True
     """
     if isinstance(array, (np.ndarray, np.generic)): return np
-    return __import__(type(array).__module__.split(".")[0])
+    library = type(array).__module__.split(".")[0]
+    # an array type with its own functions names them by the array-API protocol (nd.NDArray does)
+    if library != "cupy" and hasattr(array, "__array_namespace__"): return array.__array_namespace__()
+    return __import__(library)
 
 def device_of(array) -> Device:
     """The device an array lives on: `cpu()` for numpy arrays and Python numbers, `cuda(i)` for a cupy
@@ -152,6 +162,7 @@ def device_of(array) -> Device:
     if isinstance(array, (np.ndarray, np.generic)) or np.isscalar(array): return _CPU
     device = getattr(array, "device", None)
     if device is not None and hasattr(device, "id"): return cuda(device.id)
+    if device is not None and hasattr(device, "enabled"): return device   # an array that knows its device (nd.NDArray)
     return _CPU
 
 def to_host(array, copy: bool = False) -> np.ndarray:

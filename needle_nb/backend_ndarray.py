@@ -12,13 +12,27 @@ from fastcore.basics import patch
 import needle_nb.backend as backend
 
 # %% auto #0
-__all__ = ['DTYPES', 'Array', 'DeviceNotEnabledError', 'FlatBackend', 'TiledCPUBackend', 'BackendDevice', 'cpu', 'cuda',
+__all__ = ['DTYPES', 'DType', 'Array', 'DeviceNotEnabledError', 'FlatBackend', 'TiledCPUBackend', 'BackendDevice', 'cpu', 'cuda',
            'cpu_numpy', 'default_device', 'all_devices', 'NDArray', 'array', 'empty', 'full', 'broadcast_to', 'reshape',
            'maximum', 'log', 'exp', 'tanh', 'flip', 'sum']
 
 # %% ../nbs/00a_ndarray.ipynb #481f329c
 DTYPES = ("float32", "float64", "int32", "int64")
-_DTYPE_NAMES = {np.dtype(name): name for name in DTYPES}   # np.dtype.name is slow: ops ask for it every call
+
+class DType(str):
+    "A dtype's name (`'float32'`, needle's form) that also equals numpy's spellings of it (`np.float32`, `np.dtype('float32')`)."
+    __hash__ = str.__hash__
+    kind = property(lambda self: np.dtype(str(self)).kind, doc="numpy's kind code: 'f' float, 'i' integer.")
+    itemsize = property(lambda self: np.dtype(str(self)).itemsize, doc="Bytes per element.")
+    def __eq__(self, other):
+        if isinstance(other, str): return str.__eq__(self, other)
+        try: return np.dtype(other) == np.dtype(str(self))
+        except TypeError: return NotImplemented
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+_DTYPE_NAMES = {np.dtype(name): DType(name) for name in DTYPES}   # np.dtype.name is slow: ops ask for it every call
 
 def _dtype_name(dtype) -> str:
     "`dtype` as one of `DTYPES` (None means float32, needle's only dtype), or a TypeError naming it."
@@ -351,8 +365,10 @@ def as_strided(self: NDArray, shape, strides) -> NDArray:
     return NDArray.make(shape, strides=strides, device=self._device, handle=self._handle, offset=self._offset)
 
 @patch
-def reshape(self: NDArray, new_shape) -> NDArray:
-    "The compact array read as `new_shape` (one entry may be -1): a view. `ValueError` if not compact or the sizes differ."
+def reshape(self: NDArray, *new_shape) -> NDArray:
+    """The compact array read as `new_shape` (one entry may be -1; numpy's `reshape(2, 3)` and `reshape(-1)` too):
+    a view. `ValueError` if not compact or the sizes differ."""
+    if len(new_shape) == 1 and not isinstance(new_shape[0], numbers.Integral): new_shape = new_shape[0]
     new_shape = tuple(int(n) for n in new_shape)
     if -1 in new_shape:
         known = math.prod(n for n in new_shape if n != -1)

@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/ops.html.md"""
 
 # %% ../nbs/02_ops.ipynb #a011f8a9
 from __future__ import annotations
-import math, numbers
+import math, numbers, operator
 from typing import Optional, Tuple, Union
 import numpy as np
 from fastcore.basics import patch
@@ -149,7 +149,7 @@ def mul_scalar(a, scalar):
 
 class EWisePow(TensorOp):
     "`a ** b` elementwise. Local derivatives: ∂/∂a = b·a^(b-1), ∂/∂b = a^b·ln a."
-    def compute(self, a, b): return a ** b
+    def compute(self, a, b): return array_module(a).power(a, b)   # needle's NDArray ** takes numbers only
     def gradient(self, out_grad, node):
         a, b = node.inputs
         return (_sum_to_shape(out_grad * b * a ** (b - 1), a.shape) if a.requires_grad else None,
@@ -297,7 +297,7 @@ class Reshape(TensorOp):
     "`a` reshaped to `shape` (same number of elements). Gradient: `out_grad` reshaped back to the input's shape."
     def __init__(self, shape): self.shape = tuple(shape)
     def compute(self, a):
-        try: return a.reshape(self.shape)
+        try: return array_module(a).reshape(a, self.shape)   # copies a non-compact NDArray first, as numpy
         except ValueError:
             raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} "
                              f"({a.size} elements) to {self.shape}") from None
@@ -332,7 +332,7 @@ class SumToShape(TensorOp):
         if added < 0: raise ValueError(f"sum_to_shape: cannot sum shape {a.shape} to {self.shape}")
         axes = tuple(range(added)) + tuple(added + i for i, n in enumerate(self.shape)
                                            if n == 1 and a.shape[added + i] != 1)
-        return a.sum(axis=axes, keepdims=True).reshape(self.shape)
+        return array_module(a).sum(a, axis=axes, keepdims=True).reshape(self.shape)
     def gradient(self, out_grad, node): return broadcast_to(out_grad, node.inputs[0].shape)
 
 # %% ../nbs/02_ops.ipynb #77648279
@@ -366,7 +366,8 @@ class Summation(TensorOp):
     "Sum over `axes` (an int, a tuple, or `None` for all), removing them. Local derivative: 1 for each summed entry, so the gradient is `out_grad` broadcast back over `axes` (`ExpandReduced`)."
     def __init__(self, axes=None): self.axes = axes
     def compute(self, a):
-        out = a.sum(axis=_normalize_axes(self.axes, a.ndim))
+        # through the array module: numpy's reductions (needle's NDArray.sum gives (1,) for all axes)
+        out = array_module(a).sum(a, axis=_normalize_axes(self.axes, a.ndim))
         return out if type(out) is type(a) else array_module(a).asarray(out)
     def gradient(self, out_grad, node):
         return ExpandReduced(self.axes, node.inputs[0].shape)(out_grad)
@@ -379,7 +380,8 @@ class ExpandReduced(TensorOp):
     def __init__(self, axes, shape): self.axes, self.shape = axes, tuple(shape)
     def compute(self, a):
         kept = _keepdims_shape(self.shape, _normalize_axes(self.axes, len(self.shape)))
-        return array_module(a).broadcast_to(a.reshape(kept), self.shape)
+        xp = array_module(a)
+        return xp.broadcast_to(xp.reshape(a, kept), self.shape)
     def gradient(self, out_grad, node): return summation(out_grad, self.axes)
 
 def summation(a, axes=None):
@@ -390,7 +392,7 @@ class Max(TensorOp):
     "Maximum over `axes`, which are removed. Local derivative: 1 at the maximum, 0 elsewhere; tied maxima share it equally (as `torch.amax`)."
     def __init__(self, axes=None): self.axes = axes
     def compute(self, a):
-        out = a.max(axis=_normalize_axes(self.axes, a.ndim))
+        out = array_module(a).max(a, axis=_normalize_axes(self.axes, a.ndim))
         return out if type(out) is type(a) else array_module(a).asarray(out)
     def gradient(self, out_grad, node):
         a = node.inputs[0]
@@ -398,7 +400,7 @@ class Max(TensorOp):
         kept = _keepdims_shape(a.shape, axes)
         data = a.realize_cached_data()
         is_max = data == node.realize_cached_data().reshape(kept)
-        share = is_max / is_max.sum(axis=axes, keepdims=True)
+        share = is_max / array_module(data).sum(is_max, axis=axes, keepdims=True)
         # `*` broadcasts the kept axes and its own gradient sums them back: no broadcast_to node
         return reshape(out_grad, kept) * Tensor.make_const(share.astype(data.dtype))
 
@@ -449,7 +451,7 @@ class MatMul(TensorOp):
     def compute(self, a, b):
         if self.transpose_a: a = a.swapaxes(-1, -2)
         if self.transpose_b: b = b.swapaxes(-1, -2)
-        try: return a @ b
+        try: return array_module(a).matmul(a, b)   # numpy's rules for 1-D operands (needle's NDArray @ is 2-D and up)
         except ValueError:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
                              f"({a.shape[-1] if a.ndim else a.shape} != "
@@ -566,6 +568,7 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 def _erf(a):
     "The error function on a numpy or cupy array (scipy's when installed, else `math.erf` per element)."
+    if hasattr(array_module(a), "erf"): return array_module(a).erf(a)   # nd's NumpyAPI
     if not isinstance(a, np.ndarray):
         from cupyx.scipy.special import erf
         return erf(a)
@@ -649,9 +652,9 @@ class LogSumExp(TensorOp):
     def compute(self, Z):
         xp = array_module(Z)
         axes = _normalize_axes(self.axes, Z.ndim)
-        m = Z.max(axis=axes, keepdims=True)
+        m = xp.max(Z, axis=axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)
-        out = xp.log(xp.exp(Z - m).sum(axis=axes, keepdims=True)) + m
+        out = xp.log(xp.sum(xp.exp(Z - m), axis=axes, keepdims=True)) + m
         out = out.reshape(tuple(n for i, n in enumerate(Z.shape) if axes is not None and i not in axes))
         return out.astype(Z.dtype, copy=False)
     def gradient(self, out_grad, node):
@@ -667,7 +670,8 @@ def logsumexp(a, axes=None):
 class LogSoftmax(TensorOp):
     "Log-softmax over the last axis (needle's is row-wise on a 2-D batch of logits): z - logsumexp(z). Gradient: ḡ - softmax(z) Σ ḡ, the sum over the last axis."
     def compute(self, Z):
-        return Z - LogSumExp(axes=(-1,)).compute(Z)[..., None]
+        lse = LogSumExp(axes=(-1,)).compute(Z)
+        return Z - lse.reshape(lse.shape + (1,))
     def gradient(self, out_grad, node):
         # ḡ − softmax(z) Σ ḡ: the Jacobian I − 1 softmax(z)ᵀ applied to ḡ
         total = reshape(summation(out_grad, (-1,)), out_grad.shape[:-1] + (1,))
@@ -687,8 +691,8 @@ class Softmax(TensorOp):
     def __init__(self, axes=(-1,)): self.axes = axes
     def compute(self, Z):
         xp, axes = array_module(Z), _normalize_axes(self.axes, Z.ndim)
-        e = xp.exp(Z - Z.max(axis=axes, keepdims=True))
-        e /= e.sum(axis=axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
+        e = xp.exp(Z - xp.max(Z, axis=axes, keepdims=True))
+        e /= xp.sum(e, axis=axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
         return e
     def gradient(self, out_grad, node):
         # s ⊙ (ḡ − Σ ḡ ⊙ s): the Jacobian diag(s) − s sᵀ applied to ḡ, without forming it
@@ -726,9 +730,9 @@ class SoftmaxCrossEntropy(TensorOp):
         if Z.ndim != 2 or Z.shape != Y.shape:
             raise ValueError(f"softmax_cross_entropy: logits {Z.shape} and targets {Y.shape} must be equal (B, k) shapes")
         xp = array_module(Z)
-        losses = LogSumExp(axes=(1,)).compute(Z) - (Z * Y).sum(axis=1)
+        losses = LogSumExp(axes=(1,)).compute(Z) - xp.sum(Z * Y, axis=1)
         if self.reduction == "none": return losses.astype(Z.dtype, copy=False)
-        total = losses.sum()
+        total = xp.sum(losses)
         # a sum and a division: `ndarray.mean`'s Python wrapper costs more than the sum itself (benchmarks/NOTES.md)
         if self.reduction == "mean": total = total / Z.shape[0]
         return xp.asarray(total, dtype=Z.dtype)
@@ -771,7 +775,8 @@ class GetItem(TensorOp):
     "`a[index]` with numpy's basic and advanced indexing. Gradient: `out_grad` added back at the indexed places (`ScatterAdd`)."
     def __init__(self, index): self.index = _unwrap_index(index)
     def compute(self, a):
-        out = a[self.index]
+        # an array module whose arrays index by other rules provides getitem (nd's NumpyAPI: needle's [] keeps int axes)
+        out = getattr(array_module(a), "getitem", operator.getitem)(a, self.index)
         return out if type(out) is type(a) else array_module(a).asarray(out)
     def gradient(self, out_grad, node):
         return ScatterAdd(self.index, node.inputs[0].shape)(out_grad)
@@ -782,7 +787,8 @@ class ScatterAdd(TensorOp):
     def compute(self, a):
         xp = array_module(a)
         out = xp.zeros(self.shape, dtype=a.dtype)
-        xp.add.at(out, self.index, a) if _has_array_index(self.index) else out.__setitem__(self.index, a)
+        if _has_array_index(self.index): xp.add.at(out, self.index, a)
+        else: getattr(xp, "setitem", operator.setitem)(out, self.index, a)
         return out
     def gradient(self, out_grad, node): return GetItem(self.index)(out_grad)
 

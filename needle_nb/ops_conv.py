@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/conv_ops.html.md"""
 
 # %% ../nbs/02a_conv_ops.ipynb #730cf41c
 from __future__ import annotations
-import numbers
+import numbers, operator
 from typing import Tuple
 import numpy as np
 from .backend import array_module
@@ -146,9 +146,11 @@ def _conv_forward(a, b, stride: int, padding: int):
     # floats each way writes: im2col's rows, or every pixel's product with every kernel tap
     if stride == 1 and H_pad * W_pad * c_out < H_out * W_out * C:
         return _conv_shift_add(a, b)
+    xp = array_module(a)
     windows = _im2col(a, kernel_h, kernel_w, stride)
-    rows = windows.reshape(N * H_out * W_out, kernel_h * kernel_w * C)     # the one copy
-    out = rows @ b.reshape(kernel_h * kernel_w * C, c_out)
+    # xp.reshape, not the method: needle's NDArray.reshape needs a compact array, numpy's copies
+    rows = xp.reshape(windows, (N * H_out * W_out, kernel_h * kernel_w * C))     # the one copy
+    out = rows @ xp.reshape(b, (kernel_h * kernel_w * C, c_out))
     return out.reshape(N, H_out, W_out, c_out)
 
 def _conv_shift_add(a, b):
@@ -156,12 +158,15 @@ def _conv_shift_add(a, b):
     N, H, W, C = a.shape
     kernel_h, kernel_w, _, c_out = b.shape
     H_out, W_out = H - kernel_h + 1, W - kernel_w + 1
-    taps = b.transpose(2, 0, 1, 3).reshape(C, kernel_h * kernel_w * c_out)
-    products = (a.reshape(N * H * W, C) @ taps).reshape(N, H, W, kernel_h, kernel_w, c_out)
-    out = products[:, :H_out, :W_out, 0, 0].copy()
+    xp = array_module(a)
+    # numpy's indexing rules (an int drops its axis): NDArray's own [] keeps needle's, so its module indexes
+    index = getattr(xp, "getitem", operator.getitem)
+    taps = xp.reshape(xp.transpose(b, (2, 0, 1, 3)), (C, kernel_h * kernel_w * c_out))
+    products = (xp.reshape(a, (N * H * W, C)) @ taps).reshape(N, H, W, kernel_h, kernel_w, c_out)
+    out = index(products, (slice(None), slice(None, H_out), slice(None, W_out), 0, 0)).copy()
     for u in range(kernel_h):
         for v in range(kernel_w):
-            if u or v: out += products[:, u:u + H_out, v:v + W_out, u, v]
+            if u or v: out += index(products, (slice(None), slice(u, u + H_out), slice(v, v + W_out), u, v))
     return out
 
 # %% ../nbs/02a_conv_ops.ipynb #53b25c52
@@ -268,8 +273,9 @@ class _WindowSum(TensorOp):
         self.kernel, self.stride, self.padding, self.mask = kernel, stride, padding, mask
     def compute(self, a):
         windows = _pool_windows(_pad_spatial(a, self.padding), self.kernel, self.stride)
-        if self.mask is not None: windows = array_module(a).where(self.mask, windows, 0)
-        return windows.sum(axis=(-2, -1))
+        xp = array_module(a)
+        if self.mask is not None: windows = xp.where(self.mask, windows, 0)
+        return xp.sum(windows, axis=(-2, -1))
     def gradient(self, out_grad, node):
         return _WindowScatter(self.kernel, self.stride, self.padding, node.inputs[0].shape, self.mask)(out_grad)
 
@@ -279,14 +285,16 @@ class _WindowScatter(TensorOp):
         self.kernel, self.stride, self.padding, self.shape, self.mask = kernel, stride, padding, tuple(shape), mask
     def compute(self, g):
         xp, k, s, p = array_module(g), self.kernel, self.stride, self.padding
+        index = getattr(xp, "getitem", operator.getitem)   # numpy's rules, also for nd's NDArray (see Conv)
         *lead, H, W = self.shape
         H_out, W_out = g.shape[-2:]
         out = xp.zeros((*lead, H + 2 * p, W + 2 * p), dtype=g.dtype)
         for u in range(k):            # one strided add per offset in the window (overlapping windows add up)
             for v in range(k):
-                part = g if self.mask is None else xp.where(self.mask[..., u, v], g, 0)
-                out[..., u:u + s * (H_out - 1) + 1:s, v:v + s * (W_out - 1) + 1:s] += part
-        return out[..., p:p + H, p:p + W] if p else out
+                part = g if self.mask is None else xp.where(index(self.mask, (..., u, v)), g, 0)
+                window = index(out, (..., slice(u, u + s * (H_out - 1) + 1, s), slice(v, v + s * (W_out - 1) + 1, s)))
+                window += part                                 # a view: the add lands in `out`
+        return index(out, (..., slice(p, p + H), slice(p, p + W))) if p else out
     def gradient(self, out_grad, node):
         return _WindowSum(self.kernel, self.stride, self.padding, self.mask)(out_grad)
 
@@ -306,11 +314,11 @@ class MaxPool(_Pool):
     def compute(self, a):
         xp = array_module(a)
         windows = _pool_windows(_pad_spatial(a, self.padding, -xp.inf), self.kernel, self.stride)
-        flat = windows.reshape(windows.shape[:-2] + (self.kernel * self.kernel,))
-        first_max = flat.argmax(axis=-1)[..., None]
+        flat = xp.reshape(windows, windows.shape[:-2] + (self.kernel * self.kernel,))
+        first_max = xp.reshape(xp.argmax(flat, axis=-1), flat.shape[:-1] + (1,))
         # which entry of each window wins: the gradient's route (fixed by the values, like a ReLU mask)
         self.mask = (xp.arange(self.kernel * self.kernel) == first_max).reshape(windows.shape)
-        return xp.take_along_axis(flat, first_max, axis=-1)[..., 0]
+        return xp.max(flat, axis=-1)
     def gradient(self, out_grad, node): return self._scatter(node, self.mask)(out_grad)
 
 class AvgPool(_Pool):
@@ -318,7 +326,7 @@ class AvgPool(_Pool):
     name = "avg_pool2d"
     def compute(self, a):
         windows = _pool_windows(_pad_spatial(a, self.padding), self.kernel, self.stride)
-        return windows.sum(axis=(-2, -1)) * (1 / (self.kernel * self.kernel))
+        return array_module(a).sum(windows, axis=(-2, -1)) * (1 / (self.kernel * self.kernel))
     def gradient(self, out_grad, node):
         return mul_scalar(self._scatter(node)(out_grad), 1 / (self.kernel * self.kernel))
 

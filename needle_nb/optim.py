@@ -226,7 +226,7 @@ def clip_grad_norm_(parameters: Union[Tensor, Iterable[Tensor]], max_norm: float
     if not params: return 0.0
     norm_type = float(norm_type)
     grads = [p.grad.cached_data for p in params]
-    norms = [float(array_module(g).linalg.norm(g.reshape(-1), ord=norm_type)) for g in grads]
+    norms = [float(array_module(g).linalg.norm(array_module(g).reshape(g, -1), ord=norm_type)) for g in grads]
     total_norm = float(np.linalg.norm(np.array(norms), ord=norm_type))
     if error_if_nonfinite and not math.isfinite(total_norm):
         raise RuntimeError(f"clip_grad_norm_: the total {norm_type}-norm of the gradients is {total_norm}; "

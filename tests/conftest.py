@@ -14,7 +14,14 @@ import pytest
 import needle_nb as ndl
 import needle_nb.backend as backend
 
-DEVICES = ndl.all_devices()
+# under NEEDLE_BACKEND=nd, all_devices() lists needle's three, disabled ones included; cpu_numpy() is
+# the same numpy buffers as cpu() without the tiled matmul (tests/test_ndarray.py covers it)
+DEVICES = [d for d in ndl.all_devices() if d.enabled() and repr(d) != "cpu_numpy()"]
+
+
+def not_under_nd(reason: str):
+    "Skip a test in the NEEDLE_BACKEND=nd run, saying why (the list is in nbs/00b_backend_selection.ipynb)."
+    return pytest.mark.skipif(ndl.BACKEND == "nd", reason=f"NEEDLE_BACKEND=nd: {reason}")
 
 
 @pytest.fixture(params=DEVICES, ids=repr)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import needle_nb as ndl
+from conftest import not_under_nd
 import needle_nb.nn as nn
 from needle_nb import init, ops
 from needle_nb.nn.sequence import hidden_state_stds
@@ -285,6 +286,7 @@ def test_no_graph_without_gradients(rs):
 
 # --- memory: truncated BPTT with the state detached ------------------------------------------------
 @pytest.mark.filterwarnings("ignore:`torch.distributed.reduce_op` is deprecated:FutureWarning")
+@not_under_nd("its subject is the fused layer ops; unrolled cell by cell under tracemalloc it takes minutes")
 @pytest.mark.parametrize("kind", ["lstm", "rnn"])
 def test_truncated_bptt_memory_is_flat(device, kind):
     "200 steps of truncated BPTT, the hidden state carried across batches and detached: nothing accumulates."
@@ -355,6 +357,7 @@ def test_embedding_is_needles_one_hot_matmul(rs):
 
 
 # --- the benchmark script never rots -----------------------------------------------------------------
+@not_under_nd('benchmarks/bench_sequence.py times the fused numpy layer ops against torch and sets numpy weights')
 def test_sequence_benchmark_quick_run():
     "`bench_sequence.py --quick` runs, checks that the contestants agree, and prints both workloads."
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sequence.py"

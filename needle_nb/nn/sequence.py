@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/nn_sequence.html.md"""
 
 # %% ../../nbs/04d_nn_sequence.ipynb #72c5c8e5
 from __future__ import annotations
-import math
+import math, types
 from typing import Optional
 import numpy as np
 from ..autograd import Tensor, TensorTupleOp, no_grad
@@ -233,6 +233,18 @@ def _initial_states(name, h, num_layers, bs, H, X):
 def _cell_biases(cell) -> list:
     return [] if cell.bias_ih is None else [cell.bias_ih, cell.bias_hh]
 
+def _fused(X: Tensor) -> bool:
+    "Whether the fused layer ops can run on `X`: they are numpy/cupy kernels (a module); an nd.NDArray's functions are not."
+    return isinstance(array_module(X.realize_cached_data()), types.ModuleType)
+
+def _unrolled(cell, X: Tensor, state):
+    "One layer the way needle writes it, cell by cell over `split(X, 0)`: `(output, last state)` (the NEEDLE_BACKEND=nd path)."
+    outputs = []
+    for x_t in ops.split(X, 0).tuple():
+        state = cell(x_t, state)
+        outputs.append(state[0] if isinstance(state, tuple) else state)
+    return ops.stack(outputs, 0), state
+
 def _stack_layers(states: list) -> Tensor:
     return ops.stack(states, 0) if len(states) > 1 else states[0].reshape((1,) + states[0].shape)
 
@@ -263,6 +275,10 @@ class RNN(Module):
         states = _initial_states("RNN", h0, self.num_layers, X.shape[1], self.hidden_size, X)
         h_n = []
         for cell, h in zip(self.rnn_cells, states):
+            if not _fused(X):
+                X, h_last = _unrolled(cell, X, h)
+                h_n.append(h_last)
+                continue
             op = RNNLayerOp(cell.nonlinearity, cell.bias_ih is not None)
             X, h_last = op(X, h, cell.W_ih, cell.W_hh, *_cell_biases(cell)).tuple()
             h_n.append(h_last)
@@ -292,6 +308,10 @@ class LSTM(Module):
         hs, cs = _initial_states("LSTM", h0, L, bs, H, X), _initial_states("LSTM", c0, L, bs, H, X)
         h_n, c_n = [], []
         for cell, h_l, c_l in zip(self.lstm_cells, hs, cs):
+            if not _fused(X):
+                X, (h_last, c_last) = _unrolled(cell, X, (h_l, c_l))
+                h_n.append(h_last); c_n.append(c_last)
+                continue
             X, h_last, c_last = LSTMLayerOp(cell.bias_ih is not None)(
                 X, h_l, c_l, cell.W_ih, cell.W_hh, *_cell_biases(cell)).tuple()
             h_n.append(h_last); c_n.append(c_last)
