@@ -169,6 +169,8 @@ class Tensor(Value):
         if isinstance(array, Tensor):
             device = device or array.device
             dtype = dtype or array.dtype
+            if np.dtype(dtype).kind not in _NUMERIC:
+                raise TypeError(f"Tensor: dtype must be a bool, int or float dtype, got {dtype!r}")
             data = array.realize_cached_data()
             if device != array.device: data = device.array(to_host(data), dtype=dtype)
             else: data = data.astype(dtype, copy=True)
@@ -327,7 +329,9 @@ def _op_error(op, inputs, arrays, err):
 # %% ../nbs/01_autograd.ipynb #e51b831e
 class Cast(TensorOp):
     "Convert to `dtype`; the gradient is converted back to the input's dtype."
-    def __init__(self, dtype): self.dtype = np.dtype(dtype)
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind not in _NUMERIC: raise TypeError(f"Cast: dtype must be a bool, int or float dtype, got {dtype!r}")
     def __call__(self, a):
         out = Tensor.make_from_op(self, (a,))
         if out.requires_grad and self.dtype.kind != "f":   # integers carry no gradient (as in PyTorch)

@@ -50,11 +50,17 @@ class Optimizer:
             seen[id(p)] = i
         self.state: dict = {}   # parameter index -> {state name -> array on the parameter's device}
 
-    def _check_hyperparameters(self, values: dict = None):
-        "A `ValueError` naming the first hyperparameter outside its range (called before anything changes)."
-        values = {k: getattr(self, k) for k in self.ranges} if values is None else values
-        for key, (low, high, high_allowed) in self.ranges.items():
-            value = values[key]
+    def __setattr__(self, name, value):
+        # a hyperparameter is checked when it is set (constructor, scheduler, user, load_state_dict), so
+        # that `step()` never meets a bad one and needs no check of its own
+        if name in self.ranges: self._check_hyperparameters({name: value})
+        object.__setattr__(self, name, value)
+
+    def _check_hyperparameters(self, values: dict):
+        "A `ValueError` naming the first of `values` (name -> value) outside its range in `ranges`."
+        for key, value in values.items():
+            if key not in self.ranges: continue
+            low, high, high_allowed = self.ranges[key]
             if type(value) is not float and type(value) is not int and not isinstance(value, numbers.Real):
                 raise TypeError(f"{type(self).__name__}: {key} must be a number, got {value!r}")
             if not (low <= value and (value <= high if high_allowed else value < high)):
@@ -62,8 +68,7 @@ class Optimizer:
                                  f"got {value!r}")
 
     def _check_step(self):
-        "Everything a step reads, checked before the first parameter changes: hyperparameters, gradients, state."
-        self._check_hyperparameters()
+        "Each gradient's shape and device, checked before the first parameter changes."
         for i, p in enumerate(self.params):
             grad = p.grad
             if grad is None: continue
@@ -71,10 +76,6 @@ class Optimizer:
             if g.shape != w.shape or type(g) is not type(w):
                 raise ValueError(f"{type(self).__name__}.step: parameter {i} has shape {w.shape} on {p.device!r} "
                                  f"but its gradient has shape {g.shape} on {grad.device!r}; nothing was updated")
-        for i, state in self.state.items():
-            if len(state) != len(self.state_names):
-                raise KeyError(f"{type(self).__name__}.step: the state of parameter {i} has {sorted(state)}, "
-                               f"expected {sorted(self.state_names)}; nothing was updated")
 
     def step(self):
         "Update every parameter that has a gradient."
@@ -123,8 +124,7 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params)
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self._check_hyperparameters()
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay   # each checked as it is set
 
     def step(self):
         "Apply one update to every parameter whose `.grad` is not `None`."
@@ -174,7 +174,6 @@ class Adam(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params)
         self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, beta1, beta2, eps, weight_decay
-        self._check_hyperparameters()
         self.t = 0
 
     def step(self):

@@ -78,10 +78,6 @@ def sgd_with_bad_grad():
     w.grad, b.grad = Tensor(np.ones((2, 3), np.float32)), Tensor(np.ones((2, 2), np.float32))
     return optim.SGD([w, b], lr=0.1, momentum=0.5)
 
-def adam_negative_lr():
-    opt = adam_with_state()
-    opt.lr = -0.1   # set after construction: the step checks it before any parameter moves
-    return opt
 
 def scheduler():
     return optim.StepLR(optim.SGD([Tensor([1.0])], lr=0.1), step_size=2)
@@ -112,6 +108,8 @@ BAD = [
     ("Tensor({})", None, lambda _: Tensor({}), TypeError, "dict"),
     ("Tensor ragged list", None, lambda _: Tensor([[1, 2], [3]]), ValueError, "[[1, 2], [3]]"),
     ("Tensor dtype str", None, lambda _: Tensor([1.0], dtype="U3"), TypeError, "U3"),
+    ("Tensor copy dtype str", X, lambda x: Tensor(x, dtype="U3"), TypeError, "U3"),
+    ("astype str", X, lambda x: x.astype("U3"), TypeError, "U3"),
     ("Tensor device typo", None, lambda _: Tensor([1.0], device="gpu"), ValueError, "'gpu'"),
     ("Tensor device int", None, lambda _: Tensor([1.0], device=3), TypeError, "int 3"),
     ("cuda index", None, lambda _: ndl.cuda(-1), ValueError, "-1"),
@@ -198,7 +196,8 @@ BAD = [
     ("SGD(tensor)", W, lambda w: optim.SGD(w), TypeError, "single Tensor"),
     ("integer parameter", None, lambda _: optim.SGD([Tensor(np.array([1, 2]))]), TypeError, "int64"),
     ("step with a wrong-shaped grad", sgd_with_bad_grad, lambda o: o.step(), ValueError, "(2, 2)"),
-    ("step after lr set negative", adam_negative_lr, lambda o: o.step(), ValueError, "-0.1"),
+    ("set lr negative later", adam_with_state, lambda o: setattr(o, "lr", -0.1), ValueError, "-0.1"),
+    ("set beta2 = 1 later", adam_with_state, lambda o: setattr(o, "beta2", 1.0), ValueError, "beta2"),
     ("load a partial Adam state", adam_with_state,
      lambda o: o.load_state_dict({k: v for k, v in o.state_dict().items() if k != "state.0.exp_avg_sq"}),
      KeyError, "exp_avg_sq"),
