@@ -673,15 +673,15 @@ class LogSumExp(TensorOp):
         axes kept, from which log-softmax and the fused loss compute at the scale of `z - m` (as PyTorch)."""
         xp = array_module(Z)
         axes = _normalize_axes(self.axes, Z.ndim)
-        out_shape = tuple(n for i, n in enumerate(Z.shape) if axes is not None and i not in axes)
+        out_shape = lambda: tuple(n for i, n in enumerate(Z.shape) if axes is not None and i not in axes)
         if Z.size == 0 and not parts:   # an empty sum of exponentials is 0, and its log -inf (PyTorch's value)
-            return xp.full(out_shape, -np.inf, dtype=_float_dtype(Z))
+            return xp.full(out_shape(), -np.inf, dtype=_float_dtype(Z))
         m = Z.max(axis=axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)
         shifted = Z - m
         log_sum = xp.log(xp.exp(shifted).sum(axis=axes, keepdims=True))
         if parts: return m, shifted, log_sum
-        return (log_sum + m).reshape(out_shape).astype(_float_dtype(Z), copy=False)
+        return (log_sum + m).reshape(out_shape()).astype(_float_dtype(Z), copy=False)
     def gradient(self, out_grad, node):
         Z = node.inputs[0]
         kept = _keepdims_shape(Z.shape, _normalize_axes(self.axes, Z.ndim))
