@@ -10,7 +10,8 @@ from contextlib import ContextDecorator
 from typing import List, Optional, Tuple, Union
 import warnings
 import numpy as np
-from .backend import Device, cpu, default_device, device_of, to_host
+import reprlib
+from .backend import Device, cpu, default_device, device_of, to_host, resolve_device
 
 # %% auto #0
 __all__ = ['LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value', 'Tensor', 'Cast',
@@ -124,9 +125,23 @@ class Value:
 # %% ../nbs/01_autograd.ipynb #9e04b6c4
 _CPU = cpu()   # compared by identity on hot paths
 
+_NUMERIC = frozenset("biuf")   # numpy dtype kinds a tensor may hold: bool, signed, unsigned, float
+
+def _describe(data) -> str: return f"{type(data).__name__} {reprlib.repr(data)}"
+
 def _as_array(data, device: Device, dtype=None):
-    "A fresh array on `device` holding `data`; Python data defaults to float32."
-    if dtype is None and not hasattr(data, "dtype"): dtype = "float32"
+    "A fresh array on `device` holding `data` (numbers only); Python data defaults to float32."
+    given = data
+    if not hasattr(data, "dtype"):
+        # look at the values before casting: float32 would parse "1" and turn None into nan
+        try: data = np.asarray(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"Tensor: cannot make an array of {_describe(data)}: {e}") from None
+        if dtype is None: dtype = "float32"
+    if data.dtype.kind not in _NUMERIC:
+        raise TypeError(f"Tensor: needs numbers (bool, int or float), got {_describe(given)} (dtype {data.dtype})")
+    if dtype is not None and np.dtype(dtype).kind not in _NUMERIC:
+        raise TypeError(f"Tensor: dtype must be a bool, int or float dtype, got {dtype!r}")
     if device is _CPU: return _CPU.array(data, dtype=dtype)
     return device.array(_CPU.to_numpy(data) if isinstance(data, np.ndarray) else data, dtype=dtype)
 
@@ -150,9 +165,12 @@ class Tensor(Value):
         if kwargs:
             warnings.warn(f"Tensor() ignores the unknown keyword arguments {sorted(kwargs)} (needle accepts and "
                           "ignores them); the known ones are device, dtype and requires_grad", stacklevel=2)
+        if device is not None and not isinstance(device, Device): device = resolve_device(device)   # "cpu", "cuda:1"
         if isinstance(array, Tensor):
             device = device or array.device
             dtype = dtype or array.dtype
+            if np.dtype(dtype).kind not in _NUMERIC:
+                raise TypeError(f"Tensor: dtype must be a bool, int or float dtype, got {dtype!r}")
             data = array.realize_cached_data()
             if device != array.device: data = device.array(to_host(data), dtype=dtype)
             else: data = data.astype(dtype, copy=True)
@@ -160,6 +178,8 @@ class Tensor(Value):
             if device is None:
                 device = device_of(array) if hasattr(array, "__cuda_array_interface__") else default_device()
             data = _as_array(array, device, dtype)
+        # integer and bool tensors (labels, word ids) record no gradient: `.grad` stays None
+        if requires_grad and data.dtype.kind != "f": requires_grad = False
         self._init(None, (), cached_data=data, requires_grad=requires_grad)
         self.grad = None
 
@@ -242,13 +262,22 @@ class Tensor(Value):
         "The value of a one-element tensor as a Python number."
         return self.numpy().item()
     def tolist(self): return self.numpy().tolist()
-    def __len__(self): return self.shape[0]
+    def __len__(self):
+        if not self.cached_data.ndim: raise TypeError("len() of a 0-d tensor")
+        return self.cached_data.shape[0]
+    def __bool__(self):
+        "The truth of a one-element tensor (PyTorch's rule); any other size is ambiguous."
+        if self.cached_data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor of shape {self.shape} ({self.cached_data.size} "
+                               "values) is ambiguous; reduce it first, e.g. bool((t > 0).numpy().any())")
+        return bool(self.item())
     def __array__(self, dtype=None, copy=None):
         arr = self.numpy()
         return arr if dtype is None else arr.astype(dtype)
 
     def to(self, device: Device, dtype=None) -> "Tensor":
-        "This tensor's values on `device` (itself when nothing changes), keeping `requires_grad`."
+        "This tensor's values on `device` (a `Device` or a string such as `\"cuda\"`; itself when nothing changes), keeping `requires_grad`."
+        device = resolve_device(device)
         if device == self.device and (dtype is None or np.dtype(dtype) == self.dtype): return self
         return Tensor(self, device=device, dtype=dtype, requires_grad=self.requires_grad)
 
@@ -265,11 +294,27 @@ class Tensor(Value):
 
     # --- differentiation ------------------------------------------------------------------
     def backward(self, out_grad: Optional["Tensor"] = None):
-        "Set `.grad` of every tensor this one depends on (ones as `out_grad` when omitted)."
+        """Set `.grad` of every tensor this one depends on (ones as `out_grad` when omitted).
+
+        needle's rules, kept on purpose: a non-scalar output starts from ones (PyTorch requires a
+        scalar or an explicit `out_grad`), and a second `backward` replaces `.grad` (PyTorch adds).
+
+        Raises:
+            RuntimeError: this tensor records no graph (made under `no_grad`, from tensors that
+                require no gradient, or an integer tensor): there is nothing to differentiate.
+            ValueError: `out_grad` does not have this tensor's shape or device.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require a gradient (it was made under no_grad, "
+                               "from tensors with requires_grad=False, or holds integers), so no gradient can flow")
         if out_grad is None:
             out_grad = Tensor.make_const(self.device.ones(*self.shape, dtype=self.dtype))
-        elif not isinstance(out_grad, Tensor):
-            out_grad = Tensor(out_grad, device=self.device, dtype=self.dtype, requires_grad=False)
+        else:
+            if not isinstance(out_grad, Tensor):
+                out_grad = Tensor(out_grad, device=self.device, dtype=self.dtype, requires_grad=False)
+            if out_grad.shape != self.shape or out_grad.device != self.device:
+                raise ValueError(f"backward: out_grad of shape {out_grad.shape} on {out_grad.device!r} for a "
+                                 f"tensor of shape {self.shape} on {self.device!r}; they must match")
         compute_gradient_of_variables(self, out_grad)
 
 def _op_error(op, inputs, arrays, err):
@@ -284,7 +329,14 @@ def _op_error(op, inputs, arrays, err):
 # %% ../nbs/01_autograd.ipynb #e51b831e
 class Cast(TensorOp):
     "Convert to `dtype`; the gradient is converted back to the input's dtype."
-    def __init__(self, dtype): self.dtype = np.dtype(dtype)
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind not in _NUMERIC: raise TypeError(f"Cast: dtype must be a bool, int or float dtype, got {dtype!r}")
+    def __call__(self, a):
+        out = Tensor.make_from_op(self, (a,))
+        if out.requires_grad and self.dtype.kind != "f":   # integers carry no gradient (as in PyTorch)
+            out.op, out.inputs, out.requires_grad = None, (), False
+        return out
     def compute(self, a): return a.astype(self.dtype)
     def gradient(self, out_grad, node): return Cast(node.inputs[0].dtype)(out_grad)
     def __repr__(self): return f"Cast({self.dtype})"
@@ -341,6 +393,10 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
             grad = Cast(node.cached_data.dtype)(grad)
         op = node.op
         if op is None or node is output_tensor:
+            if op is None and grad.cached_data.shape != node.cached_data.shape:
+                # a leaf's gradient always has the leaf's shape: anything else is an op's bug, never silent
+                raise RuntimeError(f"backward: the gradient of a leaf of shape {node.shape} came out with "
+                                   f"shape {grad.shape}")
             if grad in handed_out: grad = _twin(grad)
             handed_out.add(grad)
             node.grad = grad

@@ -6,11 +6,13 @@ Docs: https://needle-nb.github.io/needle-nb/backend.html.md"""
 
 # %% ../nbs/00_backend.ipynb #c611a111
 from __future__ import annotations
+import operator, re
 import numpy as np
 
 # %% auto #0
 __all__ = ['DeviceUnavailableError', 'Device', 'CPUDevice', 'cpu', 'CUDADevice', 'cuda', 'default_device', 'set_default_device',
-           'all_devices', 'array_module', 'device_of', 'to_host', 'rng', 'manual_seed']
+           'all_devices', 'use_device_family', 'resolve_device', 'array_module', 'device_of', 'to_host', 'rng',
+           'manual_seed']
 
 # %% ../nbs/00_backend.ipynb #36c648ff
 def _probe_cupy():
@@ -78,9 +80,14 @@ class Device:
         return self.from_numpy((np.random.rand(*_shape(shape)) <= p).astype(dtype, copy=False))
 
 def _shape(shape):
-    "Accept both `f(2, 3)` and `f((2, 3))`, as numpy and needle both do."
+    "Accept both `f(2, 3)` and `f((2, 3))`, as numpy and needle both do; sizes must be integers >= 0."
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)): shape = tuple(shape[0])
-    return tuple(int(s) for s in shape)
+    try: sizes = tuple(map(operator.index, shape))   # 2.5 or "3" is a mistake, never truncated
+    except TypeError:
+        raise TypeError(f"shape {shape!r}: sizes must be integers, got "
+                        f"{[s for s in shape if not isinstance(s, (int, np.integer))]!r}") from None
+    if sizes and min(sizes) < 0: raise ValueError(f"shape {sizes}: sizes must be non-negative")
+    return sizes
 
 # %% ../nbs/00_backend.ipynb #dbaa4ba5
 class CPUDevice(Device):
@@ -118,6 +125,9 @@ class CUDADevice(Device):
 _CUDA = {}
 def cuda(index: int = 0) -> CUDADevice:
     "The CUDA (cupy) device for GPU `index`; `enabled()` tells whether it can be used here."
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or index < 0:
+        raise ValueError(f"cuda: the GPU index must be an integer >= 0, got {index!r}")
+    index = int(index)
     if index not in _CUDA: _CUDA[index] = CUDADevice(index)
     return _CUDA[index]
 
@@ -136,6 +146,48 @@ def set_default_device(device) -> None:
 def all_devices() -> list:
     "Every device that can hold tensors here: the CPU, plus `cuda()` when cupy sees a GPU."
     return [_CPU] + ([cuda()] if cuda().enabled() else [])
+
+_CUDA_NAME = re.compile(r"cuda(?::(\d+)|\((\d*)\))?")
+_FAMILY = None   # (cpu factory, cuda factory, device class) of another array backend; None: this module's
+
+def use_device_family(cpu_factory=None, cuda_factory=None, device_type=None) -> None:
+    """Let the strings `"cpu"`/`"cuda"` name another backend's devices, and accept its device objects.
+
+    `backend_selection` calls it under `NEEDLE_BACKEND=nd` with needle's NDArray devices, so that
+    PyTorch's device strings mean the current backend's devices; with no arguments it goes back to
+    this module's `cpu`/`cuda`.
+    """
+    global _FAMILY
+    _FAMILY = None if cpu_factory is None else (cpu_factory, cuda_factory, device_type)
+
+def resolve_device(device=None) -> Device:
+    """The `Device` that a device argument names; every `device=` of needle_nb goes through it.
+
+    Accepts `None` (the default device), a `Device`, or the strings PyTorch users type: `"cpu"`,
+    `"cuda"`, `"cuda:1"` (and the reprs `"cpu()"`, `"cuda()"`, `"cuda(1)"`, which are needle's
+    `str(device)`).
+
+    Raises:
+        TypeError: `device` is neither None, a `Device` nor a string.
+        ValueError: the string names no device.
+
+    Example:
+        >>> resolve_device("cuda:1")
+        cuda(1)
+    """
+    if device is None: return default_device()
+    cpu_factory, cuda_factory, device_type = _FAMILY or (cpu, cuda, Device)
+    if isinstance(device, (Device, device_type)): return device
+    if isinstance(device, str):
+        name = device.strip().lower()
+        if name in ("cpu", "cpu()"): return cpu_factory()
+        match = _CUDA_NAME.fullmatch(name)
+        if match:
+            index = int(match.group(1) or match.group(2) or 0)
+            return cuda_factory(index) if index else cuda_factory()
+        raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:<index>', or a Device")
+    raise TypeError(f"device must be a Device, a string such as 'cpu' or 'cuda:0', or None; "
+                    f"got {type(device).__name__} {device!r}")
 
 # %% ../nbs/00_backend.ipynb #c93a2dc9
 def array_module(array):

@@ -38,11 +38,11 @@ def scalar_rpower(self: FlatBackend, a, val, out):
     "`out` = `val` ** `a`."
     self.xp.power(val, a.array, out=out.array)
 
-_UNARY = ("sqrt", "abs", "isfinite", "sign", "sin", "cos")
+_UNARY = ("sqrt", "abs", "isfinite", "sign", "sin", "cos", "floor")
 
 @patch
 def ewise_unary(self: FlatBackend, name: str, a, out):
-    "`out` = the array library's elementwise function `name` (one of sqrt, abs, isfinite, sign, sin, cos) of `a`."
+    "`out` = the array library's elementwise function `name` (one of sqrt, abs, isfinite, sign, sin, cos, floor) of `a`."
     if name not in _UNARY: raise ValueError(f"ewise_unary: {name!r} is not one of {_UNARY}")
     getattr(self.xp, name)(a.array, out=out.array)
 
@@ -367,6 +367,8 @@ def sin(self: NumpyAPI, a, out=None): return self._unary("sin", a, out)
 @patch
 def cos(self: NumpyAPI, a, out=None): return self._unary("cos", a, out)
 @patch
+def floor(self: NumpyAPI, a, out=None): return self._unary("floor", a, out)
+@patch
 def isfinite(self: NumpyAPI, a) -> _NDArray:
     "1 where `a` is finite, else 0 (in `a`'s dtype)."
     return self._unary("isfinite", a, None)
@@ -588,10 +590,12 @@ if BACKEND == "nd":
     array_api, NDArray, Device = nd, nd.NDArray, nd.BackendDevice
     cpu, cuda, cpu_numpy, all_devices = nd.cpu, nd.cuda, nd.cpu_numpy, nd.all_devices
     backend.set_default_device(nd.cpu())
+    backend.use_device_family(nd.cpu, nd.cuda, nd.BackendDevice)
 elif BACKEND == "np":
     array_api, NDArray, Device = np, np.ndarray, backend.Device
     cpu, cuda, cpu_numpy, all_devices = backend.cpu, backend.cuda, backend.cpu, backend.all_devices
     backend.set_default_device(None)
+    backend.use_device_family()
 else:
     raise RuntimeError(f"Unknown needle array backend {BACKEND!r}: set NEEDLE_BACKEND to 'nd' or 'np'")
 default_device = backend.default_device

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence, Union
 import numpy as np
-from .backend import Device, default_device, rng
+import operator
+from .backend import Device, default_device, rng, resolve_device, array_module
 from .autograd import Tensor, no_grad
 
 # %% auto #0
@@ -19,7 +20,12 @@ __all__ = ['LAYOUTS', 'rand', 'randn', 'constant', 'ones', 'zeros', 'randb', 'on
            'xavier_uniform_', 'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'trunc_normal_', 'orthogonal_']
 
 # %% ../nbs/03_init.ipynb #43ce860a
-def _device(device: Optional[Device]) -> Device: return default_device() if device is None else device
+def _device(device: Optional[Device]) -> Device: return resolve_device(device)   # None, a Device, "cpu", "cuda:1"
+
+def _check_finite(name: str, **values):
+    "A `ValueError` naming the first of `values` that is not a finite number (an infinite bound fills NaN)."
+    for key, value in values.items():
+        if not math.isfinite(value): raise ValueError(f"{name}: {key} must be finite, got {value!r}")
 
 def _new(array, dtype, requires_grad: bool) -> Tensor:
     "A leaf tensor on the fresh `array` cast to `dtype` (no copy when it already has that dtype)."
@@ -38,6 +44,7 @@ def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=
         >>> w.shape
         (2, 3)
     """
+    _check_finite("rand", low=low, high=high)
     device = _device(device)
     array = device.rand(*shape, dtype="float64") * (high - low) + low
     return _new(array, dtype, requires_grad)
@@ -50,6 +57,7 @@ def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad
         >>> round(float(z.numpy().std()), 0)
         2.0
     """
+    _check_finite("randn", mean=mean, std=std)
     device = _device(device)
     array = device.randn(*shape, dtype="float64") * std + mean
     return _new(array, dtype, requires_grad)
@@ -83,7 +91,14 @@ def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
     # labels stay on their device; the range check costs one synchronisation there, no copy
     labels = i.realize_cached_data() if isinstance(i, Tensor) else i
     if not hasattr(labels, "dtype"): labels = np.asarray(labels)   # a list or a scalar
-    if labels.size and bool(((labels < 0) | (labels >= n)).any()):
+    n = operator.index(n)
+    if labels.dtype.kind not in "biuf": raise TypeError(f"one_hot: labels must be numbers, got dtype {labels.dtype}")
+    bad = (labels < 0) | (labels >= n)
+    # needle carries labels as float32: the dtype is fine, a fractional (or nan) value is not
+    if labels.dtype.kind == "f": bad |= labels != array_module(labels).floor(labels)
+    if labels.size and bool(bad.any()):   # one check, so one synchronisation on a GPU
+        fractional = labels[labels != array_module(labels).floor(labels)] if labels.dtype.kind == "f" else labels[:0]
+        if fractional.size: raise ValueError(f"one_hot: labels must be whole numbers, got {fractional[:3].tolist()}")
         raise ValueError(f"one_hot: labels must lie in [0, {n}), got min {labels.min()} and max {labels.max()}")
     return _new(_device(device).one_hot(n, labels, dtype=dtype), dtype, requires_grad)
 
@@ -378,6 +393,7 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
         True
     """
     _check_tensor(tensor, "uniform_")
+    _check_finite("uniform_", a=a, b=b)
     if not a <= b: raise ValueError(f"uniform_: needs a <= b, got a={a!r}, b={b!r}")
     return _replace(tensor, _uniform_array(tensor.shape, a, b, tensor.dtype))
 
@@ -392,6 +408,7 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
     """
     _check_tensor(tensor, "normal_")
     _check_std(std, "normal_")
+    _check_finite("normal_", mean=mean, std=std)
     return _replace(tensor, _normal_array(tensor.shape, mean, std, tensor.dtype))
 
 @no_grad()
@@ -485,9 +502,38 @@ def kaiming_normal_(tensor: Tensor, a: float = 0, mode: str = "fan_in",
     return _replace(tensor, _normal_array(tensor.shape, 0.0, std, tensor.dtype))
 
 # %% ../nbs/03_init.ipynb #064915b3
-def _normal_mass(lo, hi):
-    "Probability that a standard normal falls in [lo, hi]."
-    return 0.5 * (math.erf(hi / math.sqrt(2)) - math.erf(lo / math.sqrt(2)))
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+def _log_ndtr(x: float) -> float:
+    "log Φ(x) of the standard normal CDF, for a Python float; exact to ~1e-9 relative far into the lower tail."
+    if x > 0: return math.log1p(-0.5 * math.erfc(x / math.sqrt(2)))
+    if x > -20: return math.log(0.5 * math.erfc(-x / math.sqrt(2)))
+    if x == -math.inf: return -math.inf
+    inv2 = 1 / (x * x)   # the asymptotic series of Mills' ratio: erfc underflows past x ≈ -37
+    return -0.5 * x * x - math.log(-x) - _LOG_SQRT_2PI + math.log1p(-inv2 + 3 * inv2 ** 2 - 15 * inv2 ** 3)
+
+def _ndtri_exp_scalar(y: float) -> float:
+    "The x with log Φ(x) = y, by Newton's method (log Φ is concave and increasing: it converges from anywhere)."
+    if y == -math.inf: return -math.inf
+    if y >= 0: return math.inf
+    x = -math.sqrt(-2 * y) if y < -2 else 0.0
+    for _ in range(200):
+        log_cdf = _log_ndtr(x)
+        step = (log_cdf - y) / math.exp(-0.5 * x * x - _LOG_SQRT_2PI - log_cdf)   # (log Φ)' = φ / Φ
+        x -= step
+        if abs(step) <= 1e-13 * max(1.0, abs(x)): break
+    return x
+
+def _ndtri_exp(y: np.ndarray) -> np.ndarray:
+    "Inverse of log Φ on an array: scipy's `ndtri_exp` when installed, else Newton per element."
+    try: from scipy.special import ndtri_exp
+    except ImportError: return np.vectorize(_ndtri_exp_scalar, otypes=[np.float64])(y)
+    return ndtri_exp(y)
+
+def _below(bound: float, dtype) -> float:
+    "The largest value of `dtype` that is at most `bound` (casting `bound` may round it up)."
+    value = np.dtype(dtype).type(bound)
+    return np.nextafter(value, -np.inf) if value > bound else value
 
 @no_grad()
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
@@ -505,31 +551,24 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
     """
     _check_tensor(tensor, "trunc_normal_")
     _check_std(std, "trunc_normal_")
+    _check_finite("trunc_normal_", mean=mean, std=std)
     if not a < b: raise ValueError(f"trunc_normal_: needs a < b, got a={a!r}, b={b!r}")
     if std == 0:
         if not a <= mean <= b: raise ValueError(f"trunc_normal_: std=0 puts all mass at {mean}, outside [{a}, {b}]")
         return _replace(tensor, tensor.device.full(tensor.shape, mean, dtype=tensor.dtype))
-    mass = _normal_mass((a - mean) / std, (b - mean) / std)
-    finite = math.isfinite(a) and math.isfinite(b)
-    if mass < 0.05 and not finite:
-        raise ValueError(f"trunc_normal_: [{a}, {b}] holds only {mass:.2g} of N({mean}, {std}^2); "
-                         "rejection sampling would take too long")
+    alpha, beta = (a - mean) / std, (b - mean) / std
+    flip = alpha + beta > 0   # work in the lower tail, where Φ and log Φ keep their precision
+    if flip: alpha, beta = -beta, -alpha
+    log_lo, log_hi = _log_ndtr(alpha), _log_ndtr(beta)
+    ratio = math.exp(log_lo - log_hi)   # Φ(α) / Φ(β), in [0, 1)
     n = math.prod(tensor.shape)
-    if mass >= 0.05:   # propose from the normal itself: each round keeps at least 5%
-        values = _normal_array((n,), mean, std, tensor.dtype)
-        outside = np.flatnonzero((values < a) | (values > b))
-        while outside.size:
-            values[outside] = _normal_array((outside.size,), mean, std, tensor.dtype)
-            outside = outside[(values[outside] < a) | (values[outside] > b)]
-    else:   # a narrow or far interval: propose uniformly on it, accept with the density ratio
-        peak = min(max(mean, a), b)   # where the density is largest on [a, b]
-        values = np.empty(n, dtype=_draw_dtype(tensor.dtype))
-        todo = np.arange(n)
-        while todo.size:
-            x = _uniform_array((todo.size,), a, b, tensor.dtype)
-            keep = rng().random(todo.size) <= np.exp(((peak - mean) ** 2 - (x - mean) ** 2) / (2 * std ** 2))
-            values[todo[keep]] = np.clip(x[keep], a, b)
-            todo = todo[~keep]
+    u = (np.floor(rng().random(n) * 2.0 ** 53) + 0.5) / 2.0 ** 53   # one uniform per value, in (0, 1)
+    # inverse CDF: Φ(x) = Φ(α) + u (Φ(β) - Φ(α)), i.e. log Φ(x) = log Φ(β) + log(ratio + u (1 - ratio))
+    x = np.clip(_ndtri_exp(log_hi + np.log(ratio + u * (1 - ratio))), alpha, beta)
+    values = mean + std * (-x if flip else x)
+    # clipped in the tensor's dtype, whose rounding could otherwise step just outside [a, b]
+    low, high = -_below(-a, tensor.dtype), _below(b, tensor.dtype)
+    values = np.clip(values.astype(tensor.dtype), low, high)
     return _replace(tensor, values.reshape(tensor.shape))
 
 @no_grad()

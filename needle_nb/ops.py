@@ -28,9 +28,16 @@ __all__ = ['REDUCTIONS', 'gradient_check', 'EWiseAdd', 'add', 'AddScalar', 'add_
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _py_scalar(scalar):
     "A numpy scalar as a Python number, so it broadcasts as a weak type and keeps float32 float32."
+    if type(scalar) is float or type(scalar) is int: return scalar   # the common case, without an ABC check
     if isinstance(scalar, np.generic) or (isinstance(scalar, np.ndarray) and scalar.ndim == 0):
         return scalar.item()
+    if not isinstance(scalar, numbers.Number):
+        raise TypeError(f"a scalar operand must be a number, got {type(scalar).__name__} {scalar!r}")
     return scalar
+
+def _float_dtype(a):
+    "The dtype a float op returns for the array `a`: its own when floating, else float64 (numpy's true division)."
+    return a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
 
 def _sum_to_shape(grad: Tensor, shape: tuple) -> Tensor:
     "Sum `grad` over the axes that broadcasting added or stretched, giving it `shape` (one `SumToShape` node)."
@@ -162,7 +169,10 @@ def power(a, b):
 class PowerScalar(TensorOp):
     "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1)."
     def __init__(self, scalar): self.scalar = _py_scalar(scalar)
-    def compute(self, a): return a ** self.scalar
+    def compute(self, a):
+        # numpy refuses integers to negative integer powers; the result is a float, as 1 / a is
+        if a.dtype.kind != "f" and self.scalar < 0: a = a.astype(np.float64)
+        return a ** self.scalar
     def gradient(self, out_grad, node):
         a = node.inputs[0]
         return out_grad * self.scalar * a ** (self.scalar - 1)
@@ -203,7 +213,9 @@ def negate(a):
     return Negate()(a)
 
 # %% ../nbs/02_ops.ipynb #30595ac0
-def _is_array(other) -> bool: return hasattr(other, "shape") and other.shape != ()
+def _is_array(other) -> bool:
+    "Whether `other` is an array operand (a list counts: read as a number it would broadcast the gradient's shape)."
+    return isinstance(other, (list, tuple)) or (hasattr(other, "shape") and other.shape != ())
 
 def _constant(other, like: Tensor) -> Tensor:
     "An array operand as a constant tensor on the device of `like`."
@@ -283,7 +295,11 @@ def __neg__(self: Tensor) -> Tensor:
 # %% ../nbs/02_ops.ipynb #29651ca0
 class Transpose(TensorOp):
     "Swap two axes: the last two by default (needle), or `axes=(i, j)`. Gradient: the same swap applied to `out_grad`."
-    def __init__(self, axes: Optional[tuple] = None): self.axes = axes
+    def __init__(self, axes: Optional[tuple] = None):
+        if axes is not None and (not isinstance(axes, (tuple, list)) or len(axes) != 2
+                                 or not all(isinstance(ax, numbers.Integral) for ax in axes)):
+            raise ValueError(f"transpose: axes must be None or a pair (i, j) of axes to swap, got {axes!r}")
+        self.axes = None if axes is None else tuple(axes)
     def compute(self, a):
         i, j = self.axes if self.axes is not None else (-1, -2)
         return a.swapaxes(i, j)
@@ -295,7 +311,11 @@ def transpose(a, axes=None):
 
 class Reshape(TensorOp):
     "`a` reshaped to `shape` (same number of elements). Gradient: `out_grad` reshaped back to the input's shape."
-    def __init__(self, shape): self.shape = tuple(shape)
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        # numpy reads any negative size as -1 and refuses floats and a second -1 itself
+        if self.shape and min(self.shape) < -1:
+            raise ValueError(f"reshape: sizes must be integers >= 0, with at most one -1, got {self.shape}")
     def compute(self, a):
         try: return array_module(a).reshape(a, self.shape)   # copies a non-compact NDArray first, as numpy
         except ValueError:
@@ -353,9 +373,23 @@ def transpose(self: Tensor, axes=None) -> Tensor:
 
 # %% ../nbs/02_ops.ipynb #45d29548
 def _normalize_axes(axes, ndim) -> Optional[tuple]:
+    """`axes` as sorted non-negative axes of an `ndim`-axis array (`None`: all of them).
+
+    An axis outside `[-ndim, ndim)` or a repeated one is an error, never wrapped around; a 0-d
+    array has the one axis 0 (or -1), as in PyTorch.
+    """
     if axes is None: return None
     if isinstance(axes, numbers.Integral): axes = (axes,)
-    return tuple(sorted(ax % ndim if ndim else 0 for ax in axes))
+    n = ndim or 1
+    out = []
+    for ax in axes:
+        if type(ax) is not int and (not isinstance(ax, numbers.Integral) or isinstance(ax, bool)):
+            raise TypeError(f"axes {axes!r}: each axis must be an integer, got {ax!r}")
+        if not -n <= ax < n:
+            raise ValueError(f"axis {ax} is out of range for a tensor with {ndim} axes (valid: {-n} to {n - 1})")
+        out.append(ax % n)
+    if len(set(out)) != len(out): raise ValueError(f"axes {tuple(axes)} name an axis twice")
+    return tuple(sorted(out)) if ndim else None
 
 def _keepdims_shape(shape, axes) -> tuple:
     "`shape` with the reduced `axes` set to 1."
@@ -548,7 +582,7 @@ class Sigmoid(TensorOp):
         xp = array_module(a)
         # split by sign so exp never overflows: sigma(a) = e^a / (1 + e^a) for a < 0
         e = xp.exp(-xp.abs(a))
-        return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
+        return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(_float_dtype(a), copy=False)
     def gradient(self, out_grad, node): return out_grad * node * (1 - node)
 
 def sigmoid(a):
@@ -579,7 +613,10 @@ def _erf(a):
 class GELUOp(TensorOp):
     """Gaussian Error Linear Unit (Hendrycks & Gimpel 2016): $x\\,\\Phi(x)$, or with `approximate="tanh"`
     $\\tfrac12 x\\,(1 + \\tanh(\\sqrt{2/\\pi}\\,(x + 0.044715 x^3)))$."""
-    def __init__(self, approximate: str = "none"): self.approximate = approximate
+    def __init__(self, approximate: str = "none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
     def compute(self, a):
         xp = array_module(a)
         if self.approximate == "tanh":
@@ -649,14 +686,20 @@ def softsign(a):
 class LogSumExp(TensorOp):
     "log Σ exp(z) over `axes` (all by default), shifted by the maximum so no exponent exceeds 0; `axes` are removed. Local derivative: softmax(z) over `axes`."
     def __init__(self, axes: Optional[tuple] = None): self.axes = axes
-    def compute(self, Z):
+    def compute(self, Z, parts: bool = False):
+        """LSE of the array `Z`; with `parts=True`, the pieces `(m, z - m, log Σ e^(z-m))` with the reduced
+        axes kept, from which log-softmax and the fused loss compute at the scale of `z - m` (as PyTorch)."""
         xp = array_module(Z)
         axes = _normalize_axes(self.axes, Z.ndim)
+        out_shape = lambda: tuple(n for i, n in enumerate(Z.shape) if axes is not None and i not in axes)
+        if Z.size == 0 and not parts:   # an empty sum of exponentials is 0, and its log -inf (PyTorch's value)
+            return xp.full(out_shape(), -np.inf, dtype=_float_dtype(Z))
         m = xp.max(Z, axis=axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)
-        out = xp.log(xp.sum(xp.exp(Z - m), axis=axes, keepdims=True)) + m
-        out = out.reshape(tuple(n for i, n in enumerate(Z.shape) if axes is not None and i not in axes))
-        return out.astype(Z.dtype, copy=False)
+        shifted = Z - m
+        log_sum = xp.log(xp.sum(xp.exp(shifted), axis=axes, keepdims=True))
+        if parts: return m, shifted, log_sum
+        return (log_sum + m).reshape(out_shape()).astype(_float_dtype(Z), copy=False)
     def gradient(self, out_grad, node):
         Z = node.inputs[0]
         kept = _keepdims_shape(Z.shape, _normalize_axes(self.axes, Z.ndim))
@@ -670,11 +713,14 @@ def logsumexp(a, axes=None):
 class LogSoftmax(TensorOp):
     "Log-softmax over the last axis (needle's is row-wise on a 2-D batch of logits): z - logsumexp(z). Gradient: ḡ - softmax(z) Σ ḡ, the sum over the last axis."
     def compute(self, Z):
-        lse = LogSumExp(axes=(-1,)).compute(Z)
-        return Z - lse.reshape(lse.shape + (1,))
+        if Z.size == 0: return Z.astype(_float_dtype(Z))
+        # (z - m) - log Σ e^(z - m), as PyTorch: z - LSE(z) would round LSE at the scale of m (|z| = 1e4)
+        _, shifted, log_sum = LogSumExp(axes=(-1,)).compute(Z, parts=True)
+        return (shifted - log_sum).astype(_float_dtype(Z), copy=False)
     def gradient(self, out_grad, node):
         # ḡ − softmax(z) Σ ḡ: the Jacobian I − 1 softmax(z)ᵀ applied to ḡ
-        total = reshape(summation(out_grad, (-1,)), out_grad.shape[:-1] + (1,))
+        kept = _keepdims_shape(out_grad.shape, _normalize_axes((-1,), out_grad.ndim))
+        total = reshape(summation(out_grad, (-1,)), kept)
         return out_grad - softmax(node.inputs[0]) * total
 
 def logsoftmax(a):
@@ -691,6 +737,7 @@ class Softmax(TensorOp):
     def __init__(self, axes=(-1,)): self.axes = axes
     def compute(self, Z):
         xp, axes = array_module(Z), _normalize_axes(self.axes, Z.ndim)
+        if Z.size == 0: return Z.astype(_float_dtype(Z))   # no maximum to subtract, nothing to normalize
         e = xp.exp(Z - xp.max(Z, axis=axes, keepdims=True))
         e /= xp.sum(e, axis=axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
         return e
@@ -729,13 +776,29 @@ class SoftmaxCrossEntropy(TensorOp):
     def compute(self, Z, Y):
         if Z.ndim != 2 or Z.shape != Y.shape:
             raise ValueError(f"softmax_cross_entropy: logits {Z.shape} and targets {Y.shape} must be equal (B, k) shapes")
-        xp = array_module(Z)
-        losses = LogSumExp(axes=(1,)).compute(Z) - xp.sum(Z * Y, axis=1)
-        if self.reduction == "none": return losses.astype(Z.dtype, copy=False)
+        if 0 in Z.shape:
+            raise ValueError(f"softmax_cross_entropy: logits of shape {Z.shape} hold no rows or no classes")
+        xp, dtype, rows = array_module(Z), _float_dtype(Z), (Z.shape[0],)
+        m, _, log_sum = LogSumExp(axes=(1,)).compute(Z, parts=True)
+        # LSE(z) - z·y summed as (m - z·y) + log Σ e^(z-m): m - z_y is exact for a one-hot y, and the sum
+        # never rounds at the scale of m (|z| = 1e4)
+        # 0 · (-inf) is nan: it must count as 0, so that a -inf logit no target weights adds nothing
+        # (PyTorch's value). Off the host that is always done (no synchronisation); on the host only when a
+        # nan shows up, which costs one comparison on the hot path.
+        def losses_of(careful):
+            Zy = xp.where(Y != 0, Z, 0) if careful else Z
+            # on the host, einsum: z·y per row in one pass, and no "invalid value" warning from the plain pass
+            picked = np.einsum("ij,ij->i", Zy, Y) if xp is np else xp.sum(Zy * Y, axis=1)
+            return (xp.reshape(m, rows) - picked) + xp.reshape(log_sum, rows)
+        losses = losses_of(xp is not np)
+        if self.reduction == "none":
+            if xp is np and np.isnan(losses).any(): losses = losses_of(True)
+            return losses.astype(dtype, copy=False)
         total = xp.sum(losses)
+        if xp is np and total != total: total = xp.sum(losses_of(True))   # host only: no GPU synchronisation
         # a sum and a division: `ndarray.mean`'s Python wrapper costs more than the sum itself (benchmarks/NOTES.md)
         if self.reduction == "mean": total = total / Z.shape[0]
-        return xp.asarray(total, dtype=Z.dtype)
+        return xp.asarray(total, dtype=dtype)
     def gradient(self, out_grad, node):
         Z, Y = node.inputs
         if self.reduction == "none": scale = reshape(out_grad, (Z.shape[0], 1))
@@ -758,12 +821,16 @@ class Stack(TensorOp):
 
 def stack(args, axis=0):
     "Stack the tensors `args` along a new `axis` (`Stack`)."
+    args = list(args)
+    if not args: raise ValueError("stack: needs at least one tensor, got an empty sequence")
     return Stack(axis)(make_tuple(*args))
 
 class Split(TensorTupleOp):
     "Split a tensor along `axis` into a `TensorTuple` of its slices (that axis removed). Gradient: the slices' gradients stacked back."
     def __init__(self, axis: int): self.axis = axis
     def compute(self, A):
+        if not isinstance(self.axis, numbers.Integral) or not -max(A.ndim, 1) <= self.axis < A.ndim:
+            raise ValueError(f"split: axis {self.axis!r} is out of range for a tensor of shape {A.shape}")
         return tuple(A.take(i, axis=self.axis) for i in range(A.shape[self.axis]))
     def gradient(self, out_grad, node): return stack(list(out_grad.tuple()), self.axis)
 

@@ -223,12 +223,14 @@ class ConvKernelGrad(TensorOp):
 
     def compute(self, a, g):
         kernel_h, kernel_w = self.kernel_size
-        p = self.padding
-        if p: a = array_module(a).pad(a, ((0, 0), (p, p), (p, p), (0, 0)))
+        p, xp = self.padding, array_module(a)
+        if p: a = xp.pad(a, ((0, 0), (p, p), (p, p), (0, 0)))
         N, H_out, W_out, c_out = g.shape
         windows = _im2col(a, kernel_h, kernel_w, self.stride)          # (N, H_out, W_out, KH, KW, C_in)
-        rows = windows.reshape(N * H_out * W_out, kernel_h * kernel_w * a.shape[3])   # the one copy
-        return (rows.transpose() @ g.reshape(N * H_out * W_out, c_out)).reshape(kernel_h, kernel_w, a.shape[3], c_out)
+        # xp.reshape, not the method: needle's NDArray.reshape needs a compact array, numpy's copies
+        rows = xp.reshape(windows, (N * H_out * W_out, kernel_h * kernel_w * a.shape[3]))   # the one copy
+        product = xp.transpose(rows, (1, 0)) @ xp.reshape(g, (N * H_out * W_out, c_out))
+        return xp.reshape(product, (kernel_h, kernel_w, a.shape[3], c_out))
 
     def gradient(self, out_grad, node):
         a, g = node.inputs

@@ -6,7 +6,8 @@ Docs: https://needle-nb.github.io/needle-nb/optim.html.md"""
 
 # %% ../nbs/05_optim.ipynb #539e0c73
 from __future__ import annotations
-import math
+import math, numbers, operator
+from collections.abc import Mapping
 from typing import Iterable, Union
 import numpy as np
 from .backend import array_module, to_host
@@ -29,13 +30,52 @@ class Optimizer:
     hyperparameters: tuple = ()
     state_names: tuple = ()
     counters: tuple = ()
+    # hyperparameter -> (lowest allowed value, bound above, whether the bound itself is allowed)
+    ranges: dict = {}
 
     def __init__(self, params: Iterable[Tensor]):
+        name = type(self).__name__
+        if isinstance(params, Tensor):   # its rows would be optimized as detached slices: the weight never moves
+            raise TypeError(f"{name}: params must be an iterable of tensors, got a single Tensor of shape "
+                            f"{params.shape}; pass [tensor] or model.parameters()")
         self.params = list(params)
+        if not self.params: raise ValueError(f"{name}: got an empty parameter list")
+        seen = {}
         for i, p in enumerate(self.params):
             if not isinstance(p, Tensor):
-                raise TypeError(f"{type(self).__name__}: parameter {i} is a {type(p).__name__}, not a Tensor")
+                raise TypeError(f"{name}: parameter {i} is a {type(p).__name__}, not a Tensor")
+            if p.dtype.kind != "f":
+                raise TypeError(f"{name}: parameter {i} has dtype {p.dtype}; only floating tensors can be optimized")
+            if id(p) in seen: raise ValueError(f"{name}: parameter {i} is parameter {seen[id(p)]} again")
+            seen[id(p)] = i
         self.state: dict = {}   # parameter index -> {state name -> array on the parameter's device}
+
+    def __setattr__(self, name, value):
+        # a hyperparameter is checked when it is set (constructor, scheduler, user, load_state_dict), so
+        # that `step()` never meets a bad one and needs no check of its own
+        if name in self.ranges: self._check_hyperparameters({name: value})
+        object.__setattr__(self, name, value)
+
+    def _check_hyperparameters(self, values: dict):
+        "A `ValueError` naming the first of `values` (name -> value) outside its range in `ranges`."
+        for key, value in values.items():
+            if key not in self.ranges: continue
+            low, high, high_allowed = self.ranges[key]
+            if type(value) is not float and type(value) is not int and not isinstance(value, numbers.Real):
+                raise TypeError(f"{type(self).__name__}: {key} must be a number, got {value!r}")
+            if not (low <= value and (value <= high if high_allowed else value < high)):
+                raise ValueError(f"{type(self).__name__}: {key} must lie in [{low}, {high}{']' if high_allowed else ')'}, "
+                                 f"got {value!r}")
+
+    def _check_step(self):
+        "Each gradient's shape and device, checked before the first parameter changes."
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            if grad is None: continue
+            g, w = grad.cached_data, p.cached_data
+            if g.shape != w.shape or type(g) is not type(w):
+                raise ValueError(f"{type(self).__name__}.step: parameter {i} has shape {w.shape} on {p.device!r} "
+                                 f"but its gradient has shape {g.shape} on {grad.device!r}; nothing was updated")
 
     def step(self):
         "Update every parameter that has a gradient."
@@ -80,13 +120,15 @@ class SGD(Optimizer):
     """
     hyperparameters = ("lr", "momentum", "weight_decay")
     state_names = ("momentum_buffer",)
+    ranges = {"lr": (0, math.inf, False), "momentum": (0, 1, False), "weight_decay": (0, math.inf, False)}
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params)
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay   # each checked as it is set
 
     def step(self):
         "Apply one update to every parameter whose `.grad` is not `None`."
+        self._check_step()
         lr, momentum, weight_decay = float(self.lr), float(self.momentum), float(self.weight_decay)
         for i, p in enumerate(self.params):
             if p.grad is None: continue
@@ -124,6 +166,9 @@ class Adam(Optimizer):
     hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay")
     state_names = ("exp_avg", "exp_avg_sq")
     counters = ("t",)
+    # beta2 = 1 would divide by 1 - beta2^t = 0: every parameter would become nan
+    ranges = {"lr": (0, math.inf, False), "beta1": (0, 1, False), "beta2": (0, 1, False),
+              "eps": (0, math.inf, False), "weight_decay": (0, math.inf, False)}
 
     def __init__(self, params, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, weight_decay: float = 0.0):
@@ -133,6 +178,7 @@ class Adam(Optimizer):
 
     def step(self):
         "Count one step, then update every parameter whose `.grad` is not `None`."
+        self._check_step()
         self.t += 1
         lr, beta1, beta2 = float(self.lr), float(self.beta1), float(self.beta2)
         eps, weight_decay = float(self.eps), float(self.weight_decay)
@@ -179,6 +225,8 @@ def _load_state_dict(self, state_dict: dict):
     Raises `KeyError` for missing or unexpected keys and `ValueError` for a state array whose shape
     differs from its parameter's; nothing is changed when it raises.
     """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict, got {type(state_dict).__name__}")
     scalars = self.hyperparameters + self.counters
     missing = [k for k in scalars if k not in state_dict]
     unexpected = [k for k in state_dict if k not in scalars and not k.startswith("state.")]
@@ -202,6 +250,13 @@ def _load_state_dict(self, state_dict: dict):
             raise ValueError(f"{type(self).__name__}.load_state_dict: {key!r} has shape {array.shape}, "
                              f"parameter {i} has shape {p.shape}")
         new_state.setdefault(i, {})[name] = p.device.array(array, dtype=p.dtype)
+    for i, state in new_state.items():   # a partial state would update parameter i, then fail at the next one
+        if len(state) != len(self.state_names):
+            raise KeyError(f"{type(self).__name__}.load_state_dict: parameter {i} has state {sorted(state)}, "
+                           f"expected all of {sorted(self.state_names)}")
+    self._check_hyperparameters(new_scalars)
+    if any(new_scalars[name] < 0 for name in self.counters):
+        raise ValueError(f"{type(self).__name__}.load_state_dict: negative step counter in {new_scalars}")
     for name, value in new_scalars.items(): setattr(self, name, value)
     self.state = new_state
 
@@ -269,13 +324,24 @@ class LRScheduler:
         return {k: (v[0] if k in ("base_lrs", "_last_lr") else v) for k, v in vars(self).items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict):
-        "Restore what `state_dict()` returned."
+        "Restore what `state_dict()` returned; every key is checked before any attribute changes."
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict, got {type(state_dict).__name__}")
+        updates = {}
         for k, v in state_dict.items():
             if k not in vars(self) or k == "optimizer":
                 raise KeyError(f"{type(self).__name__}.load_state_dict: unexpected key {k!r}")
             old = getattr(self, k)
             v = v.item() if hasattr(v, "item") else v
-            setattr(self, k, [float(v)] if isinstance(old, list) else type(old)(v))
+            updates[k] = [float(v)] if isinstance(old, list) else type(old)(v)
+        for k, v in updates.items(): setattr(self, k, v)
+
+def _positive_int(value, owner: str, name: str) -> int:
+    "`value` as an int when it is an integer >= 1, else an error naming it (0 epochs would divide by zero)."
+    try: value = operator.index(value)
+    except TypeError: raise TypeError(f"{owner}: {name} must be an integer, got {value!r}") from None
+    if value < 1: raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+    return value
 
 class StepLR(LRScheduler):
     """Multiply the learning rate by `gamma` every `step_size` epochs.
@@ -286,7 +352,7 @@ class StepLR(LRScheduler):
         gamma: the decay factor.
     """
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size, self.gamma = _positive_int(step_size, "StepLR", "step_size"), float(gamma)
         super().__init__(optimizer)
 
     def get_lr(self) -> float:
@@ -303,7 +369,7 @@ class CosineAnnealingLR(LRScheduler):
         eta_min: the smallest learning rate.
     """
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
-        self.T_max, self.eta_min = int(T_max), float(eta_min)
+        self.T_max, self.eta_min = _positive_int(T_max, "CosineAnnealingLR", "T_max"), float(eta_min)
         super().__init__(optimizer)
 
     def get_lr(self) -> float:

@@ -46,6 +46,27 @@ def test_nd_backend_puts_every_tensor_on_an_ndarray():
     assert out.stdout.strip() == "ok", out.stderr
 
 
+def test_device_strings_name_the_current_backends_devices():
+    "PyTorch's device strings mean needle's NDArray devices under nd, and ours under np."
+    out = run("""
+        import needle_nb as ndl, needle_nb.backend_ndarray as nd
+        from needle_nb.backend import resolve_device
+        assert resolve_device("cpu") is nd.cpu() and resolve_device("cuda") is nd.cuda()
+        assert resolve_device(nd.cpu_numpy()) is nd.cpu_numpy()
+        t = ndl.Tensor([1.0, 2.0], device="cpu")
+        assert t.device is nd.cpu() and isinstance(t.cached_data, nd.NDArray)
+        print("ok")
+    """, "nd")
+    assert out.stdout.strip() == "ok", out.stderr
+    out = run("""
+        import needle_nb as ndl
+        from needle_nb.backend import resolve_device, cpu
+        assert resolve_device("cpu") is cpu() and type(ndl.Tensor([1.0], device="cpu").cached_data).__module__ == "numpy"
+        print("ok")
+    """, "np")
+    assert out.stdout.strip() == "ok", out.stderr
+
+
 def test_np_backend_changes_nothing():
     out = run("""
         import numpy as np, needle_nb as ndl, needle_nb.backend as backend

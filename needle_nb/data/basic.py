@@ -6,10 +6,10 @@ Docs: https://needle-nb.github.io/needle-nb/data.html.md"""
 
 # %% ../../nbs/06_data.ipynb #e9f37ec7
 from __future__ import annotations
-import gzip, struct
+import gzip, struct, zlib
 from typing import List, Optional
 import numpy as np
-from ..backend import Device, default_device
+from ..backend import Device, default_device, resolve_device
 from ..autograd import Tensor
 
 # %% auto #0
@@ -22,6 +22,10 @@ class Transform:
     def __call__(self, x): raise NotImplementedError()
 
 # %% ../../nbs/06_data.ipynb #6d1fcfe1
+def _check_image(img, name: str):
+    if getattr(img, "ndim", None) != 3:
+        raise ValueError(f"{name}: expects an (H, W, C) image, got shape {getattr(img, 'shape', type(img).__name__)}")
+
 class RandomFlipHorizontal(Transform):
     """Flip an `(H, W, C)` image left to right with probability `p`.
 
@@ -30,9 +34,12 @@ class RandomFlipHorizontal(Transform):
     Args:
         p: the probability of flipping.
     """
-    def __init__(self, p: float = 0.5): self.p = p
+    def __init__(self, p: float = 0.5):
+        if not 0 <= p <= 1: raise ValueError(f"RandomFlipHorizontal: p must lie in [0, 1], got {p!r}")
+        self.p = p
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
+        _check_image(img, "RandomFlipHorizontal")   # before the draw: a bad image leaves the RNG where it was
         flip_img = np.random.rand() < self.p
         return img[:, ::-1, :] if flip_img else img
 
@@ -47,9 +54,13 @@ class RandomCrop(Transform):
     Args:
         padding: the largest shift, in pixels.
     """
-    def __init__(self, padding: int = 3): self.padding = padding
+    def __init__(self, padding: int = 3):
+        if not isinstance(padding, (int, np.integer)) or isinstance(padding, bool) or padding < 0:
+            raise ValueError(f"RandomCrop: padding must be an integer >= 0, got {padding!r}")
+        self.padding = padding
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
+        _check_image(img, "RandomCrop")
         shift_x, shift_y = np.random.randint(low=-self.padding, high=self.padding + 1, size=2)
         H, W, pad = img.shape[0], img.shape[1], self.padding
         padded = np.pad(img, ((pad, pad), (pad, pad)) + ((0, 0),) * (img.ndim - 2))
@@ -115,29 +126,48 @@ class DataLoader:
     """
     def __init__(self, dataset: Dataset, batch_size: Optional[int] = 1, shuffle: bool = False,
                  device: Optional[Device] = None):
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
+        try: len(dataset)
+        except TypeError: raise TypeError(f"DataLoader: the dataset must have a length, got {type(dataset).__name__}") from None
         self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
-        self.device = default_device() if device is None else device
+        self.device = resolve_device(device)
+        self._iterator = None
         if not self.shuffle: self.ordering = self._split(np.arange(len(dataset)))
 
     def _split(self, indices: np.ndarray) -> list:
         if len(indices) == 0: return []
         return np.array_split(indices, range(self.batch_size, len(indices), self.batch_size))
 
-    def __iter__(self):
+    def __iter__(self) -> "_LoaderIterator":
+        "A new pass over the batches, with its own position: nested loops over one loader give all pairs."
+        # exactly one permutation per epoch, drawn here (needle's draw order)
         if self.shuffle: self.ordering = self._split(np.random.permutation(len(self.dataset)))
-        self.batch_idx = 0
-        return self
+        self._iterator = _LoaderIterator(self, self.ordering)
+        return self._iterator
 
     def __next__(self) -> tuple:
-        if self.batch_idx >= len(self.ordering): raise StopIteration
-        batch = self.dataset[self.ordering[self.batch_idx]]
-        self.batch_idx += 1
+        "needle's style, `iter(loader)` then `next(loader)`: the next batch of the latest `iter()`."
+        if self._iterator is None:
+            raise TypeError("DataLoader: call iter(loader) before next(loader) (a for loop does it for you)")
+        return next(self._iterator)
+
+    def _batch(self, indices) -> tuple:
+        batch = self.dataset[indices]
         if not isinstance(batch, (tuple, list)): batch = (batch,)
         return tuple(_as_batch_tensor(x, self.device) for x in batch)
 
     def __len__(self) -> int: return -(-len(self.dataset) // self.batch_size)
+
+class _LoaderIterator:
+    "One pass over a `DataLoader`'s batches in a fixed order, with its own position."
+    def __init__(self, loader: DataLoader, ordering: list): self.loader, self.ordering, self.batch_idx = loader, ordering, 0
+    def __iter__(self): return self
+    def __next__(self) -> tuple:
+        if self.batch_idx >= len(self.ordering): raise StopIteration
+        indices = self.ordering[self.batch_idx]
+        self.batch_idx += 1
+        return self.loader._batch(indices)
 
 # %% ../../nbs/06_data.ipynb #5ac7d32c
 def _open_maybe_gzip(filename):
@@ -147,15 +177,17 @@ def _open_maybe_gzip(filename):
 
 def _read_idx(filename, magic: int, header_ints: int):
     "The header integers (after the magic number) and the payload bytes of an IDX file."
-    with _open_maybe_gzip(filename) as f:
-        header = f.read(4 * header_ints)
-        found_magic = struct.unpack(">I", header[:4])[0] if len(header) >= 4 else None
-        if found_magic != magic:
-            raise ValueError(f"{filename}: magic number {found_magic}, expected {magic} "
-                             f"({'images' if magic == 2051 else 'labels'} IDX file)")
-        if len(header) < 4 * header_ints:
-            raise ValueError(f"{filename}: too short for an IDX header ({len(header)} bytes)")
-        return struct.unpack(f">{header_ints}I", header)[1:], f.read()
+    try:
+        with _open_maybe_gzip(filename) as f: header, payload = f.read(4 * header_ints), f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:   # a truncated or damaged download
+        raise ValueError(f"{filename}: cannot read the IDX file (truncated or corrupt gzip): {e}") from e
+    found_magic = struct.unpack(">I", header[:4])[0] if len(header) >= 4 else None
+    if found_magic != magic:
+        raise ValueError(f"{filename}: magic number {found_magic}, expected {magic} "
+                         f"({'images' if magic == 2051 else 'labels'} IDX file)")
+    if len(header) < 4 * header_ints:
+        raise ValueError(f"{filename}: too short for an IDX header ({len(header)} bytes)")
+    return struct.unpack(f">{header_ints}I", header)[1:], payload
 
 def _parse_idx_pair(image_filename, label_filename):
     "Images `(count, rows * columns)` float32 in [0, 1], labels uint8, and the image shape `(rows, columns)`."

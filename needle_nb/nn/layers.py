@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/nn_layers.html.md"""
 
 # %% ../../nbs/04a_nn_layers.ipynb #279c8a46
 from __future__ import annotations
-import math
+import math, numbers, warnings
 from collections import OrderedDict
 from typing import Iterable, Optional, Sequence, Union
 import numpy as np
@@ -51,6 +51,8 @@ class LeakyReLU(Module):
     "PyTorch's LeakyReLU: $x$ for $x > 0$, `negative_slope`$\\cdot x$ otherwise."
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
+            raise TypeError(f"LeakyReLU: negative_slope must be a number, got {negative_slope!r}")
         self.negative_slope = negative_slope
     def extra_repr(self): return f"negative_slope={self.negative_slope}"
     def forward(self, x: Tensor) -> Tensor: return LeakyReLUOp(self.negative_slope)(x)
@@ -112,7 +114,9 @@ class Linear(Module):
         params = self._parameters
         out = X @ params["weight"]
         bias = params["bias"]
-        return out if bias is None else out + bias
+        if bias is None: return out
+        # one input row (PyTorch's 1-D input) gives one output row: (out,), not a broadcast (1, out)
+        return out + bias if out.ndim != 1 else out + bias.reshape((self.out_features,))
 
 # %% ../../nbs/04a_nn_layers.ipynb #ac655637
 class ModuleTuple(tuple):
@@ -254,6 +258,8 @@ class BatchNorm1d(Module):
     """
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype="float32"):
         super().__init__()
+        if not eps >= 0: raise ValueError(f"{type(self).__name__}: eps must be >= 0, got {eps!r}")
+        if not 0 <= momentum <= 1: raise ValueError(f"{type(self).__name__}: momentum must lie in [0, 1], got {momentum!r}")
         self.dim, self.eps, self.momentum = dim, eps, momentum
         self.weight = Parameter(init.ones(dim, device=device, dtype=dtype))
         self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype))
@@ -267,6 +273,12 @@ class BatchNorm1d(Module):
             raise ValueError(f"BatchNorm1d({self.dim}) expects input of shape (B, {self.dim}), got {x.shape}")
         if self.training:
             batch = x.shape[0]
+            # checked before the running statistics move: an empty batch would make them nan
+            if batch == 0:
+                raise ValueError(f"BatchNorm1d({self.dim}): cannot normalize an empty batch (batch size 0)")
+            if batch == 1:   # needle normalizes anyway (PyTorch raises): a loader's last batch can hold one row
+                warnings.warn(f"BatchNorm1d({self.dim}): a training batch of size 1 has zero variance; the output "
+                              "is the bias and the running variance moves toward 0", stacklevel=2)
             mean = x.sum((0,)) / batch
             centered = x - mean
             var = (centered * centered).sum((0,)) / batch
@@ -293,6 +305,7 @@ class LayerNorm(Module):
                  device=None, dtype="float32"):
         super().__init__()
         if isinstance(normalized_shape, int): normalized_shape = (normalized_shape,)
+        if not eps >= 0: raise ValueError(f"{type(self).__name__}: eps must be >= 0, got {eps!r}")
         self.normalized_shape, self.eps = tuple(normalized_shape), eps
         self.elementwise_affine = elementwise_affine
         if elementwise_affine:
@@ -340,7 +353,12 @@ class Embedding(Module):
     def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}"
     def forward(self, indices) -> Tensor:
         idx = indices.realize_cached_data() if isinstance(indices, Tensor) else self.weight.device.array(indices)
-        if idx.dtype.kind != "i" and idx.dtype.kind != "u": idx = idx.astype(np.int64)
+        if idx.dtype.kind != "i" and idx.dtype.kind != "u":
+            # needle carries word ids as float32: the dtype is fine, a fractional value is not
+            if idx.dtype.kind == "f" and idx.size and bool((idx != array_module(idx).floor(idx)).any()):
+                raise ValueError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): indices must be whole "
+                                 f"numbers, got {idx[idx != array_module(idx).floor(idx)][:3].tolist()}")
+            idx = idx.astype(np.int64)
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
             raise IndexError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): indices must lie in "
                              f"[0, {self.num_embeddings}), got min {int(idx.min())} and max {int(idx.max())}")

@@ -6,12 +6,14 @@ Docs: https://needle-nb.github.io/needle-nb/nn_module.html.md"""
 
 # %% ../../nbs/04_nn_module.ipynb #f8abc855
 from __future__ import annotations
-import os, tempfile, zipfile
+import os, stat, tempfile, zipfile
+from collections.abc import Mapping
+from urllib.parse import quote, unquote
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 import numpy as np
 from fastcore.basics import patch
-from ..backend import Device, cpu, default_device, to_host
+from ..backend import Device, cpu, default_device, to_host, resolve_device
 from ..autograd import Tensor
 
 # %% auto #0
@@ -93,6 +95,8 @@ class Module:
     def _check_name(self, name, kind: str):
         if not isinstance(name, str): raise TypeError(f"{kind} name must be a str, got {type(name).__name__}")
         if name == "" or "." in name: raise KeyError(f'{kind} name can\'t be empty or contain ".", got {name!r}')
+        if name in _INTERNAL:   # `m._parameters = Parameter(...)` would otherwise replace the registry itself
+            raise KeyError(f"{name!r} is Module's own bookkeeping and cannot be a {kind} name")
         if hasattr(type(self), name) and name not in self.__dict__.get(f"_{kind}s", {}):
             raise KeyError(f"attribute {name!r} already exists on {type(self).__name__}")
 
@@ -312,7 +316,17 @@ def to(self: Module, device: Optional[Device] = None, dtype=None) -> Module:
         device: the target device (`ndl.cpu()`, `ndl.cuda()`), or None to stay.
         dtype: cast floating-point parameters and buffers to this dtype, or None to keep theirs.
     """
-    if isinstance(device, (str, np.dtype, type)) and not isinstance(device, Device): device, dtype = None, device
+    if isinstance(device, (str, np.dtype, type)) and not isinstance(device, Device):
+        try: device = resolve_device(device)             # "cpu", "cuda:1": PyTorch's spelling of a device
+        except ValueError: device, dtype = None, device  # else a dtype, as `model.to("float64")`
+    elif device is not None: device = resolve_device(device)
+    # everything is checked before the first tensor moves: a failing call changes nothing
+    if dtype is not None:
+        try: dtype = np.dtype(dtype)
+        except TypeError: raise TypeError(f"Module.to: {dtype!r} is neither a device nor a dtype") from None
+        if dtype.kind != "f":
+            raise TypeError(f"Module.to: can only cast to a floating dtype, got {dtype} (casting weights to "
+                            "integers would destroy them)")
     if device is not None and not device.enabled():
         device.array(np.zeros(0))   # raises DeviceUnavailableError, naming what is missing
     for tensor in Module.parameters(self) + Module.buffers(self): _move(tensor, device, dtype)
@@ -378,6 +392,8 @@ def load_state_dict(self: Module, state_dict: dict, strict: bool = True) -> Inco
     Raises:
         RuntimeError: listing every problem; the module is then left unchanged.
     """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"load_state_dict: expected a dict of name -> tensor, got {type(state_dict).__name__}")
     own = self.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -403,6 +419,11 @@ def load_state_dict(self: Module, state_dict: dict, strict: bool = True) -> Inco
 
 # %% ../../nbs/04_nn_module.ipynb #7eb2b9c0
 def _checkpoint_arrays(state_dict: dict) -> "OrderedDict[str, np.ndarray]":
+    if isinstance(state_dict, Module):
+        raise TypeError("save: pass the module's state, save(model.state_dict(), path); "
+                        "a whole Module is not saved (PyTorch pickles it, needle_nb writes only arrays)")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"save: expected a dict of name -> tensor, got {type(state_dict).__name__}")
     arrays = OrderedDict()
     for key, value in state_dict.items():
         if not isinstance(key, str) or not key:
@@ -413,6 +434,17 @@ def _checkpoint_arrays(state_dict: dict) -> "OrderedDict[str, np.ndarray]":
         arrays[key] = array
     return arrays
 
+def _member_name(key: str) -> str:
+    "The archive member of `key`: percent-escaped (`/`, `%`, ...), then `.npy`; distinct keys never collide."
+    return quote(key, safe="") + ".npy"
+
+def _key_of(member: str) -> str: return unquote(member[:-len(".npy")])
+
+def _new_file_mode() -> int:
+    "The mode `open()` gives a new file: 0o666 less the process umask (read without changing it for long)."
+    umask = os.umask(0o022); os.umask(umask)
+    return 0o666 & ~umask
+
 def save(state_dict: dict, path) -> None:
     """Write `state_dict` (name → Tensor or array) to the `.npz` file `path`, atomically.
 
@@ -422,15 +454,19 @@ def save(state_dict: dict, path) -> None:
     Example:
         >>> save(model.state_dict(), "model.npz")   # doctest: +SKIP
     """
-    path = os.fspath(path)
     arrays = _checkpoint_arrays(state_dict)
-    folder = os.path.dirname(os.path.abspath(path))
+    # through a symlink, the file it points to is replaced (the link stays); an old file keeps its mode
+    path = os.path.realpath(os.fspath(path))
+    folder = os.path.dirname(path)
+    try: mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError: mode = _new_file_mode()
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                 for key, array in arrays.items():
-                    with archive.open(key + ".npy", "w", force_zip64=True) as member:
+                    with archive.open(_member_name(key), "w", force_zip64=True) as member:
                         np.lib.format.write_array(member, array, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
@@ -449,12 +485,14 @@ def load(path, device: Optional[Device] = None) -> "OrderedDict[str, Tensor]":
     """
     path = os.fspath(path)
     if not os.path.exists(path): raise FileNotFoundError(f"no checkpoint file {path!r}")
-    device = default_device() if device is None else device
+    device = resolve_device(device)
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"a single {type(archive).__name__}, not an .npz archive of named arrays")
-        with archive: arrays = OrderedDict((key, archive[key]) for key in archive.files)
+        # read member by member: numpy's NpzFile would find "a.npy" under the key "a" as well
+        arrays = OrderedDict()
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"): raise ValueError(f"member {member!r} is not an .npy array")
+                with archive.open(member) as f: arrays[_key_of(member)] = np.lib.format.read_array(f, allow_pickle=False)
     except Exception as e:   # zipfile, zlib, numpy's format reader: each fails in its own way on a bad file
         if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)): raise
         raise ValueError(f"{path!r} is not a needle_nb checkpoint (.npz of arrays): {type(e).__name__}: {e}") from e

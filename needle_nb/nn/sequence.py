@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/nn_sequence.html.md"""
 
 # %% ../../nbs/04d_nn_sequence.ipynb #72c5c8e5
 from __future__ import annotations
-import math, types
+import math, numbers, types
 from typing import Optional
 import numpy as np
 from ..autograd import Tensor, TensorTupleOp, no_grad
@@ -21,6 +21,12 @@ __all__ = ['RNNCell', 'LSTMCell', 'RNNLayerOp', 'LSTMLayerOp', 'RNN', 'LSTM', 'h
 def _uniform_parameter(*shape, bound: float, device, dtype) -> Parameter:
     "One draw of $U(-bound, bound)$ of `shape` from numpy's global RNG (needle's `init.rand`)."
     return Parameter(init.rand(*shape, low=-bound, high=bound, device=device, dtype=dtype))
+
+def _check_size(owner: str, **sizes):
+    "A `ValueError` naming the first of `sizes` that is not an integer >= 1 (a hidden size of 0 divides by zero)."
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{owner}: {key} must be an integer >= 1, got {value!r}")
 
 def _check_input(name: str, X: Tensor, ndim: int, features: int):
     if X.ndim != ndim or X.shape[-1] != features:
@@ -48,6 +54,7 @@ class RNNCell(Module):
         super().__init__()
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        _check_size("RNNCell", input_size=input_size, hidden_size=hidden_size)
         self.input_size, self.hidden_size, self.nonlinearity = input_size, hidden_size, nonlinearity
         bound = math.sqrt(1 / hidden_size)
         self.W_ih = _uniform_parameter(input_size, hidden_size, bound=bound, device=device, dtype=dtype)
@@ -86,6 +93,7 @@ class LSTMCell(Module):
     """
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype="float32"):
         super().__init__()
+        _check_size("LSTMCell", input_size=input_size, hidden_size=hidden_size)
         self.input_size, self.hidden_size = input_size, hidden_size
         bound = math.sqrt(1 / hidden_size)
         self.W_ih = _uniform_parameter(input_size, 4 * hidden_size, bound=bound, device=device, dtype=dtype)
@@ -263,7 +271,7 @@ class RNN(Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype="float32"):
         super().__init__()
-        if num_layers < 1: raise ValueError(f"RNN: num_layers must be at least 1, got {num_layers}")
+        _check_size("RNN", num_layers=num_layers)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.rnn_cells = [RNNCell(input_size if l == 0 else hidden_size, hidden_size, bias, nonlinearity,
                                   device=device, dtype=dtype) for l in range(num_layers)]
@@ -294,7 +302,7 @@ class LSTM(Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  device=None, dtype="float32"):
         super().__init__()
-        if num_layers < 1: raise ValueError(f"LSTM: num_layers must be at least 1, got {num_layers}")
+        _check_size("LSTM", num_layers=num_layers)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.lstm_cells = [LSTMCell(input_size if l == 0 else hidden_size, hidden_size, bias,
                                     device=device, dtype=dtype) for l in range(num_layers)]
