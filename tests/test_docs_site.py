@@ -271,7 +271,13 @@ def test_show_doc_sections_read_well(pages):
         if re.search(r'(->|:)"?\'[\w.]+', page['code']) and re.search(r'(->|:)"\'', page['code']):
             bad.append(f'{name}: a quoted annotation')
         if page['hidden_code']: bad.append(f'{name}: {page["hidden_code"]} code blocks scroll sideways')
+        if any(link.endswith('#LNone') for link in page['links']): bad.append(f'{name}: a source link to no line')
     assert not bad, '\n'.join(bad)
+
+
+def test_classes_without_arguments_show_none(pages):
+    "A class without its own `__init__` takes no arguments; nbdev showed object's `*args, **kwargs`."
+    assert 'def CPUDevice():' in pages[api_page('backend')]['code']
 
 
 def test_show_doc_sections_in_source_order(pages):

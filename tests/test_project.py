@@ -155,3 +155,19 @@ def test_ci_executes_each_notebook_once():
     assert sum('tools/build_site.py' in l for l in script) == 1
     build = (ROOT/'tools'/'build_site.py').read_text()
     assert build.count("tool('nbdev-test')") == 1 and "'--save'" in build
+
+
+def test_plain_nbdev_export_indexes_every_notebook(tmp_path):
+    """`[tool.nbdev] export_procs` loads needle_nb_nbdev, whose import makes nbdev's `_get_modidx` skip only
+    its own `auto` cell, not every notebook whose path contains "auto" (01_autograd)."""
+    import nbdev.doclinks
+    from nbdev.config import import_obj
+    cfg = tomllib.loads((ROOT/'pyproject.toml').read_text())['tool']['nbdev']
+    assert cfg['export_procs'] == ['needle_nb_nbdev:index_every_notebook']
+    import_obj(cfg['export_procs'][0])   # what nbdev-export does first
+    (tmp_path/'nbs').mkdir(); (tmp_path/'pkg').mkdir()
+    (tmp_path/'pkg'/'mod.py').write_text("# %% auto #0\n__all__ = ['f', 'g']\n\n"
+                                         "# %% ../nbs/01_autograd.ipynb #abc\ndef f(): pass\n\n"
+                                         "# %% ../nbs/02_autoencoder.ipynb #def\ndef g(): pass\n")
+    idx = nbdev.doclinks._get_modidx(tmp_path/'pkg'/'mod.py', tmp_path, tmp_path/'nbs')
+    assert set(idx['pkg.mod']) == {'pkg.mod.f', 'pkg.mod.g'}, idx

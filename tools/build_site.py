@@ -84,11 +84,28 @@ def api_modules(chapters):
         for sym in syms:
             owner, _, member = sym[len(mod)+1:].partition('.')
             if not member or '.' in member or member in SKIP_MEMBERS or not _documented_member(member): continue
+            if member.startswith('__') and not getattr(getattr(getattr(module, owner, None), member, None), '__doc__', None):
+                continue  # a protocol method (`__enter__`) with nothing to say of its own
             if owner in names: members.setdefault(owner, []).append(member)
             elif not owner.startswith('_') and hasattr(module, owner): patched.setdefault(owner, []).append(member)
         if names or patched: out.append((mod, names, members, patched))
     # chapter order: the notebook each module is exported from (modules nbdev knows no notebook of, last)
     return sorted(out, key=lambda m: (chapters.get(m[0].split('.', 1)[1], ('~', ''))[0], m[0]))
+
+
+def bare_classes():
+    "Names of the package's classes that take no arguments (nbdev shows them with object's `*args, **kwargs`)."
+    import importlib, inspect
+    import needle_nb._modidx as modidx
+    out = set()
+    for mod in modidx.d['syms']:
+        module = importlib.import_module(mod)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and obj.__module__ == mod:
+                try: params = inspect.signature(obj).parameters
+                except (TypeError, ValueError): continue
+                if not params: out.add(name)
+    return frozenset(out)
 
 
 SKIP_MEMBERS = {'__init__', '__repr__', '__str__', '__hash__', '__len__', '__array__', '__iter__',
@@ -196,11 +213,12 @@ def build_offline(n_workers=None, flags=None):
     links.update({f'({n})': f'({names[n]}.html)' for n in names})  # author links to other notebooks
     links.update({f'({n}#': f'({names[n]}.html#' for n in names})
     api = {p if isinstance(p, str) else next(iter(p.values())) for p in api_nav}
+    bare = bare_classes()
     # home first, chapters in notebook order, the API reference last (as the test expects)
     for n in sorted(procd, key=lambda n: (n != 'index.ipynb', n in api, n)):
         nb = procd[n]
         title = nbpages.front_matter(nb).get('title', names[n])
-        out = nbpages.fix_notebook(nb, links)
+        out = nbpages.fix_notebook(nb, links, bare)
         nbformat.write(out, docs/f'{names[n]}.ipynb')
         if n not in api: pages.append({title: f'{names[n]}.ipynb'})
     pages.append({'API reference': [f'{names[API_NB]}.ipynb'] + [

@@ -109,14 +109,40 @@ def _docstring_md(text):
     return re.sub(r'\n{3,}', '\n\n', '\n'.join(out))
 
 
-def fix_show_doc(md):
+def fix_show_doc(md, bare=frozenset()):
     """A `show_doc` section as a reader should see it: a heading whose dunders stay dunders, a
-    signature without quoted annotations, and the docstring's examples and sections formatted."""
+    signature without quoted annotations, and the docstring's examples and sections formatted.
+    `bare`: names of classes that take no arguments (nbdev shows them `(*args, **kwargs)`)."""
+    md = _bare_class_signature(_class_lines(md), bare)
     md = re.sub(r'^(#{2,4}) (.*)$', lambda m: m.group(1) + ' ' + re.sub(r'(?<!\\)_', r'\\_', m.group(2)) if '__' in m.group(2) else m.group(0),
                 md, count=1, flags=re.MULTILINE)
     md = _re_sig.sub(_sig_annotations, md, count=1)
     head, sep, doc = md.partition('\n```\n')
     return head + sep + _docstring_md(doc) if sep else md
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+_re_no_line = re.compile(r'(/blob/[^/\s"]+/(\S+?\.py))#LNone')
+
+
+def _class_lines(md):
+    """nbdev finds no line for a class (`...backend.py#LNone`): look its definition up in the source,
+    so the source link points at it and the section can be put in source order."""
+    name = show_doc_name(md)
+    def sub(m):
+        path = _ROOT/m.group(2)
+        if name and path.exists():
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if re.match(rf'class {re.escape(name.split(".")[-1])}\b', line): return f'{m.group(1)}#L{i}'
+        return m.group(1)
+    return _re_no_line.sub(sub, md)
+
+
+def _bare_class_signature(md, bare):
+    # a class without its own `__init__` shows object's `(*args, **kwargs)`; it takes no arguments
+    name = show_doc_name(md)
+    if name not in bare: return md
+    return re.sub(r'```python\ndef (\w+)\(\n\s*\*args, \*\*kwargs\n\):\n```', r'```python\ndef \1():\n```', md, count=1)
 
 
 def show_doc_name(md):
@@ -159,10 +185,11 @@ def _source_order(cells):
     return out
 
 
-def fix_notebook(nb, links=None):
+def fix_notebook(nb, links=None, bare=frozenset()):
     """Make a `proc_nbs` notebook render without Quarto; returns a new notebook.
 
-    `links` maps URL prefixes/targets to their replacement (e.g. the published site's URL to '').
+    `links` maps URL prefixes/targets to their replacement (e.g. the published site's URL to '');
+    `bare`: names of classes that take no arguments (see `fix_show_doc`).
     """
     links = links or {}
     fm = front_matter(nb)
@@ -187,7 +214,8 @@ def fix_notebook(nb, links=None):
             name = show_doc_name(md) if md else None
             if name and name.startswith('_') and '.' not in name: continue  # a module's `__getattr__`: no API
             if md:
-                new = nbformat.v4.new_markdown_cell(_anchor_headings(fix_markdown(fix_show_doc(md), links)))
+                md = fix_show_doc(md, bare)
+                new = nbformat.v4.new_markdown_cell(_anchor_headings(fix_markdown(md, links)))
                 new.metadata['show_doc'] = source_line(md) or ()
                 cells.append(new)
             continue
