@@ -10,8 +10,10 @@ Where Quarto is installed this runs nbdev's standard `nbdev-docs`. Without Quart
 2. add the API reference: a notebook per module of `needle_nb/_modidx.py`, with a `show_doc` for every
    function and class of its `__all__` and their methods, in chapter order;
 3. `nbdev.serve.proc_nbs`: nbdev's doc processors, exactly what Quarto would be given;
-4. `tools/nbpages.py` turns Quarto-only conventions into what nbconvert renders;
-5. copy MathJax 3 from the `django-static-mathjax` wheel (no npm), then `mkdocs build --strict`.
+4. `tools/nbpages.py` turns Quarto-only conventions into what nbconvert renders, and makes each
+   `show_doc` section read well (examples as code blocks, unquoted annotations, source order);
+5. copy MathJax 3 from the `django-static-mathjax` wheel (no npm), then `mkdocs build --strict`
+   (`tools/mkdocs_hooks.py` writes a search index of plain text, also loadable from disk).
 
 Usage: python tools/build_site.py [--offline] [--n-workers N] [--flags FLAGS]
 """
