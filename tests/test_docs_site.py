@@ -344,13 +344,21 @@ def test_search_finds_an_exported_name(pages, server, browser):
 
 
 def test_screenshot(pages, server, browser, request):
-    "Save a picture of the init page (the home page until that chapter exists) for a human to look at."
-    inits = sorted(NBS.glob('*init*.ipynb'))
-    target = page_of(inits[0]) if inits else 'index.html'
-    browser.get(server + target)
-    browser.execute_async_script(_COLLECT)
+    """Save full-page pictures, at 1400 px, of the initializer pages (the home page until they exist) for a
+    human to look at: every figure's title and legend should be readable there."""
+    targets = [page_of(p) for p in sorted(NBS.glob('*init*.ipynb'))] or ['index.html']
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS/target.replace('.html', '.png')
-    assert browser.save_screenshot(str(path))
-    with request.config.pluginmanager.get_plugin('capturemanager').global_and_fixture_disabled():
-        print(f'\nscreenshot of {target}: {path}')
+    size = browser.get_window_size()
+    try:
+        for target in targets:
+            browser.set_window_size(1400, size['height'])
+            browser.get(server + target)
+            browser.execute_async_script(_COLLECT)
+            height = browser.execute_script('return document.documentElement.scrollHeight')
+            browser.set_window_size(1400, min(height, 16000))
+            path = SCREENSHOTS/target.replace('.html', '.png')
+            assert browser.save_screenshot(str(path))
+            with request.config.pluginmanager.get_plugin('capturemanager').global_and_fixture_disabled():
+                print(f'\nscreenshot of {target} (1400 px wide, whole page): {path}')
+    finally:
+        browser.set_window_size(size['width'], size['height'])
