@@ -18,6 +18,7 @@ PKG = ROOT/'needle_nb'
 # modules before it. Modules of chapters still to come are declared so that they slot in without
 # touching this test; a module missing from this list fails `test_every_module_is_declared`.
 ORDER = [
+    'apps.figures',                                            # 00c_figures (lab: imports no needle_nb module; every plotting chapter uses it)
     'backend', 'backend_ndarray', 'backend_selection',         # 00_backend, 00a_ndarray, 00b_backend_selection
     'autograd',                                                # 01_autograd
     'apps.testing',                                            # 01a_testing (lab: torch comparisons)

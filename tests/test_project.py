@@ -49,16 +49,69 @@ def test_quarto_config_is_what_nbdev_generates(tmp_path):
     assert (ROOT/'nbs'/'styles.css').exists()
 
 
-def test_github_workflows_are_nbdev3s():
-    wf = ROOT/'.github'/'workflows'
-    assert re.search(r'uses:\s*answerdotai/workflows/nbdev3-ci@', (wf/'test.yaml').read_text(), re.I)
-    assert re.search(r'uses:\s*answerdotai/workflows/quarto-ghp3@', (wf/'deploy.yaml').read_text(), re.I)
+def _workflow(name):
+    import yaml
+    return yaml.safe_load((ROOT/'.github'/'workflows'/name).read_text())
+
+
+def _steps(wf):
+    return [step for job in wf['jobs'].values() for step in job.get('steps', [])]
+
+
+def test_github_test_workflow_runs_what_ci_runs():
+    "The test workflow runs tools/test.sh (every check CI runs here), with Chromium for the browser test."
+    steps = _steps(_workflow('test.yaml'))
+    runs = [s.get('run', '') for s in steps]
+    assert any(re.search(r'(^|\s)bash tools/test\.sh\b', r) for r in runs), runs
+    test_step = next(s for s in steps if 'tools/test.sh' in s.get('run', ''))
+    assert str(test_step.get('env', {}).get('CI', '')).lower() == 'true', 'under CI=true a skipped browser test fails'
+    assert any('chromium-driver' in r for r in runs), 'the browser test needs chromium and chromium-driver'
+
+
+def test_github_deploy_workflow_publishes_this_site():
+    "The deploy workflow builds the site with tools/build_site.py and publishes `_docs/`, the folder it writes."
+    wf = _workflow('deploy.yaml')
+    steps = _steps(wf)
+    runs = '\n'.join(s.get('run', '') for s in steps)
+    assert 'tools/build_site.py' in runs and 'pip install -e' in runs, runs
+    upload = [s for s in steps if str(s.get('uses', '')).startswith('actions/upload-pages-artifact@')]
+    assert upload and upload[0].get('with', {}).get('path') == '_docs', upload
+    assert any(str(s.get('uses', '')).startswith('actions/deploy-pages@') for s in steps)
+    build = (ROOT/'tools'/'build_site.py').read_text()
+    assert "SITE = ROOT/'_docs'" in build, 'the workflow publishes _docs/: build_site.py must write there'
+    perms = wf.get('permissions', {})
+    assert perms.get('pages') == 'write' and perms.get('id-token') == 'write', perms
+
+
+def test_license_file_matches_pyproject():
+    license = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['license']
+    assert license == 'Apache-2.0'
+    text = (ROOT/'LICENSE').read_text()
+    assert 'Apache License' in text and 'Version 2.0' in text
+
+
+def test_readme_names_prerequisites_before_the_commands():
+    "Python ≥ 3.10 and the Chromium install command come before the two set-up commands, with how to serve the site."
+    readme = (ROOT/'README.md').read_text()
+    setup = re.search(r'^## Set up\n(.*?)(?=^## |\Z)', readme, re.MULTILINE | re.DOTALL).group(1)
+    first_cmd = setup.index('```sh')
+    assert 'Python 3.10' in setup[:first_cmd], 'name the Python version before the commands'
+    assert 'apt-get install -y chromium chromium-driver' in setup[:first_cmd], 'give the Chromium install command first'
+    assert 'http.server -d _docs' in setup, 'say how to serve the site for search, where the build command is'
+
+
+def test_no_npm_needed():
+    "MathJax comes from PyPI (the docs extra): neither CI nor the site build calls npm."
+    assert 'npm' not in (ROOT/'.ci'/'run').read_text()
+    assert not re.search(r"\bnpm\b['\s]", (ROOT/'tools'/'build_site.py').read_text().replace('no npm', ''))
 
 
 def test_extras_and_ignores():
     extras = tomllib.loads((ROOT/'pyproject.toml').read_text())['project']['optional-dependencies']
     assert extras['torch'] == ['torch==2.13.0'], 'other torch versions pull multi-GB CUDA builds'
-    assert {'mkdocs-jupyter', 'mkdocs-material', 'selenium'} <= {re.split(r'[<>=\[ ]', d)[0] for d in extras['docs']}
+    assert {'mkdocs-jupyter', 'mkdocs-material', 'selenium', 'django-static-mathjax'} <= {
+        re.split(r'[<>=\[ ]', d)[0] for d in extras['docs']}
+    assert 'django-static-mathjax==3.2.2.1' in extras['docs'], 'the MathJax 3.2.2 build the site is tested with'
     ignored = (ROOT/'.gitignore').read_text().split()
     assert {'_docs/', '_build/', '.venv-test/'} <= set(ignored)
 
@@ -102,3 +155,19 @@ def test_ci_executes_each_notebook_once():
     assert sum('tools/build_site.py' in l for l in script) == 1
     build = (ROOT/'tools'/'build_site.py').read_text()
     assert build.count("tool('nbdev-test')") == 1 and "'--save'" in build
+
+
+def test_plain_nbdev_export_indexes_every_notebook(tmp_path):
+    """`[tool.nbdev] export_procs` loads needle_nb_nbdev, whose import makes nbdev's `_get_modidx` skip only
+    its own `auto` cell, not every notebook whose path contains "auto" (01_autograd)."""
+    import nbdev.doclinks
+    from nbdev.config import import_obj
+    cfg = tomllib.loads((ROOT/'pyproject.toml').read_text())['tool']['nbdev']
+    assert cfg['export_procs'] == ['needle_nb_nbdev:index_every_notebook']
+    import_obj(cfg['export_procs'][0])   # what nbdev-export does first
+    (tmp_path/'nbs').mkdir(); (tmp_path/'pkg').mkdir()
+    (tmp_path/'pkg'/'mod.py').write_text("# %% auto #0\n__all__ = ['f', 'g']\n\n"
+                                         "# %% ../nbs/01_autograd.ipynb #abc\ndef f(): pass\n\n"
+                                         "# %% ../nbs/02_autoencoder.ipynb #def\ndef g(): pass\n")
+    idx = nbdev.doclinks._get_modidx(tmp_path/'pkg'/'mod.py', tmp_path, tmp_path/'nbs')
+    assert set(idx['pkg.mod']) == {'pkg.mod.f', 'pkg.mod.g'}, idx

@@ -7,14 +7,17 @@ Where Quarto is installed this runs nbdev's standard `nbdev-docs`. Without Quart
    against the installed package with `nbdev-test --save`, once: this is CI's one execution of the
    notebooks (tools/test.sh runs no other), so plots come from today's code, a failing notebook fails
    the build with the notebook and cell named, and `--flags` / `NEEDLE_NB_FULL` reach it;
-2. add an API reference notebook: one `show_doc` per exported name in `needle_nb/_modidx.py`;
+2. add the API reference: a notebook per module of `needle_nb/_modidx.py`, with a `show_doc` for every
+   function and class of its `__all__` and their methods, in chapter order;
 3. `nbdev.serve.proc_nbs`: nbdev's doc processors, exactly what Quarto would be given;
-4. `tools/nbpages.py` turns Quarto-only conventions into what nbconvert renders;
-5. vendor MathJax 3 from npm (cached in `_build/cache/`), then `mkdocs build --strict`.
+4. `tools/nbpages.py` turns Quarto-only conventions into what nbconvert renders, and makes each
+   `show_doc` section read well (examples as code blocks, unquoted annotations, source order);
+5. copy MathJax 3 from the `django-static-mathjax` wheel (no npm), then `mkdocs build --strict`
+   (`tools/mkdocs_hooks.py` writes a search index of plain text, also loadable from disk).
 
 Usage: python tools/build_site.py [--offline] [--n-workers N] [--flags FLAGS]
 """
-import argparse, os, re, shutil, subprocess, sys, tarfile, time
+import argparse, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 import nbformat, yaml
@@ -24,15 +27,14 @@ sys.path.insert(0, str(ROOT/'tools'))
 import nbpages
 
 BUILD = ROOT/'_build'/'site'
-CACHE = ROOT/'_build'/'cache'
 SITE = ROOT/'_docs'
-MATHJAX = 'mathjax@3.2.2'
-# Only what tex-mml-chtml needs at run time (~3 MB of the 40 MB package).
+MATHJAX_PKG = 'django-static-mathjax==3.2.2.1'  # MathJax 3.2.2 as a dependency-free wheel: no npm
+# Only what tex-mml-chtml needs at run time (~3 MB of the package).
 MATHJAX_PARTS = ['es5/tex-mml-chtml.js', 'es5/output/chtml/fonts/woff-v2', 'es5/input/tex/extensions',
                  'es5/ui', 'es5/a11y', 'es5/adaptors']
 # Never copied into the build: VCS data, virtualenvs, outputs of earlier builds.
 SKIP = re.compile(r'^(\.git|\.venv.*|_build|_docs|_proc|_site|__pycache__|\.ipynb_checkpoints|node_modules|.*\.egg-info)$')
-API_NB = 'api.ipynb'  # the page `api.html`, last in the navigation
+API_NB = 'api.ipynb'  # the API reference's index page `api.html`; its module pages follow it, last in the navigation
 
 
 def tool(name):
@@ -65,50 +67,107 @@ def execute_notebooks(src, n_workers=None, flags=None):
              'Reproduce with: nbdev-test nbs/<notebook>.ipynb')
 
 
-def exported_names():
-    "{module: [public top-level names]} from nbdev's index of the installed package."
+def api_modules(chapters):
+    """[(module, names, members, patched)] for every module of nbdev's index, in chapter order.
+
+    `names`: the functions and classes of the module's `__all__` defined in it; `members`: {class: its
+    public methods and operators in nbdev's index}; `patched`: {class: methods this module adds to a
+    class defined elsewhere with `@patch`} (the `Tensor` operators of `ops`).
+    """
+    import importlib, inspect
     import needle_nb._modidx as modidx
-    res = {}
+    out = []
     for mod, syms in modidx.d['syms'].items():
-        names = [s[len(mod)+1:] for s in syms]
-        res[mod] = {'top': [n for n in names if '.' not in n and not n.startswith('_')],
-                    'members': [n for n in names if '.' in n and not n.split('.')[-1].startswith('_')]}
-    return res
+        module = importlib.import_module(mod)
+        names = [n for n in getattr(module, '__all__', [])
+                 if (inspect.isclass(getattr(module, n, None)) or inspect.isfunction(getattr(module, n, None)))
+                 and getattr(getattr(module, n), '__module__', None) == mod]
+        members, patched = {}, {}
+        for sym in syms:
+            owner, _, member = sym[len(mod)+1:].partition('.')
+            if not member or '.' in member or member in SKIP_MEMBERS or not _documented_member(member): continue
+            if member.startswith('__') and not getattr(getattr(getattr(module, owner, None), member, None), '__doc__', None):
+                continue  # a protocol method (`__enter__`) with nothing to say of its own
+            if owner in names: members.setdefault(owner, []).append(member)
+            elif not owner.startswith('_') and hasattr(module, owner): patched.setdefault(owner, []).append(member)
+        if names or patched: out.append((mod, names, members, patched))
+    # chapter order: the notebook each module is exported from (modules nbdev knows no notebook of, last)
+    return sorted(out, key=lambda m: (chapters.get(m[0].split('.', 1)[1], ('~', ''))[0], m[0]))
 
 
-def api_notebook(path, nb_pages):
-    "A notebook with a `show_doc` for every exported name, rendered by nbdev like any chapter."
-    cells = [nbformat.v4.new_markdown_cell(
-        '# API reference\n\n> Every exported name of needle_nb, as `show_doc` renders it.')]
-    for mod, names in exported_names().items():
-        if not names['top']: continue
-        page = nb_pages.get(mod.split('.', 1)[1])
-        where = f' (chapter: [{page}]({page}.html))' if page else ''
-        cells.append(nbformat.v4.new_markdown_cell(f'## `{mod}`{where}'))
-        cells.append(nbformat.v4.new_code_cell(f'import {mod}'))  # imports in a cell of their own: nbdev re-runs it
-        for name in names['top']:
-            src = [f'show_doc({mod}.{name})']
-            src += [f'show_doc({mod}.{m})' for m in names['members'] if m.split('.')[0] == name]
-            cells += [nbformat.v4.new_code_cell(s) for s in src]
-    nb = nbformat.v4.new_notebook(cells=cells)
-    nbformat.write(nb, path)
+def bare_classes():
+    "Names of the package's classes that take no arguments (nbdev shows them with object's `*args, **kwargs`)."
+    import importlib, inspect
+    import needle_nb._modidx as modidx
+    out = set()
+    for mod in modidx.d['syms']:
+        module = importlib.import_module(mod)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and obj.__module__ == mod:
+                try: params = inspect.signature(obj).parameters
+                except (TypeError, ValueError): continue
+                if not params: out.add(name)
+    return frozenset(out)
+
+
+SKIP_MEMBERS = {'__init__', '__repr__', '__str__', '__hash__', '__len__', '__array__', '__iter__',
+                '__getstate__', '__setstate__', '__deepcopy__', '__copy__', '__post_init__'}
+def _documented_member(m): return not m.startswith('_') or (m.startswith('__') and m.endswith('__'))
+
+
+def api_page(mod): return 'api_' + mod.split('.', 1)[1].replace('.', '_')
+
+
+def api_notebooks(nbs, chapters):
+    """The API reference: an index page and one page per module, each a notebook of `show_doc` calls
+    that nbdev renders like any chapter. Returns the mkdocs nav section."""
+    import importlib
+    mods = api_modules(chapters)
+    index = ['# API reference\n\n> Every function and class that needle_nb exports, one page per module, '
+             'in the order of the chapters that build them.\n',
+             '| module | chapter | names |\n|---|---|---|']
+    nav = [API_NB]
+    for mod, names, members, patched in mods:
+        page = api_page(mod)
+        nb_name, chapter = chapters.get(mod.split('.', 1)[1], (None, None))
+        link = f'[{chapter}]({chapter}.html)' if chapter else ''
+        n = len(names) + sum(map(len, members.values())) + sum(map(len, patched.values()))
+        index.append(f'| [`{mod}`]({page}.html) | {link} | {n} |')
+        cells = [nbformat.v4.new_markdown_cell(
+            f'# `{mod}`\n\n> The API of `{mod}`' + (f', built in the {link} chapter' if chapter else '')
+            + ': every function and class of its `__all__`, with its methods.')]
+        # imports in a cell of their own (nbdev re-runs it for show_doc); hidden: not part of the reference
+        cells.append(nbformat.v4.new_code_cell(f'#| hide\nimport {mod}'))
+        module = importlib.import_module(mod)
+        for name in names:
+            real = getattr(module, name).__name__
+            if real != name:  # an alias (`L2Loss = MSELoss`): a heading of its own that points to the class
+                cells.append(nbformat.v4.new_markdown_cell(f'---\n\n### {name}\n\n`{name}` is another name for [`{real}`](#{real.lower()}).'))
+                continue
+            cells.append(nbformat.v4.new_code_cell(f'show_doc({mod}.{name})'))
+            cells += [nbformat.v4.new_code_cell(f'show_doc({mod}.{name}.{m})') for m in members.get(name, [])]
+        for owner, ms in patched.items():
+            cells.append(nbformat.v4.new_markdown_cell(f'## Methods added to `{owner}`\n\n'
+                                                       f'Attached with `@patch` in this module.'))
+            cells += [nbformat.v4.new_code_cell(f'show_doc({mod}.{owner}.{m})') for m in ms]
+        nbformat.write(nbformat.v4.new_notebook(cells=cells), nbs/f'{page}.ipynb')
+        nav.append({mod: f'{page}.ipynb'})
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('\n'.join(index))]), nbs/API_NB)
+    return nav
 
 
 def vendor_mathjax(dest):
-    "Copy MathJax's run-time files from the npm tarball (fetched once, then cached)."
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tgz = CACHE/f"{MATHJAX.replace('@', '-')}.tgz"
-    if not tgz.exists():
-        log(f'fetching {MATHJAX} from npm (once; cached in {CACHE.relative_to(ROOT)})')
-        r = subprocess.run(['npm', 'pack', MATHJAX, '--pack-destination', str(CACHE), '--silent'],
-                           capture_output=True, text=True)
-        if r.returncode or not tgz.exists(): fail(f'npm pack {MATHJAX} failed: {r.stderr.strip()}')
-    with tarfile.open(tgz) as tf:
-        members = [m for m in tf.getmembers() if m.isfile() and any(
-            m.name.removeprefix('package/').startswith(p) for p in MATHJAX_PARTS)]
-        for m in members:
-            m.name = m.name.removeprefix('package/')
-            tf.extract(m, dest, filter='data')
+    "Copy MathJax 3's run-time files from the `django-static-mathjax` wheel (the docs extra installs it)."
+    import importlib.util
+    spec = importlib.util.find_spec('mathjax')
+    root = Path(spec.origin).parent/'static'/'mathjax' if spec and spec.origin else None
+    if not (root and (root/'es5'/'tex-mml-chtml.js').exists()):
+        fail(f'MathJax 3 not found: install the docs extra ({MATHJAX_PKG}; pip install -e ".[docs]")')
+    for part in MATHJAX_PARTS:
+        src, dst = root/part, dest/part
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir(): shutil.copytree(src, dst, dirs_exist_ok=True)
+        else: shutil.copy2(src, dst)
     (dest.parent/'mathjax-config.js').write_text("""\
 // $...$ as in the notebooks; textmacros so that \\text{fan\\_in} shows fan_in.
 window.MathJax = {
@@ -129,12 +188,13 @@ def build_offline(n_workers=None, flags=None):
     from nbdev.config import get_config, nbpath2html
     cfg = get_config(ROOT)
     site_url = f'{cfg.doc_host}{cfg.doc_baseurl}'.rstrip('/') + '/'
-    modules = {}  # module -> its chapter's page, for the API reference's headings
+    chapters = {}  # module -> (its notebook, its chapter's page), for the API reference's order and links
     for p in sorted((src/'nbs').glob('[!_.]*.ipynb')):
-        m = re.search(r'^#\|\s*default_exp\s+(\S+)', p.read_text(), re.MULTILINE)
-        if m: modules[m.group(1)] = nbpath2html(p).stem
-    if (src/'nbs'/API_NB).exists(): fail(f'nbs/{API_NB} would clash with the generated API reference page')
-    api_notebook(src/'nbs'/API_NB, modules)
+        m = re.search(r'#\|\s*default_exp\s+([\w.]+)', p.read_text())
+        if m: chapters[m.group(1).removesuffix('.__init__')] = (p.name, nbpath2html(p).stem)
+    clash = sorted(p.name for p in (src/'nbs').glob('api*.ipynb'))
+    if clash: fail(f'{clash} would clash with the generated API reference pages (api*.ipynb)')
+    api_nav = api_notebooks(src/'nbs', chapters)
 
     log("processing notebooks with nbdev's doc processors (proc_nbs)")
     from nbdev.serve import proc_nbs
@@ -145,17 +205,28 @@ def build_offline(n_workers=None, flags=None):
     docs.mkdir(parents=True)
     pages = []  # mkdocs nav entries {title: file}
     procd = {p.name: nbformat.read(p, as_version=4) for p in sorted(proc.glob('*.ipynb'))}
-    names = {n: nbpages.page_name(nb, n) for n, nb in procd.items()}  # nbdev's output-file
+    names = {}  # notebook -> its page: nbdev's output-file (`data` for 06_data.ipynb)
+    for n in sorted(procd):
+        # two notebooks nbdev names alike (06_data, 06c_data -> data): the first keeps the name nbdev's
+        # doc links use, a later one is named after its file, instead of overwriting the first page
+        name = nbpages.page_name(procd[n], n)
+        names[n] = Path(n).stem.lower() if name in names.values() else name
     links = {site_url: ''}  # nbdev's doc links point at the published site: make them relative
     links.update({f'({n})': f'({names[n]}.html)' for n in names})  # author links to other notebooks
     links.update({f'({n}#': f'({names[n]}.html#' for n in names})
+    api = {p if isinstance(p, str) else next(iter(p.values())) for p in api_nav}
+    bare = bare_classes()
     # home first, chapters in notebook order, the API reference last (as the test expects)
-    for n in sorted(procd, key=lambda n: (n != 'index.ipynb', n == API_NB, n)):
+    for n in sorted(procd, key=lambda n: (n != 'index.ipynb', n in api, n)):
         nb = procd[n]
         title = nbpages.front_matter(nb).get('title', names[n])
-        out = nbpages.fix_notebook(nb, links)
+        out = nbpages.fix_notebook(nb, links, bare)
         nbformat.write(out, docs/f'{names[n]}.ipynb')
-        pages.append({title: f'{names[n]}.ipynb'})
+        if n not in api: pages.append({title: f'{names[n]}.ipynb'})
+    pages.append({'API reference': [f'{names[API_NB]}.ipynb'] + [
+        {mod: f'{names[p]}.ipynb'} for entry in api_nav[1:] for mod, p in entry.items()]})
+    (docs/'assets').mkdir(exist_ok=True)
+    shutil.copy2(ROOT/'tools'/'site.css', docs/'assets'/'site.css')
     vendor_mathjax(docs/'assets'/'mathjax')
 
     mk = yaml.safe_load((ROOT/'tools'/'mkdocs.yml').read_text())

@@ -40,7 +40,7 @@ _re_id = re.compile(r'\bid="([^"]+)"')
 _re_member_link = re.compile(r'href="([\w.-]*\.html)?#([\w-]+)\.([\w.]+)"')
 
 
-def on_post_build(config, **kwargs):
+def _retarget_member_links(config):
     from pathlib import Path
     site = Path(config['site_dir'])
     pages = {p.name: p for p in site.glob('*.html')}
@@ -54,3 +54,49 @@ def on_post_build(config, **kwargs):
             return f'href="{m.group(1) or ""}#{owner}"'
         new = _re_member_link.sub(retarget, html)
         if new != html: path.write_text(new, encoding='utf-8')
+
+
+# Search: result snippets are the page's text, where math is still TeX source (`$\sqrt 2$`) because
+# MathJax typesets it in the browser. The index gets a plain-text reading of each formula instead.
+_TEX_SYMBOLS = {
+    'alpha': 'α', 'beta': 'β', 'gamma': 'γ', 'delta': 'δ', 'epsilon': 'ε', 'varepsilon': 'ε', 'eta': 'η',
+    'theta': 'θ', 'lambda': 'λ', 'mu': 'μ', 'nu': 'ν', 'pi': 'π', 'rho': 'ρ', 'sigma': 'σ', 'tau': 'τ',
+    'phi': 'φ', 'psi': 'ψ', 'omega': 'ω', 'Sigma': 'Σ', 'Delta': 'Δ', 'Omega': 'Ω', 'nabla': '∇',
+    'partial': '∂', 'sum': '∑', 'prod': '∏', 'int': '∫', 'infty': '∞', 'cdot': '·', 'times': '×',
+    'approx': '≈', 'le': '≤', 'leq': '≤', 'ge': '≥', 'geq': '≥', 'ne': '≠', 'neq': '≠', 'pm': '±',
+    'to': '→', 'rightarrow': '→', 'leftarrow': '←', 'mapsto': '↦', 'in': '∈', 'sim': '∼', 'odot': '⊙',
+    'otimes': '⊗', 'ldots': '…', 'dots': '…', 'cdots': '⋯', 'sqrt': '√', 'top': 'ᵀ', 'log': 'log',
+    'exp': 'exp', 'max': 'max', 'min': 'min', 'sup': 'sup', 'tanh': 'tanh', 'mathcal': '', 'mathbb': '',
+    'mathrm': '', 'mathbf': '', 'text': '', 'operatorname': '', 'left': '', 'right': '', 'big': '',
+    'Big': '', 'quad': ' ', 'qquad': ' ', ',': ' ', ';': ' ', '!': '', 'lVert': '‖', 'rVert': '‖',
+    '|': '‖', '{': '{', '}': '}', '_': '_', '%': '%', '$': '$',
+}
+_re_math = re.compile(r'\$\$(.+?)\$\$|\$([^$\n]+?)\$|\\\((.+?)\\\)', re.DOTALL)
+
+
+def tex_to_text(tex):
+    r"Plain text for a TeX formula, good enough for a search snippet: `\sqrt 2` -> `√2`, `\frac{a}{b}` -> `a/b`."
+    t = re.sub(r'\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}', r'(\1)/(\2)', tex)
+    t = re.sub(r'\\([A-Za-z]+|.)', lambda m: _TEX_SYMBOLS.get(m.group(1), m.group(1)), t)
+    t = re.sub(r'[{}]', '', t)
+    return re.sub(r'\s+', ' ', t).strip()
+
+
+def text_without_tex(text):
+    return _re_math.sub(lambda m: tex_to_text(next(g for g in m.groups() if g is not None)), text)
+
+
+def on_post_build(config, **kwargs):  # noqa: F811 (runs after the search plugin has written its index)
+    _retarget_member_links(config)
+    import json
+    from pathlib import Path
+    search = Path(config['site_dir'])/'search'
+    index = search/'search_index.json'
+    if not index.exists(): return
+    data = json.loads(index.read_text(encoding='utf-8'))
+    for doc in data.get('docs', []):
+        for key in ('title', 'text'): doc[key] = text_without_tex(doc.get(key, ''))
+    index.write_text(json.dumps(data, separators=(',', ':')), encoding='utf-8')
+    # Opened from disk (file://), the theme loads the index as this script instead of fetching the JSON.
+    (search/'search_index.js').write_text('var __index = ' + json.dumps(data, separators=(',', ':')) + ';',
+                                          encoding='utf-8')

@@ -78,10 +78,10 @@ def _layer_labels(n): return [f"layer {i + 1}" for i in range(n)]
 def plot_stats(stats: ActivationStats, title: str | None = None):
     "Means and standard deviations (log axis) of each layer's outputs against the step; returns the figure."
     import matplotlib.pyplot as plt
-    fig, (ax_mean, ax_std) = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, (ax_mean, ax_std) = plt.subplots(2, 1, figsize=(6.5, 5), sharex=True)   # stacked: fits the column
     for label, means, stds in zip(_layer_labels(len(stats.records)), stats.means(), stats.stds()):
         ax_mean.plot(means, label=label); ax_std.plot(stds, label=label)
-    ax_mean.set(xlabel="step", title="mean")
+    ax_mean.set(title="mean")
     ax_std.set(xlabel="step", title="standard deviation", yscale="log")
     ax_std.legend(fontsize="small", loc="center left", bbox_to_anchor=(1, 0.5))
     if title: fig.suptitle(title)
@@ -93,7 +93,7 @@ def color_dim(stats: ActivationStats, title: str | None = None, cols: int = 4):
     import matplotlib.pyplot as plt
     hists = stats.hists()
     rows = -(-len(hists) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5, 1.7 * rows), squeeze=False)
     low, high = stats.hist_range
     for ax, label, hist in zip(axes.flat, _layer_labels(len(hists)), hists):
         ax.imshow(np.log1p(hist.T), origin="lower", aspect="auto", cmap="viridis",
@@ -107,7 +107,7 @@ def color_dim(stats: ActivationStats, title: str | None = None, cols: int = 4):
 def dead_chart(stats: ActivationStats, title: str | None = None):
     "The dead fraction of each layer's outputs against the step; returns the figure."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(6.5, 3))
     for label, dead in zip(_layer_labels(len(stats.records)), stats.dead()):
         ax.plot(dead, label=label)
     ax.set(xlabel="step", ylabel=f"share below {stats.dead_below:g}", ylim=(0, 1.02), title=title or "dead fraction")

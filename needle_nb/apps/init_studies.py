@@ -75,8 +75,8 @@ def ks_threshold(n: int, false_failure: float = 1e-6) -> float:
 def plot_init_histograms(fan_in: int = 10, fan_out: int = 20, n_tensors: int = 1000, seed: int = 0):
     "Histogram of each functional initializer's samples against its target density (matplotlib figure)."
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3), constrained_layout=True)
-    for ax, name in zip(axes, FUNCTIONAL_INITIALIZERS):
+    fig, axes = plt.subplots(2, 2, figsize=(6.5, 5.4), constrained_layout=True)   # 2×2 fits the column
+    for ax, name in zip(axes.flat, FUNCTIONAL_INITIALIZERS):
         samples, std = init_samples(name, fan_in, fan_out, n_tensors, seed)
         ax.hist(samples, bins=80, density=True, alpha=0.6, label="samples")
         x = np.linspace(-4 * std, 4 * std, 400)
@@ -85,7 +85,7 @@ def plot_init_histograms(fan_in: int = 10, fan_out: int = 20, n_tensors: int = 1
         ax.plot(x, density, "k", lw=1.5, label="target density")
         ax.set_title(f"{name}({fan_in}, {fan_out})\nVar: empirical {samples.var():.4f}, formula {std**2:.4f}",
                      fontsize=9)
-    axes[0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=9)
     return fig
 
 # %% ../../nbs/03a_init_studies.ipynb #1cc21a8b
@@ -107,7 +107,7 @@ def variance_vs_fan(name: str, fans: Sequence[int] = tuple(2 ** k for k in range
 def plot_variance_vs_fan(names: Sequence[str] = ("xavier_normal", "kaiming_normal"), seed: int = 0):
     "Log–log plot of `variance_vs_fan` for each name: empirical points against the formula's line."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in names:
         fans, empirical, formula = variance_vs_fan(name, seed=seed)
         line, = ax.loglog(fans, formula, lw=1, label=f"{name}: formula")
@@ -178,7 +178,7 @@ def mlp_runs(seed: int = 0, **kwargs) -> dict:
 def plot_mlp_signals(runs: dict, which: str = "forward"):
     "Per-layer std (log axis) of activations (`which='forward'`) or gradients ('backward') of `mlp_runs`."
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
+    fig, axes = plt.subplots(2, 1, figsize=(6.5, 7), constrained_layout=True)   # one above the other: fits the column
     for ax, nonlinearity in zip(axes, ("relu", "tanh")):
         for (init_name, nl, gain), signals in runs.items():
             if nl != nonlinearity: continue
@@ -186,5 +186,5 @@ def plot_mlp_signals(runs: dict, which: str = "forward"):
             label = MLP_INITS[init_name] + (f" (gain {gain:.3g})" if gain != 1 else "")
             ax.semilogy(np.arange(1, len(stds) + 1), stds, label=label)
         ax.set_title(f"{nonlinearity}: std of {'activations' if which == 'forward' else 'gradients'} per layer")
-        ax.set_xlabel("layer"); ax.legend(fontsize=8)
+        ax.set_xlabel("layer"); ax.legend(fontsize=9)
     return fig

@@ -107,22 +107,27 @@ def train(model: nn.Module, train_loader, test_loader=None, epochs: int = 10,
     opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay, **opt_kwargs)
     keys = ["train_err", "train_loss"] + (["test_err", "test_loss"] if test_loader is not None else [])
     history = {k: [] for k in keys}
-    epochs_bar = master_bar(range(epochs)) if progress else range(epochs)
-    # per-batch bars only where they redraw in place (Jupyter); as text they would flood logs and stored outputs
-    bar = (lambda it: progress_bar(it, parent=epochs_bar, leave=False)) if progress and IN_NOTEBOOK else None
-    if progress: epochs_bar.write(["epoch"] + keys, table=True)
+    # bars only where they redraw in place (Jupyter); in a script or a stored output (the docs) a bar is a
+    # lone glyph or floods the log, so there the epochs are a plain table
+    live = progress and IN_NOTEBOOK
+    epochs_bar = master_bar(range(epochs)) if live else range(epochs)
+    bar = (lambda it: progress_bar(it, parent=epochs_bar, leave=False)) if live else None
+    def write(row):
+        if live: epochs_bar.write(row, table=True)
+        elif progress: print("".join(f"{v:<12}" for v in row).rstrip())
+    write(["epoch"] + keys)
     for i in epochs_bar:
         row = epoch(train_loader, model, opt, seed=None, progress=bar)
         if test_loader is not None: row += evaluate(test_loader, model, seed=None, progress=bar)
         for k, v in zip(keys, row): history[k].append(v)
-        if progress: epochs_bar.write([str(i)] + [f"{v:.4f}" for v in row], table=True)
+        write([str(i)] + [f"{v:.4f}" for v in row])
     return history
 
 # %% ../../nbs/07a_simple_ml.ipynb #bbf94938
 def plot_history(history: dict, title: str | None = None):
     "Plot the loss and the accuracy (1 - error rate) per epoch from `train`'s history; returns the figure."
     import matplotlib.pyplot as plt
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(6.5, 2.8))
     for split in ("train", "test"):
         if f"{split}_loss" not in history: continue
         epochs = np.arange(1, len(history[f"{split}_loss"]) + 1)

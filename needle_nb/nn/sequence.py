@@ -355,7 +355,7 @@ def hidden_state_stds(recurrent_init: str = "uniform", steps: int = 100, hidden_
 def plot_hidden_state_stds(stds: dict):
     "Std of the state per step (log axis) for each `{label: hidden_state_stds(...)}`, with the two predictions."
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
     for label, values in stds.items(): ax.semilogy(np.arange(len(values)), values, label=label)
     t = np.arange(1, max(len(v) for v in stds.values()))
     ax.semilogy(t, 3 ** (-t / 2), "k:", label=r"$(1/\sqrt{3})^t$")
