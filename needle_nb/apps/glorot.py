@@ -174,18 +174,19 @@ def plot_init_histograms(stats: dict, bins: int = 60):
     import matplotlib.pyplot as plt
     columns = [("h", "activations $h_l$"), ("dz", "back-propagated gradients $\\partial C/\\partial z_l$"),
                ("dW", "weight gradients $\\partial C/\\partial W_l$")]
-    fig, axes = plt.subplots(len(stats), 3, figsize=(13, 3.3 * len(stats)), squeeze=False)
+    # one row per quantity, one column per scheme: sized for the docs column (apps.figures)
+    fig, axes = plt.subplots(3, len(stats), figsize=(6.5, 2.6 * 3), squeeze=False)
     for col, (key, title) in enumerate(columns):
         for row, (scheme, s) in enumerate(stats.items()):
             edges = np.linspace(*_symmetric_range(s[key]), bins + 1)
-            ax = axes[row, col]
+            ax = axes[col, row]
             for layer, values in enumerate(s[key], 1):
                 counts, _ = np.histogram(values, bins=edges)
                 ax.plot((edges[1:] + edges[:-1]) / 2, counts / counts.sum(), label=f"layer {layer}")
-            ax.set_title(f"{scheme}: {title}", fontsize=10)
+            ax.set_title(f"{scheme}: {title}", fontsize=9)
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
             ax.tick_params(labelsize=9)
-        axes[0, col].legend(fontsize=9)
+        axes[col, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -273,7 +274,7 @@ def plot_training_stats(runs: dict):
     import matplotlib.pyplot as plt
     panels = [("sigmoid standard", "act_mean", "mean"), ("tanh standard", "act_p98", "98th percentile"),
               ("softsign standard", "act_p98", "98th percentile")]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(3, 1, figsize=(6.5, 7.8))
     for ax, (name, key, label) in zip(axes, panels):
         run = runs[name]
         for layer in range(run[key].shape[1]):
@@ -288,7 +289,7 @@ def plot_training_stats(runs: dict):
 def plot_learning_curves(runs: dict, smooth: int = 100):
     "Training loss (running mean over `smooth` steps) and test error over training, one line per run. Returns the Figure."
     import matplotlib.pyplot as plt
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, (ax_loss, ax_err) = plt.subplots(2, 1, figsize=(6.5, 5.6))
     for name, run in runs.items():
         ax_loss.plot(_smooth(run["loss"], smooth), label=name)
         ax_err.plot(run["record_steps"], 100 * run["test_err"], "o-", ms=3, label=name)

@@ -101,7 +101,7 @@ def signal_ratios(seeds=range(16), **kwargs) -> dict:
 
 def plot_signals(signals: dict):
     "Forward variance and backward mean-square gradient per layer (log scale), one line per case of `signal_ratios`. Returns the Figure."
-    fig, (ax_f, ax_b) = plt_subplots(1, 2, figsize=(12, 3.8))
+    fig, (ax_f, ax_b) = plt_subplots(2, 1, figsize=(6.5, 5.6))
     for name, s in signals.items():
         layers = np.arange(1, len(s["forward"]) + 1)
         ax_f.semilogy(layers, s["forward"], "o-", ms=3, label=name)
@@ -198,9 +198,9 @@ def plot_fig3(runs: dict, smooth: int = 10):
     """Loss curves (running mean over `smooth` steps; one line per seed) per depth, and each layer's gradient
     norm at the first step (log scale), Xavier vs He. `runs` as `fig3_verdict`'s. Returns the Figure."""
     depths = sorted({d for d, _, _ in runs}, reverse=True)
-    fig, axes = plt_subplots(1, len(depths) + 1, figsize=(5 * (len(depths) + 1), 3.8), squeeze=False)
+    fig, axes = plt_subplots(len(depths) + 1, 1, figsize=(6.5, 2.8 * (len(depths) + 1)), squeeze=False)
     colours = {"xavier": "tab:blue", "he": "tab:red"}
-    for ax, depth in zip(axes[0], depths):
+    for ax, depth in zip(axes[:, 0], depths):
         for (d, scheme, seed), r in runs.items():
             if d != depth: continue
             kernel = np.ones(smooth) / smooth
@@ -209,7 +209,7 @@ def plot_fig3(runs: dict, smooth: int = 10):
         ax.axhline(LN10, color="grey", ls="--", lw=0.8); ax.axhline(0.8 * LN10, color="grey", ls=":", lw=0.8)
         ax.set_title(f"{depth} layers: training loss (ln 10 dashed, 0.8 ln 10 dotted)", fontsize=10)
         ax.set_xlabel("SGD step"); ax.legend(fontsize=9); ax.tick_params(labelsize=9)
-    ax = axes[0, -1]
+    ax = axes[-1, 0]
     for (d, scheme, seed), r in runs.items():
         if seed != min(s for dd, _, s in runs if dd == d): continue
         ax.semilogy(np.arange(1, len(r["first_grad_norms"]) + 1), r["first_grad_norms"], marker="o", ms=3,
