@@ -180,6 +180,28 @@ def test_figure_is_legible_at_natural_size():
         plt.close(fig)
 
 
+@pytest.mark.parametrize("max_width", [3.0, 5.0, 8.5])
+def test_wide_graphs_wrap_into_bands_that_fit(max_width):
+    "With `max_width`, the columns wrap into bands no wider than it; each band still reads left to right."
+    x = Tensor(np.ones(3, dtype=np.float32))
+    h = x
+    for _ in range(12): h = (h * 0.9).tanh()
+    out = h.sum()
+    out.backward()
+    wide = draw_graph(out, max_nodes=None, names={"x": x})
+    fig = draw_graph(out, max_nodes=None, names={"x": x}, max_width=max_width)
+    assert fig.get_size_inches()[0] <= max_width + 1e-9 < wide.get_size_inches()[0]
+    assert len(fig.bands) > 1 and sorted(c for band in fig.bands for c in band) == list(range(len(wide.bands[0])))
+    assert set(fig.graph) == set(wide.graph) and set(fig.graph.edges) == set(wide.graph.edges)
+    assert all(t.get_fontsize() >= 9 for t in fig.axes[0].texts) and not boxes_overlap(fig)
+    columns = layout_columns(fig.graph)
+    band_of = {c: b for b, band in enumerate(fig.bands) for c in band}
+    for u, v in fig.graph.edges:   # arrows never go back a band; within a band they point right
+        bu, bv = band_of[columns[u][0]], band_of[columns[v][0]]
+        assert bu <= bv and (bu < bv or columns[u][0] < columns[v][0])
+    for f in (fig, wide): plt.close(f)
+
+
 def members_of(grouped) -> dict:
     "{fine node: its box} for the nodes a grouped graph collapsed."
     return {m: g for g in grouped if grouped.nodes[g]["kind"] == "module" for m in grouped.nodes[g]["members"]}

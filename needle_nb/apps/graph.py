@@ -6,6 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/graph.html.md"""
 
 # %% ../../nbs/01b_graph.ipynb #f2dade63
 from __future__ import annotations
+import math, textwrap
 from typing import Mapping, Optional
 import numpy as np
 from ..backend import to_host
@@ -91,7 +92,7 @@ def _capped(graph, max_nodes: int):
     return capped
 
 # %% ../../nbs/01b_graph.ipynb #8092a7a1
-def computation_graph(tensor: Value, *, max_nodes: Optional[int] = None, trace: Optional[ModuleTrace] = None,
+def computation_graph(tensor: Value, *, max_nodes: Optional[int] = None, trace=None,
                       group_by_module: bool = False, names: Optional[Mapping[str, Value]] = None):
     """The graph `tensor` was computed from, as a `networkx.DiGraph` whose edges go the way data flows.
 
@@ -106,7 +107,7 @@ def computation_graph(tensor: Value, *, max_nodes: Optional[int] = None, trace: 
         tensor: the output.
         max_nodes: keep at most this many nodes: the ones nearest the output, plus a node `'elided'`
             standing for the others; `graph.graph['note']` then says so. `None`: all.
-        trace: what `trace_modules` recorded; its parameter names label the leaves.
+        trace: a `ModuleTrace`, what `trace_modules` recorded; its parameter names label the leaves.
         group_by_module: collapse each module call's nodes into one node `m:{label}` (needs `trace`).
         names: `{name: tensor}` labels for values (such as the leaves of an expression).
     """
@@ -189,7 +190,7 @@ def _style_of(attrs):
     return _STYLE[attrs["role"]]
 
 
-def plot_graph(graph, *, numbered: bool = False, title: Optional[str] = None):
+def plot_graph(graph, *, numbered: bool = False, title: Optional[str] = None, max_width: Optional[float] = None):
     """Draw a graph made by `computation_graph` with matplotlib, left to right; return the `Figure`.
 
     The figure's size follows from the layout (`layout_columns`) and the labels, so every text is
@@ -199,8 +200,11 @@ def plot_graph(graph, *, numbered: bool = False, title: Optional[str] = None):
         graph: from `computation_graph`.
         numbered: prefix each value with `[k]`, its place in backward's visit (1: the output).
         title: drawn above the graph; a capped graph's note is drawn below it.
+        max_width: wrap the columns into bands no wider than this many inches, one below the other, as
+            text wraps into lines (each band reads left to right; an arrow into the next band goes back
+            to its start); None: one band, as wide as the graph needs.
 
-    The figure's attribute `graph` is the graph drawn.
+    The figure's attribute `graph` is the graph drawn; `bands` lists each band's columns.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch
@@ -216,23 +220,34 @@ def plot_graph(graph, *, numbered: bool = False, title: Optional[str] = None):
     for n, (c, r) in pos.items(): columns.setdefault(c, []).append(n)
     widths = [max(sizes[n][0] for n in columns[c]) for c in range(len(columns))]
     heights = [sum(sizes[n][1] for n in columns[c]) + _GAP_Y_PT * (len(columns[c]) - 1) for c in range(len(columns))]
+    limit = math.inf if max_width is None else max_width * 72 - 2 * _MARGIN_PT
     top = _LINE_PT * 2 if title else 0.0
     note = graph.graph.get("note")
-    bottom = _LINE_PT * 2 if note else 0.0
-    width = sum(widths) + _GAP_X_PT * (len(widths) - 1) + 2 * _MARGIN_PT
+    if note and limit < math.inf: note = "\n".join(textwrap.wrap(note, max(20, int(limit / _CHAR_PT))))
+    bottom = _LINE_PT * (2 + note.count("\n")) if note else 0.0
+    # bands of columns, filled greedily like lines of text (one band when max_width is None)
+    bands, used = [[]], 0.0
+    for c, w in enumerate(widths):
+        if bands[-1] and used + _GAP_X_PT + w > limit: bands.append([]); used = 0.0
+        used += w + (_GAP_X_PT if bands[-1] else 0.0); bands[-1].append(c)
+    band_height = [max(heights[c] for c in band) for band in bands]
+    width = max(sum(widths[c] for c in band) + _GAP_X_PT * (len(band) - 1) for band in bands) + 2 * _MARGIN_PT
     if title: width = max(width, len(title) * _CHAR_PT * 1.1 + 2 * _MARGIN_PT)
-    if note: width = max(width, len(note) * _CHAR_PT + 2 * _MARGIN_PT)
-    height = max(heights) + 2 * _MARGIN_PT + top + bottom
+    if note: width = max(width, max(map(len, note.split("\n"))) * _CHAR_PT + 2 * _MARGIN_PT)
+    height = sum(band_height) + 2 * _GAP_Y_PT * (len(bands) - 1) + 2 * _MARGIN_PT + top + bottom
     fig = plt.figure(figsize=(width / 72, height / 72))
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, width); ax.set_ylim(0, height); ax.axis("off")
-    centre, x = {}, _MARGIN_PT
-    for c in range(len(columns)):
-        y = bottom + _MARGIN_PT + (max(heights) + heights[c]) / 2   # each column centred vertically
-        for n in sorted(columns[c], key=lambda n: pos[n][1]):
-            centre[n] = (x + widths[c] / 2, y - sizes[n][1] / 2)
-            y -= sizes[n][1] + _GAP_Y_PT
-        x += widths[c] + _GAP_X_PT
+    centre, band_top = {}, height - _MARGIN_PT - top
+    for band, tallest in zip(bands, band_height):
+        x = _MARGIN_PT
+        for c in band:
+            y = band_top - (tallest - heights[c]) / 2   # each column centred vertically in its band
+            for n in sorted(columns[c], key=lambda n: pos[n][1]):
+                centre[n] = (x + widths[c] / 2, y - sizes[n][1] / 2)
+                y -= sizes[n][1] + _GAP_Y_PT
+            x += widths[c] + _GAP_X_PT
+        band_top -= tallest + 2 * _GAP_Y_PT
     artists = {}
     for n in graph:
         face, edge, lw, ls, shape = _style_of(graph.nodes[n])
@@ -255,13 +270,13 @@ def plot_graph(graph, *, numbered: bool = False, title: Optional[str] = None):
                       weight="bold")
     if note: ax.text(_MARGIN_PT, _MARGIN_PT, note, ha="left", va="bottom", fontsize=FONT_PT, style="italic",
                      color="#555555")
-    fig.graph = graph   # what was drawn, for checks
+    fig.graph, fig.bands = graph, bands   # what was drawn, for checks
     return fig
 
 # %% ../../nbs/01b_graph.ipynb #0f5113ef
-def draw_graph(tensor: Value, *, max_nodes: Optional[int] = 60, trace: Optional[ModuleTrace] = None,
+def draw_graph(tensor: Value, *, max_nodes: Optional[int] = 60, trace=None,
                group_by_module: bool = False, names: Optional[Mapping[str, Value]] = None,
-               numbered: bool = False, title: Optional[str] = None):
+               numbered: bool = False, title: Optional[str] = None, max_width: Optional[float] = None):
     """Draw the graph `tensor` was computed from, left to right in topological order; return the `Figure`.
 
     One box per value (its name or role, shape and dtype; after `backward()`, its gradient's shape and
@@ -275,7 +290,7 @@ def draw_graph(tensor: Value, *, max_nodes: Optional[int] = 60, trace: Optional[
     """
     graph = computation_graph(tensor, max_nodes=max_nodes, trace=trace, group_by_module=group_by_module,
                               names=names)
-    return plot_graph(graph, numbered=numbered, title=title)
+    return plot_graph(graph, numbered=numbered, title=title, max_width=max_width)
 
 # %% ../../nbs/01b_graph.ipynb #31180257
 class ModuleTrace:
