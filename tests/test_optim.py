@@ -408,6 +408,28 @@ def test_clip_grad_norm_shared_gradient_scaled_once(device):
     np.testing.assert_array_equal(shared.numpy(), [1.0, 1.0])
 
 
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1), lambda ps: Adam(ps)], ids=["sgd", "adam"])
+def test_optimizer_clip_grad_norm_is_needles_method(device, torch, make):
+    "needle's `opt.clip_grad_norm(max_norm=0.25)`: PyTorch's clipping of the optimizer's parameters, default 0.25."
+    params = make_params(device, "float64")
+    grads = grad_sequence(1, "float64")[0]
+    set_grads(params, grads, device)
+    params[-1].grad = None                                  # a parameter without a gradient is skipped
+    t_params = [torch.tensor(p.numpy().copy(), requires_grad=True) for p in params]
+    for tp, g in zip(t_params[:-1], grads): tp.grad = torch.tensor(g)
+    opt = make(params)
+    total = opt.clip_grad_norm()
+    t_total = torch.nn.utils.clip_grad_norm_(t_params, 0.25)
+    np.testing.assert_allclose(total, t_total.item(), rtol=1e-12)
+    assert total > 0.25                                     # so the default bound really clipped
+    for p, tp in zip(params[:-1], t_params): np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=1e-12)
+    assert params[-1].grad is None
+    assert np.sqrt(sum((p.grad.numpy() ** 2).sum() for p in params[:-1])) == pytest.approx(0.25, rel=1e-5)
+    before = [p.grad for p in params[:-1]]
+    assert opt.clip_grad_norm(max_norm=10.0) == pytest.approx(0.25, rel=1e-5)   # under the bound: untouched
+    assert all(p.grad is b for p, b in zip(params[:-1], before))
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered")   # inf * 0 while clipping, as in torch
 def test_clip_grad_norm_nonfinite(device):
     w = ndl.Tensor([1.0, 1.0], device=device)
