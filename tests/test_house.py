@@ -25,6 +25,7 @@ ORDER = [
     'init',                                                    # 03_init
     'apps.init_studies',                                       # 03a_init_studies (lab: imports init and below)
     'nn.module', 'nn.layers', 'nn.conv', 'nn.sequence', 'nn.transformer',   # 04, 04a, 04c, 04d, 04e
+    'apps.sequence_studies',                                   # 04f_sequence_studies (lab: imports nn.sequence and below)
     'nn',                                                      # 04b_nn: nn/__init__.py re-exports them
     'optim',                                                   # 05_optim
     'data.basic', 'data.vision', 'data.text',                  # 06_data, 06a_vision_data, 06b_text_data

@@ -16,7 +16,7 @@ import pytest
 import needle_nb as ndl
 import needle_nb.nn as nn
 from needle_nb import init, ops
-from needle_nb.nn.sequence import hidden_state_stds
+from needle_nb.apps.sequence_studies import hidden_state_stds
 
 
 def t64(rs, *shape, device=None, requires_grad=True):
