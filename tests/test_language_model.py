@@ -36,6 +36,13 @@ def test_creation_order_and_shapes(kind):
 
 def test_bad_seq_model_is_named():
     with pytest.raises(ValueError, match="'gru'"): LanguageModel(4, 5, 6, seq_model="gru")
+    with pytest.raises(TypeError, match="num_head"): LanguageModel(4, 5, 6, seq_model="lstm", num_head=2)
+
+
+def test_transformer_options_reach_the_transformer():
+    lm = LanguageModel(8, 5, 16, 1, "transformer", seq_len=6, num_head=2, dim_head=4)
+    attn = lm.model.layers[0].attn
+    assert (attn.num_head, attn.dim_head) == (2, 4) and lm.model.sequence_len == 6
 
 
 def manual_epoch(model, batches, seq_len, opt=None, clip=None):

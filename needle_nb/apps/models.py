@@ -80,20 +80,24 @@ class LanguageModel(nn.Module):
         seq_model: `'rnn'` (tanh), `'lstm'` or `'transformer'`.
         seq_len: the longest block the Transformer's positional embedding covers.
         device, dtype: of the parameters.
+        **transformer_options: passed on to `nn.Transformer` (`num_head`, `dim_head`, `dropout`), an
+            extension: needle's model always uses the Transformer's defaults.
 
     Shapes: `x` `(seq_len, bs)` float ids, `h` the sequence model's state (`None`: zeros) →
     `(logits (seq_len·bs, output_size), h_n)`, `H` = `hidden_size` (`embedding_size` for the Transformer).
     """
     def __init__(self, embedding_size: int, output_size: int, hidden_size: int, num_layers: int = 1,
-                 seq_model: str = "rnn", seq_len: int = 40, device=None, dtype="float32"):
+                 seq_model: str = "rnn", seq_len: int = 40, device=None, dtype="float32", **transformer_options):
         super().__init__()
         if seq_model not in ("rnn", "lstm", "transformer"):
             raise ValueError(f"LanguageModel: seq_model must be 'rnn', 'lstm' or 'transformer', got {seq_model!r}")
+        if transformer_options and seq_model != "transformer":
+            raise TypeError(f"LanguageModel: {sorted(transformer_options)} only apply to seq_model='transformer'")
         self.seq_model = seq_model
         self.embedding = nn.Embedding(output_size, embedding_size, device=device, dtype=dtype)
         if seq_model == "transformer":
             self.model = nn.Transformer(embedding_size, hidden_size, num_layers, sequence_len=seq_len,
-                                        device=device, dtype=dtype)
+                                        device=device, dtype=dtype, **transformer_options)
             self.out_features = embedding_size
         else:
             make = nn.RNN if seq_model == "rnn" else nn.LSTM
