@@ -10,6 +10,7 @@ import math, numbers, operator
 from collections.abc import Mapping
 from typing import Iterable, Union
 import numpy as np
+from fastcore.basics import patch
 from .backend import array_module, to_host
 from .autograd import Tensor
 
@@ -290,6 +291,15 @@ def clip_grad_norm_(parameters: Union[Tensor, Iterable[Tensor]], max_norm: float
     if clip_coef < 1.0:
         for p, g in zip(params, grads): p.grad = Tensor.make_const(g * clip_coef)
     return total_norm
+
+# %% ../nbs/05_optim.ipynb #07761121
+@patch
+def clip_grad_norm(self: Optimizer, max_norm: float = 0.25) -> float:
+    """needle's method: scale the gradients of this optimizer's parameters to a joint 2-norm of at most `max_norm`.
+
+    `clip_grad_norm_(self.params, max_norm)`; returns the total norm before clipping.
+    """
+    return clip_grad_norm_(self.params, max_norm)
 
 # %% ../nbs/05_optim.ipynb #81a40bcb
 class LRScheduler:

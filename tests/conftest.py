@@ -5,8 +5,10 @@
 - `torch`: PyTorch configured for reproducible float64 reference runs, or a clean skip without it.
 - `rs`: a seeded numpy RandomState, so failures reproduce.
 - `no_cupy` / `fake_cupy`: simulate the two ways CUDA can be missing, on any machine.
+- `assert_memory_flat(step, ...)`: run a training step many times and require a flat live-tensor count
+  and flat traced Python memory (the optimizer and truncated-BPTT memory tests share it).
 """
-import sys, types
+import gc, sys, tracemalloc, types
 
 import numpy as np
 import pytest
@@ -47,6 +49,39 @@ def shares_memory(a, b) -> bool:
     "Whether tensors `a` and `b` share memory on their device (`.numpy()` of a GPU tensor is a host copy)."
     xp = backend.array_module(a.realize_cached_data())
     return bool(xp.shares_memory(a.realize_cached_data(), b.realize_cached_data()))
+
+
+def _value(result):
+    "A step's result as a plain number, so that no tensor (and no graph) outlives the step."
+    return result.item() if hasattr(result, "item") else result
+
+
+def assert_memory_flat(step, warmup: int = 100, settle: int = 0, steps: int = 1000, max_growth: int = 16 * 1024):
+    """Call `step()` `warmup` + `settle` + `steps` times under `tracemalloc`; return the last step's value.
+
+    The live-tensor count (`ndl.autograd.TENSOR_COUNTER`) after the warm-up must equal the count at the
+    end, and the traced memory must grow by less than `max_growth` bytes over the last `steps` steps
+    (`settle` steps in between let a warming allocator, such as cupy's memory pool, settle first).
+    `gc.collect()` runs before each count: a step's graph is a reference cycle that Python frees
+    with its cycle collector, not at once.
+    """
+    tracemalloc.start()
+    try:
+        for _ in range(warmup): _value(step())
+        gc.collect()
+        tensors_before = ndl.autograd.TENSOR_COUNTER
+        for _ in range(settle): _value(step())
+        gc.collect()
+        memory_before = tracemalloc.get_traced_memory()[0]
+        for _ in range(steps): last = _value(step())
+        gc.collect()
+        tensors_after, memory_after = ndl.autograd.TENSOR_COUNTER, tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert tensors_after == tensors_before, f"{tensors_after - tensors_before} more live tensors after {steps} steps"
+    assert memory_after - memory_before < max_growth, \
+        f"traced memory grew by {memory_after - memory_before} bytes over {steps} steps"
+    return last
 
 
 @pytest.fixture

@@ -27,11 +27,13 @@ ORDER = [
     'init',                                                    # 03_init
     'apps.init_studies',                                       # 03a_init_studies (lab: imports init and below)
     'nn.module', 'nn.layers', 'nn.conv', 'nn.sequence', 'nn.transformer',   # 04, 04a, 04c, 04d, 04e
+    'apps.sequence_studies',                                   # 04f_sequence_studies (lab: imports nn.sequence and below)
     'nn',                                                      # 04b_nn: nn/__init__.py re-exports them
     'optim',                                                   # 05_optim
     'data.basic', 'data.vision', 'data.text',                  # 06_data, 06a_vision_data, 06b_text_data
     'data',                                                    # 06c_data: data/__init__.py re-exports them
     'apps.models', 'apps.simple_ml', 'apps.digits', 'apps.planar', 'apps.activation_stats',  # 07-10 (lab)
+    'apps.shakespeare', 'apps.char_lm',                        # 13_shakespeare, 13a_char_lm (lab)
     'apps.glorot', 'apps.he',                                  # 14, 15: the papers chapters (lab)
     '',                                                        # 99_namespace: needle_nb/__init__.py
 ]

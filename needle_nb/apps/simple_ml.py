@@ -16,7 +16,8 @@ from .models import MLPResNet
 
 # %% auto #0
 __all__ = ['FULL_RUN_ENV', 'device', 'full_run', 'pick', 'data_present', 'epoch', 'evaluate', 'train', 'plot_history', 'predict',
-           'train_mnist', 'epoch_general_cifar10', 'train_cifar10', 'evaluate_cifar10']
+           'train_mnist', 'epoch_general_ptb', 'train_ptb', 'evaluate_ptb', 'epoch_general_cifar10', 'train_cifar10',
+           'evaluate_cifar10']
 
 # %% ../../nbs/07a_simple_ml.ipynb #f4bbce27
 FULL_RUN_ENV = "NEEDLE_NB_FULL"
@@ -169,6 +170,72 @@ def train_mnist(batch_size: int = 100, epochs: int = 10, optimizer=optim.Adam, l
         train_err, train_loss = epoch(train_loader, model, opt)
     test_err, test_loss = epoch(test_loader, model)
     return train_err, train_loss, test_err, test_loss
+
+# %% ../../nbs/07a_simple_ml.ipynb #07aa8fe7
+def _detach_state(h):
+    "The recurrent state with its graph cut: a tensor, or a tuple of tensors (the LSTM's `(h, c)`)."
+    return tuple(x.detach() for x in h) if isinstance(h, tuple) else h.detach()
+
+def epoch_general_ptb(batches, model: nn.Module, seq_len: int = 40, loss_fn=nn.SoftmaxLoss(),
+                      opt: optim.Optimizer | None = None, clip: float | None = None, device=None,
+                      dtype="float32") -> tuple[float, float]:
+    """One pass of truncated BPTT over `batches` (needle's `epoch_general_ptb`): train with `opt`, else evaluate.
+
+    Args:
+        batches: `batchify`'s `(nbatch, bs)` array of token ids.
+        model: a `LanguageModel`-like module, `model(X, h) -> (logits (seq_len·bs, vocab), h)`.
+        seq_len: rows per block; the walk steps by `seq_len`.
+        loss_fn: a loss instance, `loss_fn(logits, targets)`.
+        opt: the optimizer; `None` evaluates (eval mode, no graph).
+        clip: if given, `opt.clip_grad_norm(clip)` before each step.
+        device, dtype: of the blocks (`get_batch`).
+
+    Returns:
+        (accuracy over tokens, token-weighted mean loss).
+    """
+    np.random.seed(4)
+    training = opt is not None
+    model.train() if training else model.eval()
+    h, total_loss, correct, tokens = None, 0.0, 0, 0
+    for i in range(0, len(batches) - 1, seq_len):
+        X, y = data.get_batch(batches, i, seq_len, device=device, dtype=dtype)
+        if training:
+            opt.reset_grad()
+            out, h = model(X, h)
+            loss = loss_fn(out, y)
+        else:
+            with no_grad():
+                out, h = model(X, h)
+                loss = loss_fn(out, y)
+        h = _detach_state(h)
+        n = y.shape[0]
+        total_loss += loss.item() * n
+        correct += int((out.numpy().argmax(axis=1) == y.numpy()).sum())
+        tokens += n
+        if training:
+            loss.backward()
+            if clip is not None: opt.clip_grad_norm(clip)
+            opt.step()
+    return correct / tokens, total_loss / tokens
+
+def train_ptb(model: nn.Module, batches, seq_len: int = 40, n_epochs: int = 1, optimizer=optim.SGD,
+              lr: float = 4.0, weight_decay: float = 0.0, loss_fn=nn.SoftmaxLoss, clip: float | None = None,
+              device=None, dtype="float32") -> tuple[float, float]:
+    """needle's `train_ptb`: `n_epochs` of `epoch_general_ptb` with `optimizer(params, lr=lr, weight_decay=weight_decay)`.
+
+    `optimizer` and `loss_fn` are classes. Returns the last epoch's `(accuracy, loss)`.
+    """
+    np.random.seed(4)
+    opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(n_epochs):
+        result = epoch_general_ptb(batches, model, seq_len, loss_fn(), opt, clip, device, dtype)
+    return result
+
+def evaluate_ptb(model: nn.Module, batches, seq_len: int = 40, loss_fn=nn.SoftmaxLoss, device=None,
+                 dtype="float32") -> tuple[float, float]:
+    "needle's `evaluate_ptb`: one `epoch_general_ptb` pass without an optimizer; `(accuracy, loss)`."
+    np.random.seed(4)
+    return epoch_general_ptb(batches, model, seq_len, loss_fn(), None, None, device, dtype)
 
 # %% ../../nbs/07a_simple_ml.ipynb #0019e15f
 from ..backend import cpu

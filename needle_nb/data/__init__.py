@@ -10,4 +10,5 @@ __all__ = []
 # %% ../../nbs/06c_data.ipynb #ac226d27
 from .basic import *
 from .vision import *
+from .text import *
 from . import basic

@@ -15,7 +15,7 @@ from .. import ops, init
 from .module import Module, Parameter
 
 # %% auto #0
-__all__ = ['RNNCell', 'LSTMCell', 'RNNLayerOp', 'LSTMLayerOp', 'RNN', 'LSTM', 'hidden_state_stds', 'plot_hidden_state_stds']
+__all__ = ['RNNCell', 'LSTMCell', 'RNNLayerOp', 'LSTMLayerOp', 'RNN', 'LSTM']
 
 # %% ../../nbs/04d_nn_sequence.ipynb #e13f3013
 def _uniform_parameter(*shape, bound: float, device, dtype) -> Parameter:
@@ -324,42 +324,3 @@ class LSTM(Module):
                 X, h_l, c_l, cell.W_ih, cell.W_hh, *_cell_biases(cell)).tuple()
             h_n.append(h_last); c_n.append(c_last)
         return X, (_stack_layers(h_n), _stack_layers(c_n))
-
-# %% ../../nbs/04d_nn_sequence.ipynb #a1b11e92
-@no_grad()
-def hidden_state_stds(recurrent_init: str = "uniform", steps: int = 100, hidden_size: int = 256,
-                      batch_size: int = 64, seed: int = 0) -> np.ndarray:
-    """Std of an input-free tanh RNN's state $h_t = \\tanh(h_{t-1} W_{hh})$ for $t = 0..steps$ (float64).
-
-    Args:
-        recurrent_init: `"uniform"` (needle's $U(\\pm\\sqrt{1/H})$) or `"orthogonal"` (`init.orthogonal_`).
-        steps, hidden_size, batch_size: the run; $h_0 \\sim \\mathcal N(0, 1)$ of `(batch_size, hidden_size)`.
-        seed: passed to `manual_seed` first (this reseeds needle_nb's random streams).
-
-    Returns:
-        An array of `steps + 1` standard deviations, `[std(h_0), …, std(h_steps)]`.
-    """
-    if recurrent_init not in ("uniform", "orthogonal"):
-        raise ValueError(f"hidden_state_stds: recurrent_init must be 'uniform' or 'orthogonal', got {recurrent_init!r}")
-    manual_seed(seed)
-    cell = RNNCell(1, hidden_size, bias=False, dtype="float64")
-    if recurrent_init == "orthogonal": init.orthogonal_(cell.W_hh)
-    h = init.randn(batch_size, hidden_size, dtype="float64")
-    no_input = init.zeros(batch_size, 1, dtype="float64")
-    stds = [h.numpy().std()]
-    for _ in range(steps):
-        h = cell(no_input, h)
-        stds.append(h.numpy().std())
-    return np.array(stds)
-
-def plot_hidden_state_stds(stds: dict):
-    "Std of the state per step (log axis) for each `{label: hidden_state_stds(...)}`, with the two predictions."
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
-    for label, values in stds.items(): ax.semilogy(np.arange(len(values)), values, label=label)
-    t = np.arange(1, max(len(v) for v in stds.values()))
-    ax.semilogy(t, 3 ** (-t / 2), "k:", label=r"$(1/\sqrt{3})^t$")
-    ax.semilogy(t, 1 / np.sqrt(2 * t), "k--", label=r"$1/\sqrt{2t}$")
-    ax.set_xlabel("time step $t$"); ax.set_ylabel("std of $h_t$"); ax.legend()
-    ax.set_title("input-free tanh RNN, H = 256")
-    return fig
