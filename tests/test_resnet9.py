@@ -1,14 +1,19 @@
-"""needle's ConvBN and ResNet9 (nbs/07_models), SmallCNN, and the CIFAR-10 loops of apps.simple_ml (nbs/07a_simple_ml).
+"""needle's ConvBN and ResNet9 (nbs/07_models), SmallCNN, the CIFAR-10 loops of apps.simple_ml (nbs/07a_simple_ml),
+the ResNet9 benchmark's smoke run and the Fashion-MNIST chapter's committed checkpoint (nbs/12_fashion_cnn).
 
 ResNet9 is checked against the same network in PyTorch (weights copied, float64), for values and gradients.
 """
+import runpy, sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import needle_nb as ndl
 from needle_nb import nn, init
 from needle_nb.autograd import Tensor
-from needle_nb.data import CIFAR10Dataset, DataLoader, write_cifar10_batch
+from needle_nb.data import (CIFAR10Dataset, DataLoader, FASHION_MNIST_DEBIAN, FashionMNIST, NDArrayDataset,
+                            write_cifar10_batch)
 from needle_nb.apps.models import ConvBN, ResNet9, SmallCNN, Unflatten
 from needle_nb.apps.simple_ml import epoch_general_cifar10, evaluate_cifar10, train_cifar10
 
@@ -162,3 +167,56 @@ def test_epoch_general_cifar10_averages_over_samples(colour_cifar):
             hits += int((logits.numpy().argmax(1) == ds.y[start:start + 10]).sum())
     assert acc == hits / 24
     np.testing.assert_allclose(loss, sum(losses) / 24, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the ResNet9 benchmark still runs (timings are never asserted)
+# ---------------------------------------------------------------------------------------------
+BENCH_RESNET9 = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_resnet9.py")
+
+
+@pytest.mark.parametrize("with_torch", [True, False], ids=["torch", "no-torch"])
+def test_resnet9_benchmark_quick_run(with_torch, monkeypatch, capsys):
+    if with_torch: pytest.importorskip("torch")
+    else: monkeypatch.setitem(sys.modules, "torch", None)     # `import torch` raises ImportError
+    monkeypatch.delitem(sys.modules, "bench", raising=False)  # bench.py is imported afresh
+    report = runpy.run_path(BENCH_RESNET9)["main"](["--quick", "--batch", "2", "--repeats", "1"])
+    assert ("PyTorch (1 thread)" in report["results"]) == with_torch and "needle_nb" in report["results"]
+    assert all(0 < r["min"] <= r["median"] <= r["max"] for r in report["results"].values())
+    out = capsys.readouterr().out
+    assert ("ratio needle_nb / PyTorch" in out) == with_torch
+    assert ("skipping the PyTorch row" in out) != with_torch
+
+
+def test_resnet9_benchmark_networks_agree(torch):
+    "The PyTorch copy computes needle_nb's logits (so the timing compares equal work)."
+    bench = runpy.run_path(BENCH_RESNET9)
+    np.random.seed(0)
+    model = ResNet9()
+    x = np.random.RandomState(0).rand(3, 3, 32, 32).astype(np.float32)
+    theirs = bench["torch_copy"](model)(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(model(Tensor(x)).numpy(), theirs, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Fashion-MNIST chapter's committed checkpoint (nbs/12_fashion_cnn)
+# ---------------------------------------------------------------------------------------------
+CHECKPOINT = Path(__file__).resolve().parents[1] / "nbs" / "artefacts" / "fashion_cnn.npz"
+
+
+def test_fashion_checkpoint_is_small_and_fits_small_cnn():
+    assert CHECKPOINT.exists(), "run nbs/12_fashion_cnn.ipynb with NEEDLE_NB_FULL=1 to write it"
+    assert CHECKPOINT.stat().st_size <= 1_000_000
+    model = SmallCNN()
+    keys = model.load_state_dict(nn.load(CHECKPOINT))          # strict: every key, every shape
+    assert not keys.missing_keys and not keys.unexpected_keys
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DEBIAN.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_checkpoint_reaches_90_percent():
+    from needle_nb.apps.simple_ml import evaluate
+    test = FashionMNIST(train=False)
+    model = SmallCNN()
+    model.load_state_dict(nn.load(CHECKPOINT))
+    err, _ = evaluate(DataLoader(NDArrayDataset(test.images, test.labels), 1000), model)
+    assert 1 - err >= 0.90, 1 - err
