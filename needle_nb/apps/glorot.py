@@ -12,7 +12,7 @@ import numpy as np
 from .. import nn, optim, init
 from ..autograd import Tensor, no_grad
 from ..backend import manual_seed
-from ..data import parse_mnist
+from ..data import FashionMNIST
 from .models import MLP
 from .simple_ml import data_present, pick, full_run
 
@@ -39,7 +39,7 @@ def have_fashion_mnist(root=FASHION_MNIST_DIR) -> bool:
     return data_present(*fashion_mnist_files(root), what="Fashion-MNIST")
 
 def load_fashion_mnist(split: str = "train", root=FASHION_MNIST_DIR) -> tuple:
-    """The one place the papers chapters read Fashion-MNIST (swap in `data.FashionMNIST` here when it lands).
+    """The one place the papers chapters read Fashion-MNIST: `data.FashionMNIST` over the files in `root`.
 
     Returns:
         `X`: float32 `(n, 784)`, pixel intensities in [0, 1] (the paper's input); `y`: int64 `(n,)` class
@@ -47,9 +47,8 @@ def load_fashion_mnist(split: str = "train", root=FASHION_MNIST_DIR) -> tuple:
     """
     if split not in FASHION_MNIST_FILES:
         raise ValueError(f"load_fashion_mnist: split must be 'train' or 'test', got {split!r}")
-    images, labels = (Path(root)/name for name in FASHION_MNIST_FILES[split])
-    X, y = parse_mnist(str(images), str(labels))
-    return X.astype(np.float32), y.astype(np.int64)
+    dataset = FashionMNIST(root, train=(split == "train"))
+    return dataset.images.astype(np.float32), dataset.labels.astype(np.int64)
 
 def standardize_pixels(X: np.ndarray) -> np.ndarray:
     "`(X - PIXEL_MEAN) / PIXEL_STD`: zero-mean, unit-variance pixels (the He chapter's conv net wants them)."
