@@ -53,7 +53,8 @@ def ngram_cross_entropy(table: np.ndarray, batches: np.ndarray) -> float:
     """
     context, target = batches[:-1], batches[1:]
     p = table[target] if table.ndim == 1 else table[context, target]
-    return float(-np.log(p).mean())
+    with np.errstate(divide="ignore"):   # an unseen pair under the pure bigram (lam = 1) costs log 0 = -inf, rightly
+        return float(-np.log(p).mean())
 
 def tune_interpolation(counts: np.ndarray, unigram: np.ndarray, valid_batches: np.ndarray,
                        lams=np.linspace(0.5, 1.0, 51)) -> tuple[float, np.ndarray]:
