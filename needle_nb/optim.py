@@ -277,6 +277,10 @@ def clip_grad_norm_(parameters: Union[Tensor, Iterable[Tensor]], max_norm: float
     Returns:
         The total norm of the gradients before clipping, as a Python float.
     """
+    # checked before any gradient is touched: a negative or nan bound would flip or poison every gradient
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer, np.floating)):
+        raise TypeError(f"clip_grad_norm_: max_norm must be a number, got {type(max_norm).__name__} {max_norm!r}")
+    if not max_norm >= 0: raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm!r}")
     if isinstance(parameters, Tensor): parameters = [parameters]
     params = [p for p in parameters if p.grad is not None]
     if not params: return 0.0

@@ -8,7 +8,7 @@
 - hypothesis strategies for shapes and axes: every reduction and transpose either agrees with numpy or
   raises a `ValueError`, never wraps an axis around.
 """
-import gzip, math, os, warnings
+import gzip, math, os, re, warnings
 
 import numpy as np
 import pytest
@@ -468,3 +468,16 @@ def test_softmax_family_on_any_shape_matches_torch(shape):
         weights = np.random.RandomState(2).randn(*shape)
         (out * Tensor(weights)).sum().backward(); (tout * torch.tensor(weights)).sum().backward()
         np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_norm, error, fragment", [(-1.0, ValueError, "-1.0"), (float("nan"), ValueError, "nan"),
+                                                       ("1", TypeError, "'1'"), (None, TypeError, "None"),
+                                                       (True, TypeError, "True")])
+def test_clip_grad_norm_refuses_a_bad_bound_and_changes_no_gradient(max_norm, error, fragment):
+    from needle_nb.optim import SGD, clip_grad_norm_
+    w = ndl.Tensor([3.0, 4.0])
+    (w * w).sum().backward()
+    before = w.grad.numpy().copy()
+    with pytest.raises(error, match=re.escape(fragment)): clip_grad_norm_([w], max_norm)
+    with pytest.raises(error, match=re.escape(fragment)): SGD([w], lr=0.1).clip_grad_norm(max_norm)
+    np.testing.assert_array_equal(w.grad.numpy(), before)
