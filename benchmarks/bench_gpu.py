@@ -51,19 +51,9 @@ def compare(steps: dict, repeats: int, warmup: int) -> dict:
     return {name: {"median": statistics.median(t), "min": min(t), "max": max(t)} for name, t in times.items()}
 
 
-def needle_mlp_step(widths, batch, lr=0.01):
-    "One SGD step of an MLP on the cuda device; data made once, on the device."
-    device = ndl.cuda()
-    np.random.seed(0)
-    layers = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(fan_in, fan_out, device=device))
-        if i < len(widths) - 2: layers.append(nn.ReLU())
-    model, loss_fn = nn.Sequential(*layers), nn.SoftmaxLoss()
-    opt = optim.SGD(model.parameters(), lr=lr)
-    rs = np.random.RandomState(1)
-    X = ndl.Tensor(rs.randn(batch, widths[0]).astype(np.float32), device=device, requires_grad=False)
-    y = ndl.Tensor(rs.randint(0, widths[-1], batch), device=device, requires_grad=False)
+def needle_sgd_step(model, X, y, lr):
+    "A function doing one SGD step of `model` on `(X, y)` with the softmax loss (needle's training step)."
+    loss_fn, opt = nn.SoftmaxLoss(), optim.SGD(model.parameters(), lr=lr)
     def step():
         opt.reset_grad()
         loss = loss_fn(model(X), y)
@@ -73,19 +63,9 @@ def needle_mlp_step(widths, batch, lr=0.01):
     return step
 
 
-def torch_mlp_step(widths, batch, lr=0.01):
-    device = torch.device("cuda")
-    torch.manual_seed(0)
-    layers = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(torch.nn.Linear(fan_in, fan_out))
-        if i < len(widths) - 2: layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(1)
-    X = torch.randn(batch, widths[0], generator=g).to(device)
-    y = torch.randint(0, widths[-1], (batch,), generator=g).to(device)
+def torch_sgd_step(model, X, y, lr):
+    "The same step in PyTorch."
+    loss_fn, opt = torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=lr)
     def step():
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(X), y)
@@ -95,23 +75,43 @@ def torch_mlp_step(widths, batch, lr=0.01):
     return step
 
 
+def needle_mlp_step(widths, batch, lr=0.01):
+    "One SGD step of an MLP on the cuda device; data made once, on the device."
+    device = ndl.cuda()
+    np.random.seed(0)
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(fan_in, fan_out, device=device))
+        if i < len(widths) - 2: layers.append(nn.ReLU())
+    rs = np.random.RandomState(1)
+    X = ndl.Tensor(rs.randn(batch, widths[0]).astype(np.float32), device=device, requires_grad=False)
+    y = ndl.Tensor(rs.randint(0, widths[-1], batch), device=device, requires_grad=False)
+    return needle_sgd_step(nn.Sequential(*layers), X, y, lr)
+
+
+def torch_mlp_step(widths, batch, lr=0.01):
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(torch.nn.Linear(fan_in, fan_out))
+        if i < len(widths) - 2: layers.append(torch.nn.ReLU())
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(batch, widths[0], generator=g).to(device)
+    y = torch.randint(0, widths[-1], (batch,), generator=g).to(device)
+    return torch_sgd_step(torch.nn.Sequential(*layers).to(device), X, y, lr)
+
+
 def needle_resnet9_step(batch, lr=0.01):
     "One SGD step of needle's ResNet9 on CIFAR-shaped data (NCHW), on the cuda device."
     from needle_nb.apps.models import ResNet9
     device = ndl.cuda()
     np.random.seed(0)
-    model, loss_fn = ResNet9(device=device), nn.SoftmaxLoss()
-    opt = optim.SGD(model.parameters(), lr=lr)
+    model = ResNet9(device=device)
     rs = np.random.RandomState(1)
     X = ndl.Tensor(rs.rand(batch, 3, 32, 32).astype(np.float32), device=device, requires_grad=False)
     y = ndl.Tensor(rs.randint(0, 10, batch), device=device, requires_grad=False)
-    def step():
-        opt.reset_grad()
-        loss = loss_fn(model(X), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
+    return needle_sgd_step(model, X, y, lr)
 
 
 def torch_resnet9_step(batch, lr=0.01):
@@ -127,18 +127,10 @@ def torch_resnet9_step(batch, lr=0.01):
                            conv_bn(32, 64, 3, 2), conv_bn(64, 128, 3, 2),
                            Residual(tnn.Sequential(conv_bn(128, 128, 3, 1), conv_bn(128, 128, 3, 1))),
                            tnn.Flatten(), tnn.Linear(128, 128), tnn.ReLU(), tnn.Linear(128, 10)).cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    loss_fn = tnn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(1)
     X = torch.rand(batch, 3, 32, 32, generator=g).cuda()
     y = torch.randint(0, 10, (batch,), generator=g).cuda()
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(X), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
+    return torch_sgd_step(model, X, y, lr)
 
 
 def main(argv=None):
