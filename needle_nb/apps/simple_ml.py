@@ -15,9 +15,9 @@ from .. import nn, optim, data
 from .models import MLPResNet
 
 # %% auto #0
-__all__ = ['FULL_RUN_ENV', 'device', 'full_run', 'pick', 'data_present', 'epoch', 'evaluate', 'train', 'plot_history', 'predict',
-           'train_mnist', 'epoch_general_ptb', 'train_ptb', 'evaluate_ptb', 'epoch_general_cifar10', 'train_cifar10',
-           'evaluate_cifar10']
+__all__ = ['FULL_RUN_ENV', 'device', 'full_run', 'pick', 'data_present', 'batch_step', 'epoch', 'evaluate', 'train',
+           'plot_history', 'predict', 'train_mnist', 'epoch_general_ptb', 'train_ptb', 'evaluate_ptb',
+           'epoch_general_cifar10', 'train_cifar10', 'evaluate_cifar10']
 
 # %% ../../nbs/07a_simple_ml.ipynb #f4bbce27
 FULL_RUN_ENV = "NEEDLE_NB_FULL"
@@ -49,6 +49,20 @@ def _model_device(model: nn.Module):
     params = model.parameters()
     return params[0].device if params else default_device()
 
+def batch_step(model: nn.Module, loss_fn, X: Tensor, y: Tensor, opt: optim.Optimizer | None = None) -> tuple:
+    """`(logits, loss)` of one batch: with `opt`, a training step (reset, forward, backward, step);
+    without, a forward pass that records no graph. The one batch step of every loop here."""
+    if opt is None:
+        with no_grad():
+            logits = model(X)
+            return logits, loss_fn(logits, y)
+    opt.reset_grad()
+    logits = model(X)
+    loss = loss_fn(logits, y)
+    loss.backward()
+    opt.step()
+    return logits, loss
+
 def epoch(dataloader, model: nn.Module, opt: optim.Optimizer | None = None, *,
           seed: int | None = 4, progress=None) -> tuple[float, float]:
     """One pass over `dataloader`: train when `opt` is given, else evaluate (needle's `epoch`).
@@ -71,16 +85,7 @@ def epoch(dataloader, model: nn.Module, opt: optim.Optimizer | None = None, *,
     for X, y in (dataloader if progress is None else progress(dataloader)):
         X, y = X.to(device), y.to(device)
         X = X.reshape((X.shape[0], -1))
-        if training:
-            opt.reset_grad()
-            logits = model(X)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            opt.step()
-        else:
-            with no_grad():
-                logits = model(X)
-                loss = loss_fn(logits, y)
+        logits, loss = batch_step(model, loss_fn, X, y, opt)
         errors += int((logits.numpy().argmax(axis=1) != y.numpy()).sum())
         samples += X.shape[0]
         losses.append(loss.item())
@@ -264,16 +269,7 @@ def epoch_general_cifar10(dataloader, model: nn.Module, loss_fn=nn.SoftmaxLoss()
     correct, total_loss, seen = 0, 0.0, 0
     for X, y in (dataloader if progress is None else progress(dataloader)):
         X, y = X.to(batch_device), y.to(batch_device)
-        if training:
-            opt.reset_grad()
-            logits = model(X)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            opt.step()
-        else:
-            with no_grad():
-                logits = model(X)
-                loss = loss_fn(logits, y)
+        logits, loss = batch_step(model, loss_fn, X, y, opt)
         correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
         total_loss += loss.item() * X.shape[0]
         seen += X.shape[0]
