@@ -115,18 +115,11 @@ def needle_resnet9_step(batch, lr=0.01):
 
 
 def torch_resnet9_step(batch, lr=0.01):
-    "The same ResNet9 (NEEDLE-API.md 6.1) built from torch.nn: ConvBN blocks, two residual pairs."
-    tnn = torch.nn
-    def conv_bn(a, b, k, s): return tnn.Sequential(tnn.Conv2d(a, b, k, s, padding=k // 2), tnn.BatchNorm2d(b), tnn.ReLU())
-    class Residual(tnn.Module):
-        def __init__(self, fn): super().__init__(); self.fn = fn
-        def forward(self, x): return self.fn(x) + x
-    torch.manual_seed(0)
-    model = tnn.Sequential(conv_bn(3, 16, 7, 4), conv_bn(16, 32, 3, 2),
-                           Residual(tnn.Sequential(conv_bn(32, 32, 3, 1), conv_bn(32, 32, 3, 1))),
-                           conv_bn(32, 64, 3, 2), conv_bn(64, 128, 3, 2),
-                           Residual(tnn.Sequential(conv_bn(128, 128, 3, 1), conv_bn(128, 128, 3, 1))),
-                           tnn.Flatten(), tnn.Linear(128, 128), tnn.ReLU(), tnn.Linear(128, 10)).cuda()
+    "The same ResNet9 in torch.nn (bench_resnet9's `torch_copy`: needle's seeded weights copied), on the GPU."
+    from needle_nb.apps.models import ResNet9
+    from bench_resnet9 import torch_copy
+    np.random.seed(0)
+    model = torch_copy(ResNet9()).cuda()
     g = torch.Generator().manual_seed(1)
     X = torch.rand(batch, 3, 32, 32, generator=g).cuda()
     y = torch.randint(0, 10, (batch,), generator=g).cuda()

@@ -43,15 +43,17 @@ def needle_step(model, X, y):
 
 
 def torch_copy(model):
-    "The same network in PyTorch (float32), `model`'s weights copied (conv kernels permuted to (C_out, C_in, K, K))."
+    """The same network in PyTorch, in `model`'s dtype (float32 or float64), `model`'s weights copied (conv
+    kernels permuted to (C_out, C_in, K, K), linear weights transposed). The tests and bench_gpu.py use it too."""
     tnn = torch.nn
+    dtype = torch.float64 if model.parameters()[0].dtype == np.float64 else torch.float32
     def convbn(block):
         conv = tnn.Conv2d(block.conv.in_channels, block.conv.out_channels, block.conv.kernel_size,
-                          stride=block.conv.stride, padding=block.conv.kernel_size // 2)
+                          stride=block.conv.stride, padding=block.conv.kernel_size // 2, dtype=dtype)
         with torch.no_grad():
             conv.weight.copy_(torch.tensor(block.conv.weight.numpy()).permute(3, 2, 0, 1))
             conv.bias.copy_(torch.tensor(block.conv.bias.numpy()))
-        return tnn.Sequential(conv, tnn.BatchNorm2d(block.conv.out_channels), tnn.ReLU())
+        return tnn.Sequential(conv, tnn.BatchNorm2d(block.conv.out_channels, dtype=dtype), tnn.ReLU())
     class Residual(tnn.Module):
         def __init__(self, fn): super().__init__(); self.fn = fn
         def forward(self, x): return self.fn(x) + x
@@ -62,7 +64,7 @@ def torch_copy(model):
         elif isinstance(m, nn.Flatten): layers.append(tnn.Flatten())
         elif isinstance(m, nn.ReLU): layers.append(tnn.ReLU())
         elif isinstance(m, nn.Linear):
-            linear = tnn.Linear(*m.weight.shape)
+            linear = tnn.Linear(*m.weight.shape, dtype=dtype)
             with torch.no_grad():
                 linear.weight.copy_(torch.tensor(m.weight.numpy()).T)
                 linear.bias.copy_(torch.tensor(m.bias.numpy()).reshape(-1))

@@ -17,6 +17,7 @@ from needle_nb.data import (CIFAR10Dataset, DataLoader, FASHION_MNIST_DEBIAN, Fa
 from needle_nb.apps.models import ConvBN, ResNet9, SmallCNN, Unflatten
 from needle_nb.apps.simple_ml import epoch_general_cifar10, evaluate_cifar10, train_cifar10
 
+BENCH_RESNET9 = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_resnet9.py")
 CONVBNS = [(3, 16, 7, 4), (16, 32, 3, 2), (32, 32, 3, 1), (32, 32, 3, 1), (32, 64, 3, 2), (64, 128, 3, 2),
            (128, 128, 3, 1), (128, 128, 3, 1)]
 
@@ -65,29 +66,8 @@ def test_resnet9_shapes_device_dtype():
 
 
 def torch_resnet9(torch, model):
-    "The same network in PyTorch (float64) with `model`'s weights copied across."
-    tnn = torch.nn
-    def convbn(block):
-        conv = tnn.Conv2d(block.conv.in_channels, block.conv.out_channels, block.conv.kernel_size,
-                          stride=block.conv.stride, padding=block.conv.kernel_size // 2)
-        conv.weight.data = torch.tensor(block.conv.weight.numpy()).permute(3, 2, 0, 1).contiguous()
-        conv.bias.data = torch.tensor(block.conv.bias.numpy())
-        return tnn.Sequential(conv, tnn.BatchNorm2d(block.conv.out_channels, eps=1e-5, momentum=0.1), tnn.ReLU())
-    class Residual(tnn.Module):
-        def __init__(self, fn): super().__init__(); self.fn = fn
-        def forward(self, x): return self.fn(x) + x
-    layers = []
-    for m in model.model.modules:
-        if isinstance(m, ConvBN): layers.append(convbn(m))
-        elif isinstance(m, nn.Residual): layers.append(Residual(tnn.Sequential(*[convbn(b) for b in m.fn.modules])))
-        elif isinstance(m, nn.Flatten): layers.append(tnn.Flatten())
-        elif isinstance(m, nn.ReLU): layers.append(tnn.ReLU())
-        elif isinstance(m, nn.Linear):
-            linear = tnn.Linear(m.weight.shape[0], m.weight.shape[1])
-            linear.weight.data = torch.tensor(m.weight.numpy()).T.contiguous()
-            linear.bias.data = torch.tensor(m.bias.numpy()).reshape(-1)
-            layers.append(linear)
-    return tnn.Sequential(*layers).double()
+    "The same network in PyTorch (float64) with `model`'s weights copied across: the benchmark's `torch_copy`."
+    return runpy.run_path(BENCH_RESNET9)["torch_copy"](model)
 
 
 def test_resnet9_forward_backward_matches_torch(torch):
@@ -172,7 +152,6 @@ def test_epoch_general_cifar10_averages_over_samples(colour_cifar):
 # ---------------------------------------------------------------------------------------------
 # the ResNet9 benchmark still runs (timings are never asserted)
 # ---------------------------------------------------------------------------------------------
-BENCH_RESNET9 = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_resnet9.py")
 
 
 @pytest.mark.parametrize("with_torch", [True, False], ids=["torch", "no-torch"])
