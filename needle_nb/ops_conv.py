@@ -190,13 +190,8 @@ class Conv(TensorOp):
         a, b = node.inputs
         s, p = self.stride, self.padding
         grad_a = _conv_input_grad(out_grad, b, a.shape, s, p) if a.requires_grad else None
-        grad_b = None
-        if b.requires_grad and s > 1:
-            grad_b = ConvKernelGrad(s, p, b.shape[:2])(a, out_grad)       # the dilated zeros skipped
-        elif b.requires_grad:
-            g_kernel = transpose(transpose(out_grad, (0, 1)), (1, 2))       # (H_out, W_out, N, C_out)
-            grad_b = conv(transpose(a, (0, 3)), g_kernel, stride=1, padding=p)   # (C_in, K, K, C_out)
-            grad_b = transpose(transpose(grad_b, (0, 1)), (1, 2))           # (K, K, C_in, C_out)
+        # one node at every stride: no dilated zeros for s > 1, no transposes around a convolution for s = 1
+        grad_b = ConvKernelGrad(s, p, b.shape[:2])(a, out_grad) if b.requires_grad else None
         return grad_a, grad_b
 
 def _conv_input_grad(out_grad, b, a_shape, s: int, p: int):

@@ -23,7 +23,7 @@ ORDER = [
     'autograd',                                                # 01_autograd
     'apps.testing',                                            # 01a_testing (lab: torch comparisons)
     'apps.graph',                                              # 01b_graph (lab: draws computation graphs)
-    'ops', 'ops_conv',                                         # 02_ops, 02a_conv_ops
+    'ops', 'ops_conv', 'ops_norm',                             # 02_ops, 02a_conv_ops, 02b_norm_ops
     'init',                                                    # 03_init
     'apps.init_studies',                                       # 03a_init_studies (lab: imports init and below)
     'nn.module', 'nn.layers', 'nn.conv', 'nn.sequence', 'nn.transformer',   # 04, 04a, 04c, 04d, 04e

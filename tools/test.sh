@@ -60,7 +60,7 @@ if [ $rc -ne 0 ]; then fail "pytest exit code $rc"; fi
 done_step
 
 step "the op, nn and optim tests again on needle's NDArray (NEEDLE_BACKEND=nd is read at import: a separate process)"
-NEEDLE_BACKEND=nd python -m pytest -q -rs tests/test_ops.py tests/test_conv.py tests/test_nn_layers.py \
+NEEDLE_BACKEND=nd python -m pytest -q -rs tests/test_ops.py tests/test_conv.py tests/test_norm_ops.py tests/test_nn_layers.py \
     tests/test_nn_module.py tests/test_sequence.py tests/test_transformer.py tests/test_optim.py ||
     fail "pytest under NEEDLE_BACKEND=nd failed"
 done_step

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 from ..autograd import Tensor, TensorOp
-from .. import ops, init
+from .. import ops, ops_norm, init
 from ..ops import LeakyReLUOp, GELUOp
 from ..backend import array_module
 from .module import Module, Parameter, Buffer
@@ -271,25 +271,31 @@ class BatchNorm1d(Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"BatchNorm1d({self.dim}) expects input of shape (B, {self.dim}), got {x.shape}")
-        if self.training:
-            batch = x.shape[0]
-            # checked before the running statistics move: an empty batch would make them nan
-            if batch == 0:
-                raise ValueError(f"BatchNorm1d({self.dim}): cannot normalize an empty batch (batch size 0)")
-            if batch == 1:   # needle normalizes anyway (PyTorch raises): a loader's last batch can hold one row
-                warnings.warn(f"BatchNorm1d({self.dim}): a training batch of size 1 has zero variance; the output "
-                              "is the bias and the running variance moves toward 0", stacklevel=2)
-            mean = x.sum((0,)) / batch
-            centered = x - mean
-            var = (centered * centered).sum((0,)) / batch
-            m = self.momentum
-            # running statistics are state, not part of the graph: update the arrays directly
-            for buffer, stat in ((self.running_mean, mean), (self.running_var, var)):
-                buffer.cached_data = ((1 - m) * buffer.cached_data + m * stat.cached_data).astype(buffer.dtype, copy=False)
-            x_hat = centered / (var + self.eps) ** 0.5
-        else:
-            x_hat = (x - self.running_mean) / (self.running_var + self.eps) ** 0.5
-        return x_hat * self.weight + self.bias
+        return self._normalize(x)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        """Normalize `x` per channel (axis 1): batch statistics in training, running ones in evaluation.
+
+        One `ops_norm.BatchNorm` node (three in the backward pass) for any input `(B, C, …)`.
+        """
+        if not self.training:
+            stats = (self.running_mean.cached_data, self.running_var.cached_data)
+            return ops_norm.batch_norm(x, self.weight, self.bias, 1, self.eps, stats)
+        per_channel = x.shape[0] * math.prod(x.shape[2:])   # the values each channel's statistics average over
+        name = f"{type(self).__name__}({self.dim})"
+        # checked before the running statistics move: an empty batch would make them nan
+        if per_channel == 0:
+            raise ValueError(f"{name}: cannot normalize an empty batch (batch size {x.shape[0]})")
+        if per_channel == 1:   # needle normalizes anyway (PyTorch raises): a loader's last batch can hold one row
+            warnings.warn(f"{name}: a training batch of size 1 has zero variance; the output "
+                          "is the bias and the running variance moves toward 0", stacklevel=3)
+        op = ops_norm.BatchNorm(1, self.eps)
+        out = op(x, self.weight, self.bias)
+        m = self.momentum
+        # running statistics are state, not part of the graph: update the arrays directly
+        for buffer, stat in ((self.running_mean, op.mean), (self.running_var, op.var)):
+            buffer.cached_data = ((1 - m) * buffer.cached_data + m * stat).astype(buffer.dtype, copy=False)
+        return out
 
 # %% ../../nbs/04a_nn_layers.ipynb #7d414e3c
 class LayerNorm(Module):

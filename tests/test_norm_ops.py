@@ -1,0 +1,150 @@
+"""The fused batch-norm op (`needle_nb.ops_norm`, nbs/02b_norm_ops): values, gradients and second derivatives
+against PyTorch (`torch.nn.functional.batch_norm`, float64) and finite differences, on every device; its node
+counts; and what it refuses.
+"""
+import numpy as np
+import pytest
+
+import needle_nb as ndl
+from needle_nb import nn
+from needle_nb.autograd import Tensor
+from needle_nb.ops import gradient_check
+from needle_nb.ops_norm import BatchNorm, BatchNormGrad, batch_norm, batch_norm_reference, channel_layout, vjp
+from conftest import DEVICES, to_host
+
+devices = pytest.mark.parametrize("device", DEVICES, ids=repr)
+SHAPES = [(7, 3), (4, 3, 5, 6), (2, 5, 3, 1, 4)]
+
+
+def _inputs(rs, shape, device):
+    C = shape[1]
+    return (Tensor(rs.randn(*shape) * 2 + 1, device=device, dtype="float64"),
+            Tensor(rs.randn(C), device=device, dtype="float64"), Tensor(rs.randn(C), device=device, dtype="float64"))
+
+
+def _torch_bn(torch, x, w, b, stats, eps):
+    F = torch.nn.functional
+    if stats is None: return F.batch_norm(x, None, None, w, b, training=True, eps=eps)
+    return F.batch_norm(x, torch.tensor(stats[0]), torch.tensor(stats[1]), w, b, training=False, eps=eps)
+
+
+@devices
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_values_and_gradients_match_torch(torch, rs, device, shape, mode):
+    x, w, b = _inputs(rs, shape, device)
+    stats = None if mode == "train" else (rs.randn(shape[1]), rs.rand(shape[1]) + 0.5)
+    op_stats = None if stats is None else tuple(device.array(s, dtype="float64") for s in stats)
+    c = rs.randn(*shape)
+    out = BatchNorm(1, 1e-3, op_stats)(x, w, b)
+    (out * Tensor(c, device=device, dtype="float64")).sum().backward()
+    xt, wt, bt = (torch.tensor(to_host(t.cached_data), requires_grad=True) for t in (x, w, b))
+    ref = _torch_bn(torch, xt, wt, bt, stats, 1e-3)
+    (ref * torch.tensor(c)).sum().backward()
+    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours, theirs in ((x, xt), (w, wt), (b, bt)):
+        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_gradients_match_finite_differences(rs, shape):
+    x, w, b = _inputs(rs, shape, ndl.cpu())
+    gradient_check(lambda x, w, b: batch_norm(x, w, b, 1, 1e-5), x, w, b, backward=True, tol=1e-6)
+    stats = (rs.randn(shape[1]), rs.rand(shape[1]) + 0.5)
+    gradient_check(lambda x, w, b: batch_norm(x, w, b, 1, 1e-5, stats), x, w, b, backward=True, tol=1e-6)
+
+
+@devices
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_second_derivatives_match_torch(torch, rs, device, mode):
+    "Differentiate Σ d ⊙ ∂(Σ c ⊙ y)/∂x + Σ e ⊙ ∂(Σ c ⊙ y)/∂w again, as torch.autograd.grad(create_graph=True)."
+    shape = (3, 4, 3, 2)
+    x, w, b = _inputs(rs, shape, device)
+    stats = None if mode == "train" else (rs.randn(4), rs.rand(4) + 0.5)
+    op_stats = None if stats is None else tuple(device.array(s, dtype="float64") for s in stats)
+    c, d, e = rs.randn(*shape), rs.randn(*shape), rs.randn(4)
+    as_tensor = lambda a: Tensor(a, device=device, dtype="float64", requires_grad=False)
+    (batch_norm(x, w, b, 1, 1e-5, op_stats) * as_tensor(c)).sum().backward()
+    ((x.grad * as_tensor(d)).sum() + (w.grad * as_tensor(e)).sum()).backward()
+    xt, wt, bt = (torch.tensor(to_host(t.cached_data), requires_grad=True) for t in (x, w, b))
+    gx, gw = torch.autograd.grad((_torch_bn(torch, xt, wt, bt, stats, 1e-5) * torch.tensor(c)).sum(), (xt, wt),
+                                 create_graph=True)
+    second = torch.autograd.grad((gx * torch.tensor(d)).sum() + (gw * torch.tensor(e)).sum(), (xt, wt))
+    np.testing.assert_allclose(x.grad.numpy(), second[0].numpy(), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(w.grad.numpy(), second[1].numpy(), rtol=1e-7, atol=1e-9)
+
+
+def test_the_fused_op_equals_the_reference_and_keeps_the_batch_statistics(rs):
+    x, w, b = _inputs(rs, (6, 4, 3, 3), ndl.cpu())
+    op = BatchNorm(1, 1e-5)
+    np.testing.assert_allclose(op(x, w, b).numpy(), batch_norm_reference(x, w, b).numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(op.mean, x.numpy().mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(op.var, x.numpy().var(axis=(0, 2, 3)), rtol=1e-12)   # biased, as needle's
+
+
+def test_channel_axis_last(rs):
+    x = Tensor(rs.randn(5, 2, 3), dtype="float64")
+    w, b = Tensor(rs.randn(3), dtype="float64"), Tensor(rs.randn(3), dtype="float64")
+    out = batch_norm(x, w, b, channel_axis=-1).numpy()
+    a = x.numpy()
+    expected = (a - a.mean((0, 1))) / np.sqrt(a.var((0, 1)) + 1e-5) * w.numpy() + b.numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-10)
+
+
+def _nodes(f):
+    made = []
+    original = Tensor.make_from_op
+    def counting(op, inputs):
+        made.append(type(op).__name__)
+        return original(op, inputs)
+    Tensor.make_from_op = staticmethod(counting)
+    try: f()
+    finally: Tensor.make_from_op = staticmethod(original)
+    return made
+
+
+def test_batchnorm2d_is_one_node_forward_and_three_backward(rs):
+    layer = nn.BatchNorm2d(4)
+    x = Tensor(rs.randn(2, 4, 3, 3).astype(np.float32))
+    forward = _nodes(lambda: layer(x))
+    assert forward == ["BatchNorm"], forward
+    out = layer(x)
+    backward = _nodes(lambda: out.backward(Tensor(np.ones(out.shape, np.float32))))
+    assert sorted(backward) == ["BatchNormGrad", "BatchNormGrad", "Summation"], backward
+    # the input's and the weight's gradient share Σ ḡ·x̂, and the op lets go of ḡ afterwards
+    assert out.op._sums is None
+
+
+def test_input_that_needs_no_gradient_gets_none(rs):
+    x = Tensor(rs.randn(4, 3), requires_grad=False)
+    w, b = Tensor(np.ones(3, np.float32)), Tensor(np.zeros(3, np.float32))
+    batch_norm(x, w, b).sum().backward()
+    assert x.grad is None and w.grad.shape == (3,) and b.grad.shape == (3,)
+
+
+def test_vjp_returns_differentiable_gradients_and_sets_no_grad(rs):
+    x = Tensor(rs.randn(3), dtype="float64")
+    y = Tensor(rs.randn(3), dtype="float64", requires_grad=False)
+    (gx,) = vjp(lambda x: x * x * x, (x,), Tensor(np.ones(3)))
+    np.testing.assert_allclose(gx.numpy(), 3 * x.numpy() ** 2)
+    assert x.grad is None
+    gx.sum().backward()                                    # d/dx Σ 3x² = 6x
+    np.testing.assert_allclose(x.grad.numpy(), 6 * x.numpy())
+    assert vjp(lambda x, y: x * 2.0, (x, y), Tensor(np.ones(3)))[1] is None   # y does not enter
+
+
+def test_bad_input_is_refused_with_the_shapes_named(rs):
+    x = Tensor(rs.randn(4, 3).astype(np.float32))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"): batch_norm(x, Tensor(np.ones(2)), Tensor(np.ones(2)))
+    with pytest.raises(ValueError, match="batch axis"): channel_layout((5,))
+    with pytest.raises(ValueError, match="out of range"): batch_norm(x, Tensor(np.ones(3)), Tensor(np.ones(3)), channel_axis=2)
+    with pytest.raises(ValueError, match="eps"): BatchNorm(eps=-1.0)
+    with pytest.raises(ValueError, match="wrt"): BatchNormGrad(BatchNorm(), "bias")
+
+
+def test_batchnorm_layers_refuse_an_empty_batch_before_moving_statistics():
+    layer = nn.BatchNorm2d(3)
+    before = layer.running_mean.numpy().copy()
+    with pytest.raises(ValueError, match="batch size 0"): layer(Tensor(np.zeros((0, 3, 2, 2), np.float32)))
+    np.testing.assert_array_equal(layer.running_mean.numpy(), before)
+    with pytest.warns(UserWarning, match="size 1"): layer(Tensor(np.ones((1, 3, 1, 1), np.float32)))
