@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import needle_nb as ndl
+from needle_nb.ops_norm import batch_norm
 import needle_nb.init as init
 import needle_nb.nn as nn
 import needle_nb.optim as optim
@@ -83,6 +84,9 @@ OPS = {
     "conv_s2_p0_K5": (lambda a, b: ndl.conv(a, b, stride=2, padding=0), [(2, 12, 11, 3), (5, 5, 3, 2)], _any),
     "conv_s3_p2_K4": (lambda a, b: ndl.conv(a, b, stride=3, padding=2), [(1, 10, 10, 2), (4, 4, 2, 3)], _any),
     "conv_1x1": (lambda a, b: ndl.conv(a, b, stride=1, padding=0), [(3, 5, 5, 8), (1, 1, 8, 4)], _any),
+    # fused batch norm (nbs/02b_norm_ops): NCHW and (B, C), batch statistics
+    "batch_norm_nchw": (lambda x, w, b: batch_norm(x, w, b), [(4, 3, 5, 6), (3,), (3,)], _any),
+    "batch_norm_2d": (lambda x, w, b: batch_norm(x, w, b), [(9, 5), (5,), (5,)], _any),
     "max_pool2d": (lambda a: ndl.max_pool2d(a, 3, stride=2, padding=1), [(2, 3, 9, 8)], _any),
     "avg_pool2d": (lambda a: ndl.avg_pool2d(a, 2), [(2, 3, 8, 8)], _any),
     "global_avg_pool2d": (lambda a: ndl.global_avg_pool2d(a), [(2, 3, 5, 7)], _any),
