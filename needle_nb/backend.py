@@ -111,11 +111,17 @@ class CUDADevice(Device):
     @property
     def name(self): return "cuda" if self.index == 0 else f"cuda:{self.index}"
     def __repr__(self): return "cuda()" if self.index == 0 else f"cuda({self.index})"
-    def enabled(self) -> bool: return _cupy()[0] is not None
+    def enabled(self) -> bool:
+        cupy = _cupy()[0]
+        return cupy is not None and (self.index == 0 or self.index < cupy.cuda.runtime.getDeviceCount())
     @property
     def xp(self):
         cupy, reason = _cupy()
         if cupy is None: raise DeviceUnavailableError(f"device {self!r} is not available: {reason}")
+        # GPU 0 exists whenever cupy is usable; a higher index is checked (cupy would raise a bare CUDA error)
+        if self.index and self.index >= (count := cupy.cuda.runtime.getDeviceCount()):
+            raise DeviceUnavailableError(f"device {self!r} is not available: cupy sees {count} GPU(s), "
+                                         f"indices 0 to {count - 1}")
         return cupy
     def array(self, data, dtype=None):
         xp = self.xp

@@ -149,6 +149,13 @@ def test_cuda_enabled_when_cupy_sees_a_gpu(fake_cupy):
     assert ndl.all_devices() == [ndl.cpu(), ndl.cuda()]
 
 
+def test_a_gpu_index_beyond_what_cupy_sees_is_unavailable(fake_cupy):
+    fake_cupy(available=True)                     # one GPU: cuda(0) only
+    assert ndl.cuda().enabled() and not ndl.cuda(3).enabled()
+    with pytest.raises(DeviceUnavailableError, match=r"cuda\(3\).*sees 1 GPU"):
+        ndl.Tensor([1.0], device=ndl.cuda(3))
+
+
 def test_device_unavailable_error_is_a_runtime_error():
     assert issubclass(DeviceUnavailableError, RuntimeError)
 

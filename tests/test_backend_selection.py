@@ -18,8 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 xp = numpy_api(nd.cpu())
 
 
+def _pythonpath() -> str:
+    "This checkout first, then whatever PYTHONPATH the tests run with (e.g. packages installed with --target)."
+    return os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+
+
 def run(code: str, backend_name: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NEEDLE_BACKEND=backend_name, PYTHONPATH=ROOT)
+    env = dict(os.environ, NEEDLE_BACKEND=backend_name, PYTHONPATH=_pythonpath())
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
@@ -81,7 +86,7 @@ def test_np_backend_changes_nothing():
 def test_default_is_np_and_anything_else_is_an_error_naming_it():
     env = {k: v for k, v in os.environ.items() if k != "NEEDLE_BACKEND"}
     out = subprocess.run([sys.executable, "-c", "import needle_nb as ndl; print(ndl.BACKEND)"], capture_output=True,
-                         text=True, env=dict(env, PYTHONPATH=ROOT), cwd=ROOT)
+                         text=True, env=dict(env, PYTHONPATH=_pythonpath()), cwd=ROOT)
     assert out.stdout.strip() == "np", out.stderr
     bad = run("import needle_nb", "cupy")
     assert bad.returncode != 0 and "RuntimeError" in bad.stderr and "'cupy'" in bad.stderr
