@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 from .backend import array_module
 from .autograd import Tensor, TensorOp, sum_node_list
-from .ops import summation, reshape, power_scalar
+from .ops import summation, reshape, power_scalar, broadcast_to
 
 # %% auto #0
 __all__ = ['channel_layout', 'batch_norm_reference', 'BatchNorm', 'batch_norm', 'vjp', 'BatchNormGrad']
@@ -62,13 +62,13 @@ class BatchNorm(TensorOp):
     `(C,)` (evaluation). Shapes: `x` `(B, C)` or `(N, C, H, W)` (any rank ≥ 2), `weight` and `bias` `(C,)`.
 
     After computing, `self.mean` and `self.var` are the statistics used (arrays `(C,)`). The gradient is three
-    nodes (`BatchNormGrad` for the input and the weight, a channel sum for the bias), each differentiable again.
+    nodes (`BatchNormGrad` for the input, the weight and the bias), each differentiable again.
     """
     def __init__(self, channel_axis: int = 1, eps: float = 1e-5, stats: Optional[tuple] = None):
         if not eps >= 0: raise ValueError(f"BatchNorm: eps must be >= 0, got {eps!r}")
         self.channel_axis, self.eps, self.stats = channel_axis, float(eps), stats
         self.x_hat = self.inv_std = self.mean = self.var = None
-        self._sums = None   # (output gradient, Σ ḡ·x̂) shared by the input's and the weight's gradient
+        self._sums = None   # {"g": ḡ, "weight": Σ ḡ·x̂, "bias": Σ ḡ}: computed once, read by each gradient
 
     def compute(self, x, weight, bias):
         xp = array_module(x)
@@ -91,10 +91,9 @@ class BatchNorm(TensorOp):
 
     def gradient(self, out_grad, node):
         x, weight, bias = node.inputs
-        axes = channel_layout(x.shape, self.channel_axis)[0]
         return (BatchNormGrad(self, "x")(out_grad, x, weight) if x.requires_grad else None,
                 BatchNormGrad(self, "weight")(out_grad, x) if weight.requires_grad else None,
-                summation(out_grad, axes) if bias.requires_grad else None)
+                BatchNormGrad(self, "bias")(out_grad) if bias.requires_grad else None)
 
 def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, channel_axis: int = 1, eps: float = 1e-5,
                stats: Optional[tuple] = None) -> Tensor:
@@ -135,39 +134,43 @@ def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
     return tuple(sum_node_list(g) if g else None for g in found)
 
 class BatchNormGrad(TensorOp):
-    """The gradient of a `BatchNorm` node for its input (`wrt="x"`, inputs `(ḡ, x, weight)`) or its weight
-    (`wrt="weight"`, inputs `(ḡ, x)`), computed from the forward op's saved $\\hat x$ and $1/\\sqrt{\\sigma^2+\\epsilon}$.
+    """The gradient of a `BatchNorm` node for its input (`wrt="x"`, inputs `(ḡ, x, weight)`), weight (`"weight"`,
+    inputs `(ḡ, x)`) or bias (`"bias"`, input `(ḡ,)`), from the forward op's saved $\\hat x$ and $1/\\sqrt{\\sigma^2+\\epsilon}$.
 
     `x` is an input so that second derivatives reach it; its array is not read. Shapes: `ḡ` and `x` the forward
-    input's; returns the input's shape (`"x"`) or `(C,)` (`"weight"`). Its own gradient is the vector-Jacobian
-    product of the same gradient written with primitive ops (`batch_norm_reference`), through `vjp`.
+    input's; returns the input's shape (`"x"`) or `(C,)`. The channel sums Σ ḡ·x̂ and Σ ḡ are computed once per
+    backward pass and shared. Its own gradient is the vector-Jacobian product of the same gradient written with
+    primitive ops (`batch_norm_reference`), through `vjp`.
     """
     def __init__(self, forward: BatchNorm, wrt: str):
-        if wrt not in ("x", "weight"): raise ValueError(f"BatchNormGrad: wrt must be 'x' or 'weight', got {wrt!r}")
+        if wrt not in ("x", "weight", "bias"):
+            raise ValueError(f"BatchNormGrad: wrt must be 'x', 'weight' or 'bias', got {wrt!r}")
         self.forward, self.wrt = forward, wrt
 
-    def _sum_g_xhat(self, g, xp, axes):
-        "Σ ḡ·x̂ per channel (keepdims), computed once for the input's and the weight's gradient."
-        cached = self.forward._sums
-        if cached is not None and cached[0] is g:
-            self.forward._sums = None   # each gradient reads it once: drop the reference to ḡ
-            return cached[1]
-        total = xp.sum(g * self.forward.x_hat, axis=axes, keepdims=True)
-        self.forward._sums = (g, total)
-        return total
+    def _channel_sums(self, g, xp, axes) -> dict:
+        "Σ ḡ·x̂ (`'weight'`) and Σ ḡ (`'bias'`) per channel, keepdims: once per output gradient `g`."
+        sums = self.forward._sums
+        if sums is None or sums["g"] is not g:
+            sums = self.forward._sums = {"g": g, "weight": xp.sum(g * self.forward.x_hat, axis=axes, keepdims=True),
+                                         "bias": xp.sum(g, axis=axes, keepdims=True)}
+        return sums
 
-    def compute(self, g, x, weight=None):
+    def compute(self, g, x=None, weight=None):
         fwd, xp = self.forward, array_module(g)
         axes, kept, count = channel_layout(g.shape, fwd.channel_axis)
-        if self.wrt == "weight": return xp.reshape(self._sum_g_xhat(g, xp, axes), (-1,))
+        if self.wrt != "x": return xp.reshape(self._channel_sums(g, xp, axes)[self.wrt], (-1,))
         scale = xp.reshape(weight, kept) * fwd.inv_std
         if fwd.stats is not None: return g * scale   # fixed statistics: x moves x̂ through its own entry only
-        sum_g_xhat = self._sum_g_xhat(g, xp, axes)
-        mean_g = xp.sum(g, axis=axes, keepdims=True) / count
-        return (g - mean_g - fwd.x_hat * (sum_g_xhat / count)) * scale
+        sums = self._channel_sums(g, xp, axes)
+        return (g - sums["bias"] / count - fwd.x_hat * (sums["weight"] / count)) * scale
 
     def gradient(self, out_grad, node):
-        fwd, (g, x) = self.forward, node.inputs[:2]
+        fwd = self.forward
+        if self.wrt == "bias":   # Σ ḡ over the reduced axes: its adjoint spreads out_grad back over them
+            g = node.inputs[0]
+            kept = channel_layout(g.shape, fwd.channel_axis)[1]
+            return (broadcast_to(reshape(out_grad, kept), g.shape),)
+        g, x = node.inputs[:2]
         C = x.shape[fwd.channel_axis]
         xp = array_module(x.cached_data)
         bias = Tensor.make_const(xp.zeros((C,), dtype=x.dtype))   # the bias does not enter any gradient
