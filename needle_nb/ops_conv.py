@@ -14,8 +14,8 @@ from .autograd import Tensor, TensorOp
 from .ops import transpose, summation, mul_scalar
 
 # %% auto #0
-__all__ = ['Flip', 'flip', 'Pad', 'pad', 'Dilate', 'UnDilate', 'dilate', 'undilate', 'Conv', 'ConvKernelGrad', 'conv', 'MaxPool',
-           'AvgPool', 'max_pool2d', 'avg_pool2d', 'global_avg_pool2d']
+__all__ = ['Flip', 'flip', 'Pad', 'pad', 'Dilate', 'UnDilate', 'dilate', 'undilate', 'Conv', 'ConvInputGrad', 'ConvKernelGrad',
+           'conv', 'MaxPool', 'AvgPool', 'max_pool2d', 'avg_pool2d', 'global_avg_pool2d']
 
 # %% ../nbs/02a_conv_ops.ipynb #95df3a36
 def _axes_tuple(axes) -> tuple:
@@ -182,53 +182,100 @@ def _conv_shift_add(a, b):
     return out
 
 # %% ../nbs/02a_conv_ops.ipynb #53b25c52
+_LAYOUTS = ("NHWC", "NCHW")
+
+def _check_layout(layout: str) -> str:
+    if layout not in _LAYOUTS: raise ValueError(f"conv: layout must be 'NHWC' (needle's) or 'NCHW', got {layout!r}")
+    return layout
+
+def _to_nhwc(a, layout: str):
+    "An activation stored in `layout`, as an NHWC view (no copy)."
+    if layout == "NHWC": return a
+    if a.ndim != 4: raise ValueError(f"conv: expects an NCHW array (4 axes), got shape {a.shape}")
+    return array_module(a).transpose(a, (0, 2, 3, 1))
+
+def _from_nhwc(a, layout: str):
+    "An NHWC result as a view in `layout`."
+    return a if layout == "NHWC" else array_module(a).transpose(a, (0, 3, 1, 2))
+
 class Conv(TensorOp):
-    """2-D convolution (cross-correlation) in needle's layout.
+    """2-D convolution (cross-correlation) in needle's layout, or on NCHW activations.
 
     Args:
         stride: step between windows (the same along H and W).
         padding: zeros added on each side of H and W (the op's default is 0, `conv`'s is 1, as needle's).
+        layout: `"NHWC"` (needle's) or `"NCHW"` (PyTorch's, what `nn.Conv` takes): the layout of the input, the
+            output and every gradient; the kernel is `(K, K, C_in, C_out)` in both. An NCHW array is viewed as NHWC
+            inside the op, so the layout costs no graph node.
 
     Shapes: `a` `(N, H, W, C_in)`, `b` `(K, K, C_in, C_out)` → `(N, H_out, W_out, C_out)` with
-    $H_{out} = \\lfloor (H + 2p - K)/s \\rfloor + 1$.
+    $H_{out} = \\lfloor (H + 2p - K)/s \\rfloor + 1$ (NCHW: `(N, C_in, H, W)` → `(N, C_out, H_out, W_out)`).
     """
-    def __init__(self, stride: int = 1, padding: int = 0):
+    def __init__(self, stride: int = 1, padding: int = 0, layout: str = "NHWC"):
         self.stride = _check_int(_square(stride, "conv: stride"), "conv: stride", 1)
         self.padding = _check_int(padding, "conv: padding", 0)
-    def __repr__(self): return f"Conv(stride={self.stride}, padding={self.padding})"
-    def compute(self, a, b): return _conv_forward(a, b, self.stride, self.padding)
+        self.layout = _check_layout(layout)
+    def __repr__(self):
+        return f"Conv(stride={self.stride}, padding={self.padding}" + (f", layout={self.layout!r})" if self.layout != "NHWC" else ")")
+    def compute(self, a, b):
+        return _from_nhwc(_conv_forward(_to_nhwc(a, self.layout), b, self.stride, self.padding), self.layout)
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        s, p = self.stride, self.padding
-        grad_a = _conv_input_grad(out_grad, b, a.shape, s, p) if a.requires_grad else None
+        s, p, layout = self.stride, self.padding, self.layout
+        grad_a = ConvInputGrad(s, p, a.shape, layout)(out_grad, b) if a.requires_grad else None
         # one node at every stride: no dilated zeros for s > 1, no transposes around a convolution for s = 1
-        grad_b = ConvKernelGrad(s, p, b.shape[:2])(a, out_grad) if b.requires_grad else None
+        grad_b = ConvKernelGrad(s, p, b.shape[:2], layout)(a, out_grad) if b.requires_grad else None
         return grad_a, grad_b
 
-def _conv_input_grad(out_grad, b, a_shape, s: int, p: int):
-    "The input's gradient of `conv(a, b, s, p)` for `out_grad`: the dilated `out_grad` ⋆ the flipped, channel-swapped `b`."
-    kernel_h, kernel_w = b.shape[:2]
-    H, W = a_shape[1:3]
-    r_h, r_w = (H + 2 * p - kernel_h) % s, (W + 2 * p - kernel_w) % s   # rows/columns no window reaches
-    g = dilate(out_grad, (1, 2), s - 1) if s > 1 else out_grad       # (N, H_out·s, W_out·s, C_out)
-    kernel = transpose(flip(b, (0, 1)), (2, 3))                      # (K, K, C_out, C_in)
-    top, left = kernel_h - 1 - p, kernel_w - 1 - p
-    bottom, right = top - (s - 1 - r_h), left - (s - 1 - r_w)
-    if top == bottom == left == right >= 0: return conv(g, kernel, stride=1, padding=top)
-    return conv(pad(g, ((0, 0), (top, bottom), (left, right), (0, 0))), kernel, stride=1, padding=0)
+class ConvInputGrad(TensorOp):
+    """The input's gradient of `conv(a, b, stride, padding)` for the output gradient `g`, as one node: the dilated
+    `g` convolved at stride 1 with the flipped, channel-swapped kernel, padded or cropped to the input's shape.
+
+    `(g (N, H_out, W_out, C_out), b (KH, KW, C_in, C_out))` → `a_shape` (`g` and the result in `layout`). It is
+    linear in both inputs, so its own gradients are convolutions again: `conv(out_grad, b, stride, padding)` for
+    `g`, `ConvKernelGrad` for `b`.
+    """
+    def __init__(self, stride: int, padding: int, a_shape, layout: str = "NHWC"):
+        self.stride, self.padding, self.a_shape, self.layout = stride, padding, tuple(a_shape), _check_layout(layout)
+    def __repr__(self): return f"ConvInputGrad(stride={self.stride}, padding={self.padding}, a_shape={self.a_shape})"
+
+    def compute(self, g, b):
+        return _from_nhwc(self._nhwc(_to_nhwc(g, self.layout), b), self.layout)
+
+    def _nhwc(self, g, b):
+        "The computation on an NHWC output gradient."
+        s, p = self.stride, self.padding
+        kernel_h, kernel_w = b.shape[:2]
+        H, W = self.a_shape[2:4] if self.layout == "NCHW" else self.a_shape[1:3]
+        r_h, r_w = (H + 2 * p - kernel_h) % s, (W + 2 * p - kernel_w) % s   # rows/columns no window reaches
+        if s > 1: g = Dilate((1, 2), s - 1).compute(g)                     # (N, H_out·s, W_out·s, C_out)
+        kernel = Flip((0, 1)).compute(b).swapaxes(2, 3)                     # (K, K, C_out, C_in)
+        top, left = kernel_h - 1 - p, kernel_w - 1 - p
+        bottom, right = top - (s - 1 - r_h), left - (s - 1 - r_w)
+        if top == bottom == left == right >= 0: return _conv_forward(g, kernel, 1, top)
+        return _conv_forward(Pad(((0, 0), (top, bottom), (left, right), (0, 0))).compute(g), kernel, 1, 0)
+
+    def gradient(self, out_grad, node):
+        g, b = node.inputs
+        s, p = self.stride, self.padding
+        return (Conv(s, p, self.layout)(out_grad, b) if g.requires_grad else None,
+                ConvKernelGrad(s, p, b.shape[:2], self.layout)(out_grad, g) if b.requires_grad else None)
 
 class ConvKernelGrad(TensorOp):
     """The kernel's gradient of `conv(a, b, stride, padding)`: $\\sum_{n,i,j} \\tilde a_{n,is+u,js+v,c}\\,g_{n,i,j,o}$.
 
     `(a (N, H, W, C_in), g (N, H_out, W_out, C_out))` → `(KH, KW, C_in, C_out)`: the im2col rows of the
-    padded `a`, transposed, times `g` as an `(N·H_out·W_out, C_out)` matrix (no dilated zeros).
+    padded `a`, transposed, times `g` as an `(N·H_out·W_out, C_out)` matrix (no dilated zeros). With
+    `layout="NCHW"`, `a` and `g` are NCHW.
     """
-    def __init__(self, stride: int, padding: int, kernel_size):
+    def __init__(self, stride: int, padding: int, kernel_size, layout: str = "NHWC"):
         self.stride, self.padding, self.kernel_size = stride, padding, tuple(kernel_size)
+        self.layout = _check_layout(layout)
     def __repr__(self): return f"ConvKernelGrad(stride={self.stride}, padding={self.padding}, kernel_size={self.kernel_size})"
 
     def compute(self, a, g):
+        a, g = _to_nhwc(a, self.layout), _to_nhwc(g, self.layout)
         kernel_h, kernel_w = self.kernel_size
         p, xp = self.padding, array_module(a)
         if p: a = _constant_pad(a, ((0, 0), (p, p), (p, p), (0, 0)))
@@ -241,13 +288,16 @@ class ConvKernelGrad(TensorOp):
 
     def gradient(self, out_grad, node):
         a, g = node.inputs
-        grad_a = _conv_input_grad(g, out_grad, a.shape, self.stride, self.padding) if a.requires_grad else None
-        grad_g = conv(a, out_grad, stride=self.stride, padding=self.padding) if g.requires_grad else None
+        s, p, layout = self.stride, self.padding, self.layout
+        grad_a = ConvInputGrad(s, p, a.shape, layout)(g, out_grad) if a.requires_grad else None
+        grad_g = Conv(s, p, layout)(a, out_grad) if g.requires_grad else None
         return grad_a, grad_g
 
-def conv(a, b, stride=1, padding=1):
-    "needle's `conv`: NHWC input `a`, `(K, K, C_in, C_out)` kernel `b`; note the default `padding=1`."
-    return Conv(stride, padding)(a, b)
+def conv(a, b, stride=1, padding=1, layout="NHWC"):
+    """needle's `conv`: NHWC input `a`, `(K, K, C_in, C_out)` kernel `b`; note the default `padding=1`.
+
+    `layout="NCHW"` (an extension) takes and returns NCHW activations, as `nn.Conv` does."""
+    return Conv(stride, padding, layout)(a, b)
 
 # %% ../nbs/02a_conv_ops.ipynb #3fe4c37d
 def _pool_params(kernel_size, stride, padding, name) -> Tuple[int, int, int]:

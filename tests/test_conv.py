@@ -43,7 +43,9 @@ def test_names_and_defaults_are_needles():
     for name in ["conv", "flip", "dilate", "undilate", "Conv", "Flip", "Dilate", "UnDilate", "pad",
                  "max_pool2d", "avg_pool2d", "global_avg_pool2d"]:
         assert getattr(ndl, name) is getattr(ndl.ops_conv, name), name
-    assert list(inspect.signature(ndl.conv).parameters) == ["a", "b", "stride", "padding"]
+    # needle's parameters, in needle's order; `layout` is an extension after them, needle's NHWC by default
+    assert list(inspect.signature(ndl.conv).parameters) == ["a", "b", "stride", "padding", "layout"]
+    assert inspect.signature(ndl.conv).parameters["layout"].default == "NHWC"
     assert inspect.signature(ndl.conv).parameters["padding"].default == 1
     assert inspect.signature(ndl.conv).parameters["stride"].default == 1
     op = ndl.ops_conv.Conv()
@@ -229,6 +231,42 @@ def test_conv_second_derivatives_against_torch(torch, rs):
     np.testing.assert_allclose(grad_a.numpy(), ga.detach().numpy(), atol=1e-10)
     np.testing.assert_allclose(a.grad.numpy(), at.grad.numpy(), atol=1e-9)
     np.testing.assert_allclose(b.grad.numpy(), bt.grad.numpy(), atol=1e-9)
+
+
+@devices
+@pytest.mark.parametrize("stride, padding, shape", [(1, 1, (2, 3, 7, 6)), (2, 0, (2, 3, 9, 8)), (3, 2, (1, 2, 8, 7)),
+                                                    (2, 1, (1, 2, 6, 6))])
+def test_conv_nchw_layout_matches_torch_to_second_order(torch, rs, device, stride, padding, shape):
+    "layout='NCHW': torch's conv2d on the same NCHW arrays, values, gradients and second derivatives, no transpose nodes."
+    a_np, b_np = rs.randn(*shape), rs.randn(3, 3, shape[1], 4)
+    a, b = Tensor(a_np, device=device), Tensor(b_np, device=device)
+    made = []
+    original = Tensor.make_from_op
+    def counting(op, inputs):
+        made.append(type(op).__name__)
+        return original(op, inputs)
+    Tensor.make_from_op = staticmethod(counting)
+    try:
+        out = ndl.conv(a, b, stride=stride, padding=padding, layout="NCHW")
+        grad_a, grad_b = out.op.gradient_as_tuple(out * 2.0, out)
+    finally: Tensor.make_from_op = staticmethod(original)
+    assert "Transpose" not in made, made
+    (grad_a.sum() + (grad_b * grad_b).sum()).backward()
+    at, bt = torch.tensor(a_np, requires_grad=True), torch.tensor(b_np, requires_grad=True)
+    out_t = torch.nn.functional.conv2d(at, bt.permute(3, 2, 0, 1), stride=stride, padding=padding)
+    ga, gb = torch.autograd.grad(out_t, (at, bt), grad_outputs=out_t * 2.0, create_graph=True)
+    (ga.sum() + (gb * gb).sum()).backward()
+    np.testing.assert_allclose(out.numpy(), out_t.detach().numpy(), atol=1e-10)
+    np.testing.assert_allclose(grad_a.numpy(), ga.detach().numpy(), atol=1e-9)
+    np.testing.assert_allclose(grad_b.numpy(), gb.detach().numpy(), atol=1e-9)
+    np.testing.assert_allclose(a.grad.numpy(), at.grad.numpy(), atol=1e-8)
+    np.testing.assert_allclose(b.grad.numpy(), bt.grad.numpy(), atol=1e-8)
+
+
+def test_conv_layout_is_checked():
+    with pytest.raises(ValueError, match="layout must be 'NHWC'"): ndl.conv(Tensor(np.ones((1, 4, 4, 1))), Tensor(np.ones((3, 3, 1, 1))), layout="NCWH")
+    with pytest.raises(ValueError, match=r"NCHW array \(4 axes\)"):
+        ndl.conv(Tensor(np.ones((4, 4, 1))), Tensor(np.ones((3, 3, 1, 1))), layout="NCHW")
 
 
 @pytest.mark.parametrize("call, message", [

@@ -75,9 +75,10 @@ class Conv(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_nchw(x, self.in_channels, f"Conv({self.in_channels}, {self.out_channels})")
-        out = ops_conv.conv(nchw_to_nhwc(x), self.weight, stride=self.stride, padding=self.padding)
-        if self.bias is not None: out = out + ops.reshape(self.bias, (1, 1, 1, self.out_channels))
-        return nhwc_to_nchw(out)
+        # the op views NCHW as NHWC inside: no transpose nodes, forward or backward
+        out = ops_conv.conv(x, self.weight, stride=self.stride, padding=self.padding, layout="NCHW")
+        if self.bias is not None: out = out + ops.reshape(self.bias, (1, self.out_channels, 1, 1))
+        return out
 
 # %% ../../nbs/04c_nn_conv.ipynb #fc2fcda8
 class BatchNorm2d(BatchNorm1d):
