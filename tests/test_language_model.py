@@ -150,3 +150,61 @@ def test_lstm_language_model_epoch_matches_torch(torch):
             correct += int((logits.argmax(1) == y).sum())
     np.testing.assert_allclose(loss, total / n, rtol=1e-10)
     assert acc == correct / n
+
+
+def test_transformer_language_model_sees_no_future_character():
+    "Changing the characters after row t leaves the logits of rows 0..t alone: the causal mask holds end to end."
+    rs = np.random.RandomState(5)
+    ndl.manual_seed(0)
+    lm = LanguageModel(8, 11, 16, 2, "transformer", seq_len=10, num_head=2, dim_head=4, dtype="float64")
+    x = rs.randint(0, 11, (10, 3)).astype(np.float64)
+    logits = lm(ndl.Tensor(x, dtype="float64"))[0].numpy().reshape(10, 3, 11)
+    for t in (0, 4, 8):
+        changed = x.copy()
+        changed[t + 1:] = (changed[t + 1:] + 1 + rs.randint(0, 10, changed[t + 1:].shape)) % 11
+        again = lm(ndl.Tensor(changed, dtype="float64"))[0].numpy().reshape(10, 3, 11)
+        np.testing.assert_array_equal(again[:t + 1], logits[:t + 1])
+        assert np.abs(again[t + 1:] - logits[t + 1:]).max() > 1e-3     # the later rows do read their inputs
+
+
+def test_transformer_language_model_trains_as_torch(torch):
+    """Two epochs of needle's loop (Adam, gradient clipping) on a Transformer LanguageModel give PyTorch's
+    losses and weights (float64, weights copied in, each block seen alone), then the same evaluate_ptb loss.
+    The character chapter's diagnosis: its Transformer's slow start is the recipe's, not a bug."""
+    from test_transformer import torch_transformer_layer
+    rs = np.random.RandomState(7)
+    batches = batchify(stream(rs, 400, 11), 4)                   # 100 rows: blocks of 12, the last of 3
+    ndl.manual_seed(0)
+    lm = LanguageModel(8, 11, 16, 2, "transformer", seq_len=12, num_head=2, dim_head=4, dtype="float64")
+    params = {n: torch.tensor(p.numpy(), requires_grad=True) for n, p in lm.named_parameters()}
+    def torch_lm(x):
+        T, B = x.shape
+        h = params["embedding.weight"][x].transpose(0, 1) + params["model.positional_embedding.weight"][:T]
+        for l in range(2):
+            prefix = f"model.layers.{l}."
+            h = torch_transformer_layer(torch, {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)},
+                                        h, 2, causal=True)
+        return h.transpose(0, 1).reshape(T * B, 8) @ params["linear.weight"] + params["linear.bias"]
+    opt = ndl.optim.Adam(lm.parameters(), lr=0.01)
+    torch_opt = torch.optim.Adam(params.values(), lr=0.01)
+    b = torch.tensor(batches)
+    for _ in range(2):
+        ours = epoch_general_ptb(batches, lm, seq_len=12, opt=opt, clip=0.5, dtype="float64")
+        total, n = 0.0, 0
+        for i in range(0, len(batches) - 1, 12):
+            s = min(12, len(batches) - 1 - i)
+            torch_opt.zero_grad()
+            y = b[i + 1:i + 1 + s].reshape(-1)
+            loss = torch.nn.functional.cross_entropy(torch_lm(b[i:i + s]), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params.values(), 0.5)
+            torch_opt.step()
+            total += loss.item() * len(y); n += len(y)
+        np.testing.assert_allclose(ours[1], total / n, rtol=1e-9)
+    for name, p in lm.named_parameters():
+        np.testing.assert_allclose(p.numpy(), params[name].detach().numpy(), rtol=1e-7, atol=1e-9, err_msg=name)
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(torch_lm(b[i:i + s]), b[i + 1:i + 1 + s].reshape(-1), reduction="sum").item()
+                  for i in range(0, len(batches) - 1, 12) for s in [min(12, len(batches) - 1 - i)]]
+    np.testing.assert_allclose(evaluate_ptb(lm, batches, seq_len=12, dtype="float64")[1], sum(losses) / (len(batches) - 1) / 4,
+                               rtol=1e-10)

@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/glorot_bengio.html.md"""
 
 # %% ../../nbs/14_glorot_bengio.ipynb #0c4c43b3
 from __future__ import annotations
-import contextlib, json, math, time
+import json, math, time
 from pathlib import Path
 import numpy as np
 from .. import nn, optim, init
@@ -14,13 +14,13 @@ from ..autograd import Tensor, no_grad
 from ..backend import manual_seed
 from ..data import FashionMNIST
 from .models import MLP
-from .simple_ml import data_present, pick, full_run
+from .simple_ml import data_present, pick, full_run, one_blas_thread
 
 # %% auto #0
 __all__ = ['FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'PIXEL_MEAN', 'PIXEL_STD', 'ACTIVATIONS', 'SCHEMES', 'ACTIVATION_SLOPES',
            'RUNS', 'PAPER_TABLE1_MNIST', 'fashion_mnist_files', 'have_fashion_mnist', 'load_fashion_mnist',
-           'standardize_pixels', 'one_blas_thread', 'save_results', 'load_results', 'init_bound', 'glorot_mlp',
-           'forward_backward', 'jacobian_singular_values', 'init_statistics', 'plot_init_histograms', 'plot_jacobians',
+           'standardize_pixels', 'save_results', 'load_results', 'init_bound', 'glorot_mlp', 'forward_backward',
+           'jacobian_singular_values', 'init_statistics', 'plot_init_histograms', 'plot_jacobians',
            'hidden_activations', 'error_rate', 'train_glorot', 'plot_training_stats', 'plot_learning_curves',
            'results_summary', 'comparison_table', 'show_table']
 
@@ -53,18 +53,6 @@ def load_fashion_mnist(split: str = "train", root=FASHION_MNIST_DIR) -> tuple:
 def standardize_pixels(X: np.ndarray) -> np.ndarray:
     "`(X - PIXEL_MEAN) / PIXEL_STD`: zero-mean, unit-variance pixels (the He chapter's conv net wants them)."
     return ((X - PIXEL_MEAN) / PIXEL_STD).astype(np.float32)
-
-@contextlib.contextmanager
-def one_blas_thread():
-    """Run the enclosed matrix products on one BLAS thread (threadpoolctl's limit, when it is installed).
-
-    These networks multiply small matrices; on a shared 2-core machine OpenBLAS's threads mostly wait for
-    each other (the 30-layer conv net of the He chapter: 0.06–0.09 s a step on one thread, 0.4–0.5 s on all)."""
-    try: from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"): yield
 
 def save_results(results: dict, path) -> Path:
     "Write a full run's numbers as JSON to `path` (creating its folder); returns the path."

@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/simple_ml.html.md"""
 
 # %% ../../nbs/07a_simple_ml.ipynb #2df63992
 from __future__ import annotations
-import os
+import contextlib, os
 from pathlib import Path
 import numpy as np
 from ..backend import default_device, manual_seed
@@ -15,8 +15,8 @@ from .. import nn, optim, data
 from .models import MLPResNet
 
 # %% auto #0
-__all__ = ['FULL_RUN_ENV', 'device', 'full_run', 'pick', 'data_present', 'batch_step', 'epoch', 'evaluate', 'train',
-           'plot_history', 'predict', 'train_mnist', 'epoch_general_ptb', 'train_ptb', 'evaluate_ptb',
+__all__ = ['FULL_RUN_ENV', 'device', 'full_run', 'pick', 'data_present', 'one_blas_thread', 'batch_step', 'epoch', 'evaluate',
+           'train', 'plot_history', 'predict', 'train_mnist', 'epoch_general_ptb', 'train_ptb', 'evaluate_ptb',
            'epoch_general_cifar10', 'train_cifar10', 'evaluate_cifar10']
 
 # %% ../../nbs/07a_simple_ml.ipynb #f4bbce27
@@ -42,6 +42,19 @@ def data_present(*paths, what: str = "the data") -> bool:
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing: print(f"skipped: {what} not found ({', '.join(missing)})")
     return not missing
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Run the enclosed matrix products on one BLAS thread (threadpoolctl's limit, when it is installed).
+
+    The lab's networks multiply small matrices; on a shared 2-core machine OpenBLAS's threads mostly wait for
+    each other (the 30-layer conv net of the He chapter: 0.06–0.09 s a step on one thread, 0.4–0.5 s on all;
+    the character Transformer, two models training at once: 0.16 s a step against 1–2 s)."""
+    try: from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"): yield
 
 # %% ../../nbs/07a_simple_ml.ipynb #45e3277a
 def _model_device(model: nn.Module):
