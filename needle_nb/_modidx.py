@@ -1740,6 +1740,7 @@ d = { 'settings': { 'branch': 'main',
                                  'needle_nb.optim.StepLR.get_lr': ('optim.html#steplr.get_lr', 'needle_nb/optim.py'),
                                  'needle_nb.optim._assign': ('optim.html#_assign', 'needle_nb/optim.py'),
                                  'needle_nb.optim._load_state_dict': ('optim.html#_load_state_dict', 'needle_nb/optim.py'),
+                                 'needle_nb.optim._operands': ('optim.html#_operands', 'needle_nb/optim.py'),
                                  'needle_nb.optim._positive_int': ('optim.html#_positive_int', 'needle_nb/optim.py'),
                                  'needle_nb.optim._state_dict': ('optim.html#_state_dict', 'needle_nb/optim.py'),
                                  'needle_nb.optim.clip_grad_norm_': ('optim.html#clip_grad_norm_', 'needle_nb/optim.py')}}}

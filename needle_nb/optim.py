@@ -124,6 +124,19 @@ def _assign(p: Tensor, new):
     if new.dtype != p.cached_data.dtype: new = new.astype(p.cached_data.dtype)
     p.cached_data = new
 
+def _operands(w, values: tuple, made: dict) -> tuple:
+    """The Python floats `values` as operands of arithmetic with the array `w`: on the host, 0-d arrays of
+    `w`'s dtype (made once per dtype and step, in `made`); elsewhere the floats themselves.
+
+    numpy 2 works out the dtype of a Python float operand on every call (NEP 50's weak scalars), which
+    doubles the cost of a ufunc call on a small array: a bias's whole update. A 0-d array of `w`'s dtype
+    holds exactly the value the float would have been cast to, so the arithmetic is bit for bit the same.
+    """
+    if type(w) is not np.ndarray: return values
+    arrays = made.get(w.dtype)
+    if arrays is None: arrays = made[w.dtype] = tuple(np.array(v, dtype=w.dtype) for v in values)
+    return arrays
+
 class SGD(Optimizer):
     """Stochastic gradient descent with needle's momentum and L2 weight decay.
 
@@ -153,22 +166,24 @@ class SGD(Optimizer):
         "Apply one update to every parameter whose `.grad` is not `None`."
         self._check_step()
         lr, momentum, weight_decay = float(self.lr), float(self.momentum), float(self.weight_decay)
+        made = {}
         for i, p in enumerate(self.params):
             if p.grad is None: continue
             w, grad = p.cached_data, p.grad.cached_data
-            if weight_decay: grad = grad + weight_decay * w
+            c_lr, c_m, c_1m, c_wd = _operands(w, (lr, momentum, 1 - momentum, weight_decay), made)
+            if weight_decay: grad = grad + c_wd * w
             if momentum:
                 state = self.state.get(i)
                 if state is None:
-                    u = (1 - momentum) * grad
+                    u = c_1m * grad
                     self.state[i] = {"momentum_buffer": u}
                 else:
                     u = state["momentum_buffer"]
-                    u *= momentum
-                    u += (1 - momentum) * grad
+                    u *= c_m
+                    u += c_1m * grad
             else:
                 u = grad
-            update = u * lr
+            update = u * c_lr
             _assign(p, array_module(w).subtract(w, update, out=update))
 
 # %% ../nbs/05_optim.ipynb #f54f69bd
@@ -209,24 +224,27 @@ class Adam(Optimizer):
         # and epsilon, the same update in 12 array passes per parameter instead of 14
         root_bc2 = math.sqrt(1 - beta2 ** self.t)
         step_size, eps_hat = lr * root_bc2 / (1 - beta1 ** self.t), eps * root_bc2
+        made = {}
         for i, p in enumerate(self.params):
             if p.grad is None: continue
             w, grad = p.cached_data, p.grad.cached_data
             xp = array_module(w)
-            if weight_decay: grad = grad + weight_decay * w
+            b1, c_b1, b2, c_b2, c_eps, c_step, c_wd = _operands(
+                w, (beta1, 1 - beta1, beta2, 1 - beta2, eps_hat, step_size, weight_decay), made)
+            if weight_decay: grad = grad + c_wd * w
             state = self.state.get(i)
             if state is None:
-                m, v = (1 - beta1) * grad, (1 - beta2) * (grad * grad)
+                m, v = c_b1 * grad, c_b2 * (grad * grad)
                 self.state[i] = {"exp_avg": m, "exp_avg_sq": v}
             else:
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                m *= beta1
-                m += (1 - beta1) * grad
-                v *= beta2
-                v += (1 - beta2) * (grad * grad)
+                m *= b1
+                m += c_b1 * grad
+                v *= b2
+                v += c_b2 * (grad * grad)
             denom = xp.sqrt(v)
-            denom += eps_hat
-            update = m * step_size
+            denom += c_eps
+            update = m * c_step
             update /= denom
             _assign(p, xp.subtract(w, update, out=update))
 
