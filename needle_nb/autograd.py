@@ -301,14 +301,18 @@ class Tensor(Value):
 
         Raises:
             RuntimeError: this tensor records no graph (made under `no_grad`, from tensors that
-                require no gradient, or an integer tensor): there is nothing to differentiate.
+                require no gradient, or an integer tensor): there is nothing to differentiate. Or an
+                integer tensor whose `requires_grad` was switched on by hand is among the leaves.
             ValueError: `out_grad` does not have this tensor's shape or device.
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require a gradient (it was made under no_grad, "
                                "from tensors with requires_grad=False, or holds integers), so no gradient can flow")
         if out_grad is None:
-            out_grad = Tensor.make_const(self.device.ones(*self.shape, dtype=self.dtype))
+            data = self.cached_data
+            # on the host np.ones itself: the device's factory would re-check a shape this tensor already has
+            out_grad = Tensor.make_const(np.ones(data.shape, data.dtype) if type(data) is np.ndarray
+                                         else self.device.ones(*data.shape, dtype=data.dtype))
         else:
             if not isinstance(out_grad, Tensor):
                 out_grad = Tensor(out_grad, device=self.device, dtype=self.dtype, requires_grad=False)
@@ -386,7 +390,17 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
     "Set `.grad` on every node that `output_tensor` depends on and that requires a gradient."
     grads_of = {output_tensor: [out_grad]}
     handed_out = {out_grad}   # gradient objects already owned by someone: never share them
-    for node in reversed(_topo_sort([output_tensor], only_requiring_grad=True)):
+    order = _topo_sort([output_tensor], only_requiring_grad=True)
+    for node in order:
+        # An integer tensor gets requires_grad=False from the constructor; one switched on by hand afterwards
+        # would get a truncated integer gradient. Refused here, before any `.grad` changes (a property
+        # checking every assignment would be read by every op). Leaves only: an integer node that requires a
+        # gradient descends from such a leaf.
+        if node.op is None and isinstance(node, Tensor) and node.cached_data.dtype.kind != "f":
+            raise RuntimeError(f"backward: only tensors of floating point dtype can require gradients, but a leaf "
+                               f"of shape {node.shape} and dtype {node.dtype} has requires_grad=True (switched on "
+                               "after construction?); set it back to False, or use .astype('float32') for a gradient")
+    for node in reversed(order):
         contributions = grads_of.pop(node)
         grad = contributions[0] if len(contributions) == 1 else sum_node_list(contributions)
         if isinstance(node, Tensor) and grad.cached_data.dtype != node.cached_data.dtype:

@@ -92,11 +92,17 @@ def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
     labels = i.realize_cached_data() if isinstance(i, Tensor) else i
     if not hasattr(labels, "dtype"): labels = np.asarray(labels)   # a list or a scalar
     n = operator.index(n)
-    if labels.dtype.kind not in "biuf": raise TypeError(f"one_hot: labels must be numbers, got dtype {labels.dtype}")
-    bad = (labels < 0) | (labels >= n)
-    # needle carries labels as float32: the dtype is fine, a fractional (or nan) value is not
-    if labels.dtype.kind == "f": bad |= labels != array_module(labels).floor(labels)
-    if labels.size and bool(bad.any()):   # one check, so one synchronisation on a GPU
+    kind = labels.dtype.kind
+    if kind not in "biuf": raise TypeError(f"one_hot: labels must be numbers, got dtype {labels.dtype}")
+    if type(labels) is np.ndarray and kind != "f":
+        # integer labels on the host, a training loop's: the range from two ufunc reductions, no temporaries
+        bad = labels.size and (np.minimum.reduce(labels, axis=None) < 0 or np.maximum.reduce(labels, axis=None) >= n)
+    else:
+        bad = (labels < 0) | (labels >= n)
+        # needle carries labels as float32: the dtype is fine, a fractional (or nan) value is not
+        if kind == "f": bad |= labels != array_module(labels).floor(labels)
+        bad = labels.size and bool(bad.any())   # one check, so one synchronisation on a GPU
+    if bad:
         fractional = labels[labels != array_module(labels).floor(labels)] if labels.dtype.kind == "f" else labels[:0]
         if fractional.size: raise ValueError(f"one_hot: labels must be whole numbers, got {fractional[:3].tolist()}")
         raise ValueError(f"one_hot: labels must lie in [0, {n}), got min {labels.min()} and max {labels.max()}")

@@ -39,6 +39,23 @@ def _float_dtype(a):
     "The dtype a float op returns for the array `a`: its own when floating, else float64 (numpy's true division)."
     return a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
 
+_add_reduce, _maximum_reduce = np.add.reduce, np.maximum.reduce
+
+def _sum(a, axis=None, keepdims: bool = False):
+    """`xp.sum(a, axis=axis, keepdims=keepdims)` for an array of any array module.
+
+    On a numpy array it calls the ufunc reduction that `np.sum` ends in, without `np.sum`'s ~2 µs of
+    Python argument handling: more than a sum over a batch of logits takes (benchmarks/NOTES.md). cupy
+    and needle's NDArray get their module's `sum`.
+    """
+    if type(a) is np.ndarray: return _add_reduce(a, axis=axis, keepdims=keepdims)
+    return array_module(a).sum(a, axis=axis, keepdims=keepdims)
+
+def _amax(a, axis=None, keepdims: bool = False):
+    "`xp.max(a, axis=axis, keepdims=keepdims)`, by numpy's ufunc reduction directly on a numpy array (see `_sum`)."
+    if type(a) is np.ndarray: return _maximum_reduce(a, axis=axis, keepdims=keepdims)
+    return array_module(a).max(a, axis=axis, keepdims=keepdims)
+
 def _sum_to_shape(grad: Tensor, shape: tuple) -> Tensor:
     "Sum `grad` over the axes that broadcasting added or stretched, giving it `shape` (one `SumToShape` node)."
     if grad.cached_data.shape == shape: return grad
@@ -352,7 +369,7 @@ class SumToShape(TensorOp):
         if added < 0: raise ValueError(f"sum_to_shape: cannot sum shape {a.shape} to {self.shape}")
         axes = tuple(range(added)) + tuple(added + i for i, n in enumerate(self.shape)
                                            if n == 1 and a.shape[added + i] != 1)
-        return array_module(a).sum(a, axis=axes, keepdims=True).reshape(self.shape)
+        return _sum(a, axes, keepdims=True).reshape(self.shape)
     def gradient(self, out_grad, node): return broadcast_to(out_grad, node.inputs[0].shape)
 
 # %% ../nbs/02_ops.ipynb #77648279
@@ -379,6 +396,8 @@ def _normalize_axes(axes, ndim) -> Optional[tuple]:
     array has the one axis 0 (or -1), as in PyTorch.
     """
     if axes is None: return None
+    if type(axes) is tuple and len(axes) == 1 and type(axes[0]) is int and ndim and -ndim <= axes[0] < ndim:
+        return (axes[0] % ndim,)   # one axis in range (softmax, the loss): the common case, without the loop
     if isinstance(axes, numbers.Integral): axes = (axes,)
     n = ndim or 1
     out = []
@@ -401,7 +420,7 @@ class Summation(TensorOp):
     def __init__(self, axes=None): self.axes = axes
     def compute(self, a):
         # through the array module: numpy's reductions (needle's NDArray.sum gives (1,) for all axes)
-        out = array_module(a).sum(a, axis=_normalize_axes(self.axes, a.ndim))
+        out = _sum(a, _normalize_axes(self.axes, a.ndim))
         return out if type(out) is type(a) else array_module(a).asarray(out)
     def gradient(self, out_grad, node):
         return ExpandReduced(self.axes, node.inputs[0].shape)(out_grad)
@@ -426,7 +445,7 @@ class Max(TensorOp):
     "Maximum over `axes`, which are removed. Local derivative: 1 at the maximum, 0 elsewhere; tied maxima share it equally (as `torch.amax`)."
     def __init__(self, axes=None): self.axes = axes
     def compute(self, a):
-        out = array_module(a).max(a, axis=_normalize_axes(self.axes, a.ndim))
+        out = _amax(a, _normalize_axes(self.axes, a.ndim))
         return out if type(out) is type(a) else array_module(a).asarray(out)
     def gradient(self, out_grad, node):
         a = node.inputs[0]
@@ -434,7 +453,7 @@ class Max(TensorOp):
         kept = _keepdims_shape(a.shape, axes)
         data = a.realize_cached_data()
         is_max = data == node.realize_cached_data().reshape(kept)
-        share = is_max / array_module(data).sum(is_max, axis=axes, keepdims=True)
+        share = is_max / _sum(is_max, axes, keepdims=True)
         # `*` broadcasts the kept axes and its own gradient sums them back: no broadcast_to node
         return reshape(out_grad, kept) * Tensor.make_const(share.astype(data.dtype))
 
@@ -694,10 +713,10 @@ class LogSumExp(TensorOp):
         out_shape = lambda: tuple(n for i, n in enumerate(Z.shape) if axes is not None and i not in axes)
         if Z.size == 0 and not parts:   # an empty sum of exponentials is 0, and its log -inf (PyTorch's value)
             return xp.full(out_shape(), -np.inf, dtype=_float_dtype(Z))
-        m = xp.max(Z, axis=axes, keepdims=True)
+        m = _amax(Z, axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)
         shifted = Z - m
-        log_sum = xp.log(xp.sum(xp.exp(shifted), axis=axes, keepdims=True))
+        log_sum = xp.log(_sum(xp.exp(shifted), axes, keepdims=True))
         if parts: return m, shifted, log_sum
         return (log_sum + m).reshape(out_shape()).astype(_float_dtype(Z), copy=False)
     def gradient(self, out_grad, node):
@@ -733,13 +752,22 @@ class Softmax(TensorOp):
     The one softmax computation of needle_nb: `LogSumExp`'s and `LogSoftmax`'s gradients, the fused
     cross-entropy's gradient and `nn.Softmax` all call it. Gradient: $s \\odot (\\bar g - \\sum \\bar g \\odot s)$,
     the sums over `axes` (the Jacobian $\\mathrm{diag}(s) - s s^\\top$ applied without forming it).
+
+    `parts`: the pieces `(z - m, log Σ e^(z-m))` that `LogSumExp(axes).compute(z, parts=True)` returned for
+    the very array this op is applied to; the softmax is then $e^{(z-m) - \\log\\sum e^{z-m}}$, without a
+    second maximum and sum (the fused cross-entropy's gradient; PyTorch's takes $e^{\\mathrm{logsoftmax}}$ too).
+    Used once: the node keeps its output, not the pieces.
     """
-    def __init__(self, axes=(-1,)): self.axes = axes
+    def __init__(self, axes=(-1,), parts: Optional[tuple] = None): self.axes, self.parts = axes, parts
     def compute(self, Z):
         xp, axes = array_module(Z), _normalize_axes(self.axes, Z.ndim)
         if Z.size == 0: return Z.astype(_float_dtype(Z))   # no maximum to subtract, nothing to normalize
-        e = xp.exp(Z - xp.max(Z, axis=axes, keepdims=True))
-        e /= xp.sum(e, axis=axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
+        if self.parts is not None:
+            shifted, log_sum = self.parts
+            self.parts = None
+            return xp.exp(shifted - log_sum)
+        e = xp.exp(Z - _amax(Z, axes, keepdims=True))
+        e /= _sum(e, axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
         return e
     def gradient(self, out_grad, node):
         # s ⊙ (ḡ − Σ ḡ ⊙ s): the Jacobian diag(s) − s sᵀ applied to ḡ, without forming it
@@ -773,30 +801,37 @@ class SoftmaxCrossEntropy(TensorOp):
     """
     def __init__(self, reduction: str = "mean"):
         self.reduction = check_reduction(reduction, "SoftmaxCrossEntropy")
+        self._saved = None   # (z, z - m, log Σ e^(z-m)) of the last forward pass: its gradient's softmax reuses them
     def compute(self, Z, Y):
         if Z.ndim != 2 or Z.shape != Y.shape:
             raise ValueError(f"softmax_cross_entropy: logits {Z.shape} and targets {Y.shape} must be equal (B, k) shapes")
         if 0 in Z.shape:
             raise ValueError(f"softmax_cross_entropy: logits of shape {Z.shape} hold no rows or no classes")
-        xp, dtype, rows = array_module(Z), _float_dtype(Z), (Z.shape[0],)
-        m, _, log_sum = LogSumExp(axes=(1,)).compute(Z, parts=True)
+        xp, dtype = array_module(Z), _float_dtype(Z)
+        m, shifted, log_sum = LogSumExp(axes=(1,)).compute(Z, parts=True)
+        # kept for the gradient, as PyTorch keeps log-softmax's output: one (B, k) array while the graph lives
+        self._saved = (Z, shifted, log_sum)
         # LSE(z) - z·y summed as (m - z·y) + log Σ e^(z-m): m - z_y is exact for a one-hot y, and the sum
         # never rounds at the scale of m (|z| = 1e4)
-        # 0 · (-inf) is nan: it must count as 0, so that a -inf logit no target weights adds nothing
-        # (PyTorch's value). Off the host that is always done (no synchronisation); on the host only when a
-        # nan shows up, which costs one comparison on the hot path.
-        def losses_of(careful):
-            Zy = xp.where(Y != 0, Z, 0) if careful else Z
-            # on the host, einsum: z·y per row in one pass, and no "invalid value" warning from the plain pass
-            picked = np.einsum("ij,ij->i", Zy, Y) if xp is np else xp.sum(Zy * Y, axis=1)
-            return (xp.reshape(m, rows) - picked) + xp.reshape(log_sum, rows)
-        losses = losses_of(xp is not np)
-        if self.reduction == "none":
-            if xp is np and np.isnan(losses).any(): losses = losses_of(True)
-            return losses.astype(dtype, copy=False)
-        total = xp.sum(losses)
-        if xp is np and total != total: total = xp.sum(losses_of(True))   # host only: no GPU synchronisation
-        # a sum and a division: `ndarray.mean`'s Python wrapper costs more than the sum itself (benchmarks/NOTES.md)
+        if xp is np:
+            # The host's plain pass, in as few numpy calls as a training step can afford (it runs once per step):
+            # einsum takes z·y per row in one pass, without an "invalid value" warning for 0 · (-inf). Its
+            # one check, for a nan, sends a 0 · (-inf) (or a real nan) to the careful pass below.
+            losses = (m[:, 0] - np.einsum("ij,ij->i", Z, Y)) + log_sum[:, 0]
+            if self.reduction == "none":
+                if not np.isnan(losses).any(): return losses.astype(dtype, copy=False)
+            else:
+                total = _sum(losses)
+                if total == total:
+                    # a sum and a division: `ndarray.mean`'s Python wrapper costs more than the sum (benchmarks/NOTES.md)
+                    return np.asarray(total / Z.shape[0] if self.reduction == "mean" else total, dtype=dtype)
+        # The careful pass: 0 · (-inf) is nan, and must count as 0, so that a -inf logit no target weights
+        # adds nothing (PyTorch's value). Off the host it is the only pass (no synchronisation to look for a nan).
+        rows, Zy = (Z.shape[0],), xp.where(Y != 0, Z, 0)
+        picked = np.einsum("ij,ij->i", Zy, Y) if xp is np else _sum(Zy * Y, 1)
+        losses = (xp.reshape(m, rows) - picked) + xp.reshape(log_sum, rows)
+        if self.reduction == "none": return losses.astype(dtype, copy=False)
+        total = _sum(losses)
         if self.reduction == "mean": total = total / Z.shape[0]
         return xp.asarray(total, dtype=dtype)
     def gradient(self, out_grad, node):
@@ -804,7 +839,9 @@ class SoftmaxCrossEntropy(TensorOp):
         if self.reduction == "none": scale = reshape(out_grad, (Z.shape[0], 1))
         elif self.reduction == "mean": scale = out_grad / Z.shape[0]
         else: scale = out_grad
-        grad_Z = (softmax(Z) - Y) * scale if Z.requires_grad else None
+        saved = self._saved   # the forward pass's pieces, if they are this node's z (an op object may be reused)
+        parts = saved[1:] if saved is not None and saved[0] is Z.cached_data else None
+        grad_Z = (Softmax((1,), parts)(Z) - Y) * scale if Z.requires_grad else None
         grad_Y = -(Z * scale) if Y.requires_grad else None   # LSE(z) does not depend on y
         return grad_Z, grad_Y
 

@@ -79,6 +79,28 @@ def sgd_with_bad_grad():
     return optim.SGD([w, b], lr=0.1, momentum=0.5)
 
 
+def sgd_edited(edit):
+    "An SGD with momentum after one step, gradients still set, whose state `edit(opt.state)` then changes by hand."
+    w, b = Tensor(np.ones((2, 3), np.float32)), Tensor(np.zeros(3, np.float32))
+    opt = optim.SGD([w, b], lr=0.1, momentum=0.5)
+    (Tensor(np.ones((4, 2), np.float32)) @ w + b).sum().backward()
+    opt.step()
+    edit(opt.state)
+    return opt
+
+def adam_edited(edit):
+    "`trained_params()`'s Adam, whose state `edit(opt.state)` then changes by hand (parameter 0 first in a step)."
+    opt = trained_params()[2]
+    edit(opt.state)
+    return opt
+
+def int_requiring_grad():
+    "An integer tensor whose requires_grad was switched on after construction (the constructor refuses it)."
+    x = Tensor(np.array([1, 2, 3]))
+    x.requires_grad = True
+    return x
+
+
 def scheduler():
     return optim.StepLR(optim.SGD([Tensor([1.0])], lr=0.1), step_size=2)
 
@@ -116,6 +138,8 @@ BAD = [
     ("bool of 2 values", X, lambda x: bool(x), RuntimeError, "(2, 3)"),
     ("len of 0-d", lambda: Tensor(3.0), lambda x: len(x), TypeError, "0-d"),
     ("backward under no_grad", no_grad_result, lambda y: y.backward(), RuntimeError, "no_grad"),
+    ("backward of an integer leaf requiring grad", int_requiring_grad, lambda x: (x * 2.5).sum().backward(),
+     RuntimeError, "floating point"),
     ("backward out_grad shape", X, lambda x: (x * 2).backward(Tensor(np.ones(3))), ValueError, "(3,)"),
     ("to unknown device", X, lambda x: x.to("tpu"), ValueError, "'tpu'"),
     # ops: axes are never wrapped around, operands are numbers or arrays
@@ -196,6 +220,14 @@ BAD = [
     ("SGD(tensor)", W, lambda w: optim.SGD(w), TypeError, "single Tensor"),
     ("integer parameter", None, lambda _: optim.SGD([Tensor(np.array([1, 2]))]), TypeError, "int64"),
     ("step with a wrong-shaped grad", sgd_with_bad_grad, lambda o: o.step(), ValueError, "(2, 2)"),
+    # state edited by hand, on parameter 1: a step that failed half-way would have moved parameter 0
+    ("SGD state of another shape", lambda: sgd_edited(lambda s: s[1].update(momentum_buffer=np.zeros((2, 3), np.float32))),
+     lambda o: o.step(), ValueError, "'momentum_buffer' has shape (2, 3)"),
+    ("Adam state of another shape", lambda: adam_edited(lambda s: s[1].update(exp_avg=np.zeros((1, 3), np.float32))),
+     lambda o: o.step(), ValueError, "'exp_avg' has shape (1, 3)"),
+    ("Adam state of integers", lambda: adam_edited(lambda s: s[1].update(exp_avg_sq=np.zeros(3, np.int64))),
+     lambda o: o.step(), ValueError, "int64"),
+    ("Adam state missing", lambda: adam_edited(lambda s: s[1].pop("exp_avg")), lambda o: o.step(), ValueError, "no 'exp_avg'"),
     ("set lr negative later", adam_with_state, lambda o: setattr(o, "lr", -0.1), ValueError, "-0.1"),
     ("set beta2 = 1 later", adam_with_state, lambda o: setattr(o, "beta2", 1.0), ValueError, "beta2"),
     ("load a partial Adam state", adam_with_state,
@@ -250,6 +282,44 @@ def test_integer_tensors_stay_integer_and_record_no_gradient(torch):
     assert labels.grad is None and w.grad.numpy().tolist() == [-1.0, 2.0]
     cast = w.astype("int32")                    # a cast to integers ends the graph, as in PyTorch
     assert not cast.requires_grad and cast.op is None
+
+
+def test_requires_grad_switched_on_an_integer_tensor_is_refused_before_any_grad_changes(torch):
+    w, x = Tensor([1.0, 2.0, 3.0]), int_requiring_grad()
+    w.grad = old = Tensor([7.0, 7.0, 7.0])
+    with pytest.raises(RuntimeError, match="only tensors of floating point dtype can require gradients") as caught:
+        (w * x * 2.5).sum().backward()          # w's gradient is reached first: it must not be set either
+    assert "(3,)" in str(caught.value) and "int64" in str(caught.value)
+    assert w.grad is old and x.grad is None
+    with pytest.raises(RuntimeError, match="floating point"):   # PyTorch refuses the same tensor, at once
+        torch.tensor([1, 2, 3]).requires_grad = True
+    x.requires_grad = False                     # switched back off, the graph is fine again
+    (w * x * 2.5).sum().backward()
+    assert w.grad.numpy().tolist() == [2.5, 5.0, 7.5] and x.grad is None
+
+
+@pytest.mark.parametrize("edit, text", [
+    (lambda s, w: s.__setitem__(1, np.zeros(3, np.float32)), "its state is a ndarray"),
+    (lambda s, w: s[1].update(exp_avg=Tensor(np.zeros(3, np.float32))), "'exp_avg' is a Tensor"),
+    (lambda s, w: s[1].update(exp_avg=[0.0, 0.0, 0.0]), "'exp_avg' is a list"),
+    (lambda s, w: s[1].update(exp_avg=ndl.backend_ndarray.NDArray(np.zeros(3, np.float32))), "cpu_numpy()"),
+], ids=["not a dict", "a Tensor", "a list", "another array type (device)"])
+def test_optimizer_state_of_another_kind_is_refused_before_any_parameter_moves(edit, text):
+    w, b, opt = trained_params()
+    edit(opt.state, w)
+    before = [(p.numpy().tobytes(), p.shape) for p in (w, b)] + [opt.state[0]["exp_avg"].tobytes(), opt.t]
+    with pytest.raises(ValueError, match="parameter 1") as caught:
+        opt.step()
+    assert text in str(caught.value) and "nothing was updated" in str(caught.value)
+    assert [(p.numpy().tobytes(), p.shape) for p in (w, b)] + [opt.state[0]["exp_avg"].tobytes(), opt.t] == before
+
+
+def test_optimizer_state_edited_by_hand_to_a_valid_array_is_used():
+    "A hand-set state of the right shape, device and a floating dtype is state like any other (float64 included)."
+    w, b, opt = trained_params()
+    opt.state[1]["exp_avg"] = np.zeros(3, np.float64)
+    opt.step()
+    assert b.shape == (3,) and b.dtype == np.float32 and opt.t == 2
 
 
 def test_a_list_operand_is_an_array_not_a_scalar():
