@@ -17,7 +17,7 @@ from .glorot import load_fashion_mnist, standardize_pixels, have_fashion_mnist, 
 # %% auto #0
 __all__ = ['VGG_CHANNELS', 'PAPER_VGG_STDS', 'WIDENING', 'SIGNAL_CASES', 'SCHEMES', 'LN10', 'variance_factor', 'vgg_stds',
            'conv_signals', 'signal_ratios', 'plot_signals', 'plt_subplots', 'default_linear_signal', 'plain_relu_net',
-           'train_plain', 'stall_deviation', 'final_loss', 'fig3_verdict', 'plot_fig3', 'first_drop_step', 'he_summary',
+           'train_plain', 'stall_deviation', 'final_loss', 'first_drop_step', 'fig3_verdict', 'plot_fig3', 'he_summary',
            'runs_from_summary', 'he_comparison_table']
 
 # %% ../../nbs/15_he_et_al.ipynb #50120fd7
@@ -185,14 +185,24 @@ def final_loss(losses, last: int = 50) -> float:
     "Mean training loss over the `last` steps."
     return float(np.mean(np.asarray(losses)[-last:]))
 
+def first_drop_step(losses, level: float = 0.95 * LN10, smooth: int = 10) -> int | None:
+    "First step at which the running mean of `smooth` losses is below `level` (None if never): when learning visibly starts."
+    smoothed = np.convolve(np.asarray(losses), np.ones(smooth) / smooth, mode="valid")
+    below = np.nonzero(smoothed < level)[0]
+    return int(below[0] + smooth - 1) if len(below) else None
+
 def fig3_verdict(runs: dict, depth: int = 30) -> dict:
     """The paper's Fig. 3 claim on the median over seeds: `runs[(depth, scheme, seed)]` → `train_plain` results.
 
     Returns `xavier_deviation` (median `stall_deviation`), `he_final` (median `final_loss`), and the booleans
-    `xavier_stalls` (deviation < 0.05) and `he_trains` (final < 0.8·ln 10)."""
+    `xavier_stalls` (deviation < 0.05), `he_trains` (final < 0.8·ln 10) and `he_leaves` (every He run's
+    10-step running mean drops below 0.95·ln 10 at some step: `first_drop_step` is not None)."""
+    he_runs = [r for (d, s, _), r in runs.items() if d == depth and s == "he"]
     dev = float(np.median([stall_deviation(r["loss"]) for (d, s, _), r in runs.items() if d == depth and s == "xavier"]))
-    fin = float(np.median([final_loss(r["loss"]) for (d, s, _), r in runs.items() if d == depth and s == "he"]))
-    return {"xavier_deviation": dev, "he_final": fin, "xavier_stalls": dev < 0.05, "he_trains": fin < 0.8 * LN10}
+    fin = float(np.median([final_loss(r["loss"]) for r in he_runs]))
+    leaves = all(first_drop_step(r["loss"]) is not None for r in he_runs)
+    return {"xavier_deviation": dev, "he_final": fin, "xavier_stalls": dev < 0.05, "he_trains": fin < 0.8 * LN10,
+            "he_leaves": leaves}
 
 def plot_fig3(runs: dict, smooth: int = 10):
     """Loss curves (running mean over `smooth` steps; one line per seed) per depth, and each layer's gradient
@@ -220,12 +230,6 @@ def plot_fig3(runs: dict, smooth: int = 10):
     return fig
 
 # %% ../../nbs/15_he_et_al.ipynb #a2eeaf1e
-def first_drop_step(losses, level: float = 0.95 * LN10, smooth: int = 10) -> int | None:
-    "First step at which the running mean of `smooth` losses is below `level` (None if never): when learning visibly starts."
-    smoothed = np.convolve(np.asarray(losses), np.ones(smooth) / smooth, mode="valid")
-    below = np.nonzero(smoothed < level)[0]
-    return int(below[0] + smooth - 1) if len(below) else None
-
 def he_summary(signals: dict, vgg: np.ndarray, factors: dict, runs: dict) -> dict:
     "The numbers the final table shows and the full run stores (JSON-ready): signal ratios, VGG stds, variance factors, every run's losses."
     return {"signals": {k: {"forward_ratio": v["forward_ratio"], "backward_ratio": v["backward_ratio"]} for k, v in signals.items()},
