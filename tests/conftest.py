@@ -45,6 +45,19 @@ def to_host(array) -> np.ndarray:
     return ndl.cpu().to_numpy(array)
 
 
+def nodes_made(f) -> list:
+    "The op class names of the graph nodes that `f()` creates, in order (by wrapping `Tensor.make_from_op`)."
+    made = []
+    original = ndl.Tensor.make_from_op
+    def counting(op, inputs):
+        made.append(type(op).__name__)
+        return original(op, inputs)
+    ndl.Tensor.make_from_op = staticmethod(counting)
+    try: f()
+    finally: ndl.Tensor.make_from_op = staticmethod(original)
+    return made
+
+
 def shares_memory(a, b) -> bool:
     "Whether tensors `a` and `b` share memory on their device (`.numpy()` of a GPU tensor is a host copy)."
     xp = backend.array_module(a.realize_cached_data())

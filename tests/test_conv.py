@@ -20,7 +20,7 @@ import needle_nb as ndl
 import needle_nb.nn as nn
 from needle_nb import Tensor
 
-from conftest import DEVICES
+from conftest import DEVICES, nodes_made
 from test_ops import check_op
 from test_nn_layers import check_against_torch, _set_affine
 
@@ -240,17 +240,13 @@ def test_conv_nchw_layout_matches_torch_to_second_order(torch, rs, device, strid
     "layout='NCHW': torch's conv2d on the same NCHW arrays, values, gradients and second derivatives, no transpose nodes."
     a_np, b_np = rs.randn(*shape), rs.randn(3, 3, shape[1], 4)
     a, b = Tensor(a_np, device=device), Tensor(b_np, device=device)
-    made = []
-    original = Tensor.make_from_op
-    def counting(op, inputs):
-        made.append(type(op).__name__)
-        return original(op, inputs)
-    Tensor.make_from_op = staticmethod(counting)
-    try:
-        out = ndl.conv(a, b, stride=stride, padding=padding, layout="NCHW")
-        grad_a, grad_b = out.op.gradient_as_tuple(out * 2.0, out)
-    finally: Tensor.make_from_op = staticmethod(original)
+    result = {}
+    def forward_and_gradients():
+        out = result["out"] = ndl.conv(a, b, stride=stride, padding=padding, layout="NCHW")
+        result["grads"] = out.op.gradient_as_tuple(out * 2.0, out)
+    made = nodes_made(forward_and_gradients)
     assert "Transpose" not in made, made
+    out, (grad_a, grad_b) = result["out"], result["grads"]
     (grad_a.sum() + (grad_b * grad_b).sum()).backward()
     at, bt = torch.tensor(a_np, requires_grad=True), torch.tensor(b_np, requires_grad=True)
     out_t = torch.nn.functional.conv2d(at, bt.permute(3, 2, 0, 1), stride=stride, padding=padding)

@@ -10,7 +10,7 @@ from needle_nb import nn
 from needle_nb.autograd import Tensor
 from needle_nb.ops import gradient_check
 from needle_nb.ops_norm import BatchNorm, BatchNormGrad, batch_norm, batch_norm_reference, channel_layout, vjp
-from conftest import DEVICES, to_host
+from conftest import DEVICES, nodes_made, to_host
 
 devices = pytest.mark.parametrize("device", DEVICES, ids=repr)
 SHAPES = [(7, 3), (4, 3, 5, 6), (2, 5, 3, 1, 4)]
@@ -92,25 +92,13 @@ def test_channel_axis_last(rs):
     np.testing.assert_allclose(out, expected, rtol=1e-10)
 
 
-def _nodes(f):
-    made = []
-    original = Tensor.make_from_op
-    def counting(op, inputs):
-        made.append(type(op).__name__)
-        return original(op, inputs)
-    Tensor.make_from_op = staticmethod(counting)
-    try: f()
-    finally: Tensor.make_from_op = staticmethod(original)
-    return made
-
-
 def test_batchnorm2d_is_one_node_forward_and_three_backward(rs):
     layer = nn.BatchNorm2d(4)
     x = Tensor(rs.randn(2, 4, 3, 3).astype(np.float32))
-    forward = _nodes(lambda: layer(x))
+    forward = nodes_made(lambda: layer(x))
     assert forward == ["BatchNorm"], forward
     out = layer(x)
-    backward = _nodes(lambda: out.backward(Tensor(np.ones(out.shape, np.float32))))
+    backward = nodes_made(lambda: out.backward(Tensor(np.ones(out.shape, np.float32))))
     assert backward == ["BatchNormGrad"] * 3, backward
 
 
