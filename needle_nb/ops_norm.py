@@ -68,11 +68,12 @@ class BatchNorm(TensorOp):
         if not eps >= 0: raise ValueError(f"BatchNorm: eps must be >= 0, got {eps!r}")
         self.channel_axis, self.eps, self.stats = channel_axis, float(eps), stats
         self.x_hat = self.inv_std = self.mean = self.var = None
+        self.layout = None   # channel_layout of the input: its gradients reuse it
         self._sums = None   # {"g": ḡ, "weight": Σ ḡ·x̂, "bias": Σ ḡ}: computed once, read by each gradient
 
     def compute(self, x, weight, bias):
         xp = array_module(x)
-        axes, kept, count = channel_layout(x.shape, self.channel_axis)
+        axes, kept, count = self.layout = channel_layout(x.shape, self.channel_axis)
         if weight.shape != (kept[self.channel_axis],) or bias.shape != weight.shape:
             raise ValueError(f"BatchNorm: weight and bias must have shape ({kept[self.channel_axis]},) for an input of "
                              f"shape {x.shape}, got {weight.shape} and {bias.shape}")
@@ -157,7 +158,7 @@ class BatchNormGrad(TensorOp):
 
     def compute(self, g, x=None, weight=None):
         fwd, xp = self.forward, array_module(g)
-        axes, kept, count = channel_layout(g.shape, fwd.channel_axis)
+        axes, kept, count = fwd.layout   # ḡ has the forward input's shape
         if self.wrt != "x": return xp.reshape(self._channel_sums(g, xp, axes)[self.wrt], (-1,))
         scale = xp.reshape(weight, kept) * fwd.inv_std
         if fwd.stats is not None: return g * scale   # fixed statistics: x moves x̂ through its own entry only
@@ -168,7 +169,7 @@ class BatchNormGrad(TensorOp):
         fwd = self.forward
         if self.wrt == "bias":   # Σ ḡ over the reduced axes: its adjoint spreads out_grad back over them
             g = node.inputs[0]
-            kept = channel_layout(g.shape, fwd.channel_axis)[1]
+            kept = fwd.layout[1]
             return (broadcast_to(reshape(out_grad, kept), g.shape),)
         g, x = node.inputs[:2]
         C = x.shape[fwd.channel_axis]
