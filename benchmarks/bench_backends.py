@@ -17,6 +17,7 @@ import json, sys, time
 import numpy as np
 import needle_nb as ndl
 from needle_nb import nn, optim
+from needle_nb.apps.simple_ml import batch_step
 steps = int(sys.argv[1])
 np.random.seed(0)
 model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
@@ -24,12 +25,7 @@ opt, loss_fn = optim.SGD(model.parameters(), lr=0.01, momentum=0.9), nn.SoftmaxL
 X = ndl.Tensor(np.random.rand(128, 784).astype(np.float32), requires_grad=False)
 y = ndl.Tensor(np.random.randint(0, 10, 128), requires_grad=False)
 assert type(X.cached_data).__name__ == ("NDArray" if ndl.BACKEND == "nd" else "ndarray")
-def step():
-    opt.reset_grad()
-    loss = loss_fn(model(X), y)
-    loss.backward()
-    opt.step()
-    return loss
+def step(): return batch_step(model, loss_fn, X, y, opt)[1]
 for _ in range(3): step()
 times = []
 for _ in range(steps):

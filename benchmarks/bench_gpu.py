@@ -22,6 +22,7 @@ import numpy as np
 import needle_nb as ndl
 import needle_nb.nn as nn
 import needle_nb.optim as optim
+from needle_nb.apps.simple_ml import batch_step
 
 try:
     import torch
@@ -54,12 +55,7 @@ def compare(steps: dict, repeats: int, warmup: int) -> dict:
 def needle_sgd_step(model, X, y, lr):
     "A function doing one SGD step of `model` on `(X, y)` with the softmax loss (needle's training step)."
     loss_fn, opt = nn.SoftmaxLoss(), optim.SGD(model.parameters(), lr=lr)
-    def step():
-        opt.reset_grad()
-        loss = loss_fn(model(X), y)
-        loss.backward()
-        opt.step()
-        return loss
+    def step(): return batch_step(model, loss_fn, X, y, opt)[1]
     return step
 
 

@@ -24,6 +24,7 @@ from bench import Row, compare, fmt_time, torch   # noqa: E402  (torch is None w
 import needle_nb as ndl   # noqa: E402
 from needle_nb import nn, optim   # noqa: E402
 from needle_nb.apps.models import ConvBN, ResNet9   # noqa: E402
+from needle_nb.apps.simple_ml import batch_step   # noqa: E402
 
 TARGET_VS_TORCH = 3.5
 
@@ -33,12 +34,7 @@ def needle_step(model, X, y):
     opt = optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-3)
     loss_fn = nn.SoftmaxLoss()
     Xt, yt = ndl.Tensor(X, requires_grad=False), ndl.Tensor(y, requires_grad=False)
-    def step():
-        opt.reset_grad()
-        loss = loss_fn(model(Xt), yt)
-        loss.backward()
-        opt.step()
-        return loss.item()
+    def step(): return batch_step(model, loss_fn, Xt, yt, opt)[1].item()
     return step
 
 
