@@ -7,7 +7,7 @@ Docs: https://needle-nb.github.io/needle-nb/autograd.html.md"""
 # %% ../nbs/01_autograd.ipynb #4d0669cd
 from __future__ import annotations
 from contextlib import ContextDecorator
-from typing import List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 import warnings
 import numpy as np
 import reprlib
@@ -15,7 +15,7 @@ from .backend import Device, cpu, default_device, device_of, to_host, resolve_de
 
 # %% auto #0
 __all__ = ['LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value', 'Tensor', 'Cast',
-           'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'TensorTuple', 'MakeTensorTuple',
+           'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'vjp', 'TensorTuple', 'MakeTensorTuple',
            'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars']
 
 # %% ../nbs/01_autograd.ipynb #161c2591
@@ -421,6 +421,40 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
             if inp_grad is None or not inp.requires_grad: continue
             if inp in grads_of: grads_of[inp].append(inp_grad)
             else: grads_of[inp] = [inp_grad]
+
+# %% ../nbs/01_autograd.ipynb #5a1f0c02
+def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
+    """The vector-Jacobian product of `fn` at `inputs`: the gradients of `(fn(*inputs) * out_grad).sum()`.
+
+    Builds `fn(*inputs)` and back-propagates `out_grad` through the nodes between it and `inputs` (not
+    beyond), returning one tensor per input (`None` where it does not depend on it or does not require a
+    gradient). The results are graphs over `inputs`, differentiable again; no `.grad` is set.
+    """
+    out = fn(*inputs)
+    target = {id(t): i for i, t in enumerate(inputs) if t.requires_grad}   # the others get None
+    reaches, order = {}, []
+    def visit(node):   # post-order of the nodes that depend on an input
+        key = id(node)
+        if key not in reaches:
+            hit = key in target
+            if not hit and node.op is not None:
+                for inp in node.inputs: hit = visit(inp) or hit
+            reaches[key] = hit
+            if hit and key not in target: order.append(node)
+        return reaches[key]
+    visit(out)
+    found = [[] for _ in inputs]
+    pending = {id(out): [out_grad]}
+    if id(out) in target: found[target[id(out)]].append(out_grad)
+    for node in reversed(order):
+        grads = pending.pop(id(node), None)
+        if grads is None: continue
+        for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(sum_node_list(grads), node)):
+            if grad is None or not reaches[id(inp)]: continue
+            if id(inp) in target: found[target[id(inp)]].append(grad)
+            else: pending.setdefault(id(inp), []).append(grad)
+    return tuple(sum_node_list(g) if g else None for g in found)
+
 
 # %% ../nbs/01_autograd.ipynb #d230f730
 class TensorTuple(Value):

@@ -7,14 +7,14 @@ Docs: https://needle-nb.github.io/needle-nb/norm_ops.html.md"""
 # %% ../nbs/02b_norm_ops.ipynb #9b873b79
 from __future__ import annotations
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 import numpy as np
 from .backend import array_module
-from .autograd import Tensor, TensorOp, sum_node_list
+from .autograd import Tensor, TensorOp, vjp
 from .ops import summation, reshape, power_scalar, broadcast_to
 
 # %% auto #0
-__all__ = ['channel_layout', 'batch_norm_reference', 'BatchNorm', 'batch_norm', 'vjp', 'BatchNormGrad']
+__all__ = ['channel_layout', 'batch_norm_reference', 'BatchNorm', 'batch_norm', 'BatchNormGrad']
 
 # %% ../nbs/02b_norm_ops.ipynb #63287c88
 def channel_layout(shape: Sequence[int], channel_axis: int = 1) -> Tuple[tuple, tuple, int]:
@@ -102,38 +102,6 @@ def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, channel_axis: int = 1, e
     return BatchNorm(channel_axis, eps, stats)(x, weight, bias)
 
 # %% ../nbs/02b_norm_ops.ipynb #20c67add
-def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
-    """The vector-Jacobian product of `fn` at `inputs`: the gradients of `(fn(*inputs) * out_grad).sum()`.
-
-    Builds `fn(*inputs)` and back-propagates `out_grad` through the nodes between it and `inputs` (not
-    beyond), returning one tensor per input (`None` where it does not depend on it or does not require a
-    gradient). The results are graphs over `inputs`, differentiable again; no `.grad` is set.
-    """
-    out = fn(*inputs)
-    target = {id(t): i for i, t in enumerate(inputs)}
-    reaches, order = {}, []
-    def visit(node):   # post-order of the nodes that depend on an input
-        key = id(node)
-        if key not in reaches:
-            hit = key in target
-            if not hit and node.op is not None:
-                for inp in node.inputs: hit = visit(inp) or hit
-            reaches[key] = hit
-            if hit and key not in target: order.append(node)
-        return reaches[key]
-    visit(out)
-    found = [[] for _ in inputs]
-    pending = {id(out): [out_grad]}
-    if id(out) in target: found[target[id(out)]].append(out_grad)
-    for node in reversed(order):
-        grads = pending.pop(id(node), None)
-        if grads is None: continue
-        for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(sum_node_list(grads), node)):
-            if grad is None or not reaches[id(inp)]: continue
-            if id(inp) in target: found[target[id(inp)]].append(grad)
-            else: pending.setdefault(id(inp), []).append(grad)
-    return tuple(sum_node_list(g) if g else None for g in found)
-
 class BatchNormGrad(TensorOp):
     """The gradient of a `BatchNorm` node for its input (`wrt="x"`, inputs `(ḡ, x, weight)`), weight (`"weight"`,
     inputs `(ḡ, x)`) or bias (`"bias"`, input `(ḡ,)`), from the forward op's saved $\\hat x$ and $1/\\sqrt{\\sigma^2+\\epsilon}$.

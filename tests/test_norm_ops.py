@@ -9,7 +9,8 @@ import needle_nb as ndl
 from needle_nb import nn
 from needle_nb.autograd import Tensor
 from needle_nb.ops import gradient_check
-from needle_nb.ops_norm import BatchNorm, BatchNormGrad, batch_norm, batch_norm_reference, channel_layout, vjp
+from needle_nb.autograd import vjp
+from needle_nb.ops_norm import BatchNorm, BatchNormGrad, batch_norm, batch_norm_reference, channel_layout
 from conftest import DEVICES, nodes_made, to_host
 
 devices = pytest.mark.parametrize("device", DEVICES, ids=repr)
