@@ -281,7 +281,7 @@ class BatchNorm1d(Module):
         if not self.training:
             stats = (self.running_mean.cached_data, self.running_var.cached_data)
             return ops_norm.batch_norm(x, self.weight, self.bias, 1, self.eps, stats)
-        per_channel = x.shape[0] * math.prod(x.shape[2:])   # the values each channel's statistics average over
+        per_channel = ops_norm.channel_layout(x.shape)[2]   # the values each channel's statistics average over
         name = f"{type(self).__name__}({self.dim})"
         # checked before the running statistics move: an empty batch would make them nan
         if per_channel == 0:
