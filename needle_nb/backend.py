@@ -11,8 +11,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['DeviceUnavailableError', 'Device', 'CPUDevice', 'cpu', 'CUDADevice', 'cuda', 'default_device', 'set_default_device',
-           'all_devices', 'use_device_family', 'resolve_device', 'array_module', 'device_of', 'to_host', 'rng',
-           'manual_seed']
+           'all_devices', 'use_device_family', 'resolve_device', 'array_module', 'device_of', 'to_host', 'as_number',
+           'rng', 'manual_seed']
 
 # %% ../nbs/00_backend.ipynb #36c648ff
 def _probe_cupy():
@@ -238,6 +238,38 @@ def to_host(array, copy: bool = False) -> np.ndarray:
         if hasattr(array, "numpy"): array = array.numpy()        # a Tensor: its own (host) array
         elif hasattr(array, "get"): return array.get()           # cupy: device -> host is a copy already
     return np.array(array, copy=True) if copy else np.asarray(array)
+
+# %% ../nbs/00_backend.ipynb #a8e7c5fe
+import numbers
+
+def as_number(value, what: str = "a scalar operand"):
+    """`value` as a Python number (`int` or `float`), for every form of real number needle accepts.
+
+    Accepted: Python numbers (bools as 0 and 1), numpy scalars, 0-d arrays, and any array or list holding
+    exactly one number. A `TypeError` naming `what` for anything else (strings, None, Tensors,
+    non-numeric or multi-element arrays).
+    """
+    t = type(value)
+    if t is float or t is int: return value            # the common case, without an ABC check
+    if t is bool or isinstance(value, np.bool_): return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, np.generic): return value
+    if isinstance(value, np.generic): kind, size = value.dtype.kind, 1
+    elif isinstance(value, (list, tuple)) or hasattr(value, "__array__") and hasattr(value, "dtype") \
+            and not hasattr(value, "requires_grad"):
+        try: arr = value if hasattr(value, "dtype") else np.asarray(value)
+        except (ValueError, TypeError): arr = np.asarray(value, dtype=object)
+        kind, size = arr.dtype.kind, arr.size
+        if kind in "biuf" and size == 1: value = arr.reshape(-1)[0]
+    else:
+        raise TypeError(f"{what} must be a number, got {t.__name__} {value!r}"
+                        + ("; use t.item() for a one-element Tensor" if hasattr(value, "requires_grad") else ""))
+    if kind not in "biuf":
+        raise TypeError(f"{what} must be a real number, got {t.__name__} of dtype {value.dtype if hasattr(value, 'dtype') else kind}: {value!r}")
+    if size != 1:
+        raise TypeError(f"{what} must be a single number, got {t.__name__} of {size} elements "
+                        f"(shape {getattr(arr, 'shape', '?')})")
+    out = value.item()
+    return int(out) if type(out) is bool else out
 
 # %% ../nbs/00_backend.ipynb #fe8cdc8f
 _GENERATOR = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import math, numbers, operator
 from typing import Optional, Tuple, Union
 import numpy as np
 from fastcore.basics import patch
-from .backend import array_module
+from .backend import array_module, as_number
 from .autograd import (Op, TensorOp, TensorTupleOp, Tensor, TensorTuple, Value, Cast, no_grad,
                        make_tuple, tuple_get_item, fused_add_scalars, FusedAddScalars,
                        MakeTensorTuple, TupleGetItem)
@@ -26,15 +26,6 @@ __all__ = ['REDUCTIONS', 'gradient_check', 'EWiseAdd', 'add', 'AddScalar', 'add_
            'softmax_cross_entropy', 'Stack', 'stack', 'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
-def _py_scalar(scalar):
-    "A numpy scalar as a Python number, so it broadcasts as a weak type and keeps float32 float32."
-    if type(scalar) is float or type(scalar) is int: return scalar   # the common case, without an ABC check
-    if isinstance(scalar, np.generic) or (isinstance(scalar, np.ndarray) and scalar.ndim == 0):
-        return scalar.item()
-    if not isinstance(scalar, numbers.Number):
-        raise TypeError(f"a scalar operand must be a number, got {type(scalar).__name__} {scalar!r}")
-    return scalar
-
 def _float_dtype(a):
     "The dtype a float op returns for the array `a`: its own when floating, else float64 (numpy's true division)."
     return a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
@@ -129,7 +120,7 @@ def add(a, b):
 
 class AddScalar(TensorOp):
     "`a + c` for a number `c`. Local derivative: ∂/∂a = 1."
-    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
+    def __init__(self, scalar): self.scalar = as_number(scalar)
     def compute(self, a): return a + self.scalar
     def gradient(self, out_grad, node): return out_grad
 
@@ -163,7 +154,7 @@ def multiply(a, b):
 
 class MulScalar(TensorOp):
     "`a * c` for a number `c`. Local derivative: ∂/∂a = c."
-    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
+    def __init__(self, scalar): self.scalar = as_number(scalar)
     def compute(self, a): return a * self.scalar
     def gradient(self, out_grad, node): return out_grad * self.scalar
 
@@ -185,7 +176,7 @@ def power(a, b):
 
 class PowerScalar(TensorOp):
     "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1)."
-    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
+    def __init__(self, scalar): self.scalar = as_number(scalar)
     def compute(self, a):
         # numpy refuses integers to negative integer powers; the result is a float, as 1 / a is
         if a.dtype.kind != "f" and self.scalar < 0: a = a.astype(np.float64)
@@ -212,7 +203,7 @@ def divide(a, b):
 
 class DivScalar(TensorOp):
     "`a / c` for a number `c`. Local derivative: ∂/∂a = 1/c."
-    def __init__(self, scalar): self.scalar = _py_scalar(scalar)
+    def __init__(self, scalar): self.scalar = as_number(scalar)
     def compute(self, a): return a / self.scalar
     def gradient(self, out_grad, node): return out_grad / self.scalar
 
@@ -246,7 +237,7 @@ def _binary(self: Tensor, other, tensor_op, scalar_op) -> Tensor:
     if _is_array(other): return Tensor.make_from_op(tensor_op, (self, _constant(other, self)))
     return Tensor.make_from_op(scalar_op(other), (self,))
 
-def _sub_scalar(scalar) -> AddScalar: return AddScalar(-_py_scalar(scalar))
+def _sub_scalar(scalar) -> AddScalar: return AddScalar(-as_number(scalar))
 
 @patch
 def __add__(self: Tensor, other) -> Tensor:
@@ -610,7 +601,7 @@ def sigmoid(a):
 
 class LeakyReLUOp(TensorOp):
     "$x$ where $x > 0$, `negative_slope`$\\cdot x$ elsewhere (the derivative at 0 is the slope, as PyTorch's)."
-    def __init__(self, negative_slope: float): self.negative_slope = float(negative_slope)
+    def __init__(self, negative_slope: float): self.negative_slope = float(as_number(negative_slope, "negative_slope"))
     def compute(self, a): return array_module(a).where(a > 0, a, a * self.negative_slope)
     def gradient(self, out_grad, node):
         a = node.inputs[0].realize_cached_data()

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Iterable, Union
 import numpy as np
 from fastcore.basics import patch
-from .backend import array_module, device_of, to_host
+from .backend import array_module, device_of, to_host, as_number
 from .autograd import Tensor
 
 # %% auto #0
@@ -54,7 +54,9 @@ class Optimizer:
     def __setattr__(self, name, value):
         # a hyperparameter is checked when it is set (constructor, scheduler, user, load_state_dict), so
         # that `step()` never meets a bad one and needs no check of its own
-        if name in self.ranges: self._check_hyperparameters({name: value})
+        if name in self.ranges:
+            value = as_number(value, f"{type(self).__name__}: {name}")   # np.array([0.1]) is 0.1, as in needle
+            self._check_hyperparameters({name: value})
         object.__setattr__(self, name, value)
 
     def _check_hyperparameters(self, values: dict):
@@ -62,8 +64,7 @@ class Optimizer:
         for key, value in values.items():
             if key not in self.ranges: continue
             low, high, high_allowed = self.ranges[key]
-            if type(value) is not float and type(value) is not int and not isinstance(value, numbers.Real):
-                raise TypeError(f"{type(self).__name__}: {key} must be a number, got {value!r}")
+            value = as_number(value, f"{type(self).__name__}: {key}")
             if not (low <= value and (value <= high if high_allowed else value < high)):
                 raise ValueError(f"{type(self).__name__}: {key} must lie in [{low}, {high}{']' if high_allowed else ')'}, "
                                  f"got {value!r}")
@@ -319,8 +320,7 @@ def clip_grad_norm_(parameters: Union[Tensor, Iterable[Tensor]], max_norm: float
         The total norm of the gradients before clipping, as a Python float.
     """
     # checked before any gradient is touched: a negative or nan bound would flip or poison every gradient
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.integer, np.floating)):
-        raise TypeError(f"clip_grad_norm_: max_norm must be a number, got {type(max_norm).__name__} {max_norm!r}")
+    max_norm = as_number(max_norm, "clip_grad_norm_: max_norm")
     if not max_norm >= 0: raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm!r}")
     if isinstance(parameters, Tensor): parameters = [parameters]
     params = [p for p in parameters if p.grad is not None]

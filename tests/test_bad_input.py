@@ -542,7 +542,8 @@ def test_softmax_family_on_any_shape_matches_torch(shape):
 
 @pytest.mark.parametrize("max_norm, error, fragment", [(-1.0, ValueError, "-1.0"), (float("nan"), ValueError, "nan"),
                                                        ("1", TypeError, "'1'"), (None, TypeError, "None"),
-                                                       (True, TypeError, "True")])
+                                                       (np.array([1.0, 2.0]), TypeError, "2 elements")])
+# a bool is a number here (max_norm=True clips to 1, as PyTorch's float(True)): tests/test_numbers_r3.py
 def test_clip_grad_norm_refuses_a_bad_bound_and_changes_no_gradient(max_norm, error, fragment):
     from needle_nb.optim import SGD, clip_grad_norm_
     w = ndl.Tensor([3.0, 4.0])

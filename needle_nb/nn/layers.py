@@ -13,7 +13,7 @@ import numpy as np
 from ..autograd import Tensor, TensorOp
 from .. import ops, ops_norm, init
 from ..ops import LeakyReLUOp, GELUOp
-from ..backend import array_module
+from ..backend import array_module, as_number
 from .module import Module, Parameter, Buffer
 
 # %% auto #0
@@ -51,9 +51,7 @@ class LeakyReLU(Module):
     "PyTorch's LeakyReLU: $x$ for $x > 0$, `negative_slope`$\\cdot x$ otherwise."
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
-            raise TypeError(f"LeakyReLU: negative_slope must be a number, got {negative_slope!r}")
-        self.negative_slope = negative_slope
+        self.negative_slope = as_number(negative_slope, "LeakyReLU: negative_slope")
     def extra_repr(self): return f"negative_slope={self.negative_slope}"
     def forward(self, x: Tensor) -> Tensor: return LeakyReLUOp(self.negative_slope)(x)
 
@@ -234,6 +232,7 @@ class Dropout(Module):
     """
     def __init__(self, p: float = 0.5):
         super().__init__()
+        p = as_number(p, "Dropout: p")
         if not 0 <= p <= 1: raise ValueError(f"Dropout: p must lie in [0, 1], got {p}")
         self.p = p
     def extra_repr(self): return f"p={self.p}"
@@ -258,6 +257,8 @@ class BatchNorm1d(Module):
     """
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype="float32"):
         super().__init__()
+        eps = as_number(eps, f"{type(self).__name__}: eps")
+        momentum = as_number(momentum, f"{type(self).__name__}: momentum")
         if not eps >= 0: raise ValueError(f"{type(self).__name__}: eps must be >= 0, got {eps!r}")
         if not 0 <= momentum <= 1: raise ValueError(f"{type(self).__name__}: momentum must lie in [0, 1], got {momentum!r}")
         self.dim, self.eps, self.momentum = dim, eps, momentum
@@ -311,6 +312,7 @@ class LayerNorm(Module):
                  device=None, dtype="float32"):
         super().__init__()
         if isinstance(normalized_shape, int): normalized_shape = (normalized_shape,)
+        eps = as_number(eps, f"{type(self).__name__}: eps")
         if not eps >= 0: raise ValueError(f"{type(self).__name__}: eps must be >= 0, got {eps!r}")
         self.normalized_shape, self.eps = tuple(normalized_shape), eps
         self.elementwise_affine = elementwise_affine
