@@ -17,7 +17,7 @@ import inspect
 
 import nbdev.doclinks
 
-__all__ = ['index_every_notebook']
+__all__ = ["index_every_notebook", "strip_solution_markers"]
 
 _BUG = "if 'auto' in cell.nb: continue"
 _FIX = "if cell.nb == 'auto': continue"
@@ -45,3 +45,18 @@ def index_every_notebook(cell):
     `_build_modidx` indexes the package.
     """
     return None
+
+
+# The course edition's solution markers (nbs/98_course.ipynb): comment lines that say where a learner's
+# part of a function begins and ends. The package carries none of them. `needle_nb.course` has the same
+# two patterns; they are repeated here because this module must import while the package is broken.
+import re as _re
+_re_marker = _re.compile(r"^\s*### (BEGIN|END) SOLUTION\b.*$")
+
+
+def strip_solution_markers(cell):
+    "The export processor that drops `### BEGIN SOLUTION` / `### END SOLUTION` lines from exported code."
+    if cell.cell_type != 'code' or 'SOLUTION' not in cell.source: return
+    out = ''.join(l for l in cell.source.splitlines(True) if not _re_marker.match(l))
+    # a marker on the cell's last line leaves the line before it ending in a newline the cell did not have
+    cell.source = out if cell.source.endswith('\n') else out.rstrip('\n')

@@ -362,3 +362,13 @@ def test_screenshot(pages, server, browser, request):
                 print(f'\nscreenshot of {target} (1400 px wide, whole page): {path}')
     finally:
         browser.set_window_size(size['width'], size['height'])
+
+
+def test_course_exercises_show_a_badge_and_no_markers(pages, site):
+    "The site shows the course's exercise badge beside each function holding one, and no solution marker."
+    for name, info in pages.items():
+        assert '### BEGIN SOLUTION' not in info['code'] and '### END SOLUTION' not in info['code'], name
+    init_html = (site / 'init.html').read_text()
+    assert init_html.count('class="exercise-badge"') >= 4, 'the initializers are exercises: each gets a badge'
+    assert 'xavier_uniform' in pages['init.html']['text'] and 'exercise' in pages['init.html']['text']
+    assert 'course.html' in pages, 'the course chapter is on the site'

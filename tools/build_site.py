@@ -216,11 +216,13 @@ def build_offline(n_workers=None, flags=None):
     links.update({f'({n}#': f'({names[n]}.html#' for n in names})
     api = {p if isinstance(p, str) else next(iter(p.values())) for p in api_nav}
     bare = bare_classes()
+    from needle_nb.course import find_exercises   # the course's exercises get a badge in the API sections
+    exercises = frozenset(e.function for p in sorted((src/'nbs').glob('*.ipynb')) for e in find_exercises(p))
     # home first, chapters in notebook order, the API reference last (as the test expects)
     for n in sorted(procd, key=lambda n: (n != 'index.ipynb', n in api, n)):
         nb = procd[n]
         title = nbpages.front_matter(nb).get('title', names[n])
-        out = nbpages.fix_notebook(nb, links, bare)
+        out = nbpages.fix_notebook(nb, links, bare, exercises)
         nbformat.write(out, docs/f'{names[n]}.ipynb')
         if n not in api: pages.append({title: f'{names[n]}.ipynb'})
     pages.append({'API reference': [f'{names[API_NB]}.ipynb'] + [

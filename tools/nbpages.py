@@ -185,11 +185,22 @@ def _source_order(cells):
     return out
 
 
-def fix_notebook(nb, links=None, bare=frozenset()):
+_re_marker = re.compile(r'^\s*### (BEGIN|END) SOLUTION\b.*$\n?', re.MULTILINE)
+BADGE = ' <span class="exercise-badge" title="a course exercise: needle-nb exercises writes it as a stub">exercise</span>'
+
+
+def add_badge(md):
+    "A `show_doc` section with the course's *exercise* badge after its first heading."
+    return re.sub(r'^(#{2,4} .*)$', lambda m: m.group(1) + BADGE, md, count=1, flags=re.MULTILINE)
+
+
+def fix_notebook(nb, links=None, bare=frozenset(), exercises=frozenset()):
     """Make a `proc_nbs` notebook render without Quarto; returns a new notebook.
 
     `links` maps URL prefixes/targets to their replacement (e.g. the published site's URL to '');
-    `bare`: names of classes that take no arguments (see `fix_show_doc`).
+    `bare`: names of classes that take no arguments (see `fix_show_doc`); `exercises`: names of the
+    functions that hold a course exercise (`xavier_uniform`, `EWiseMul.gradient`): their sections get
+    a badge, and the solution markers are dropped from every code cell (the site shows none).
     """
     links = links or {}
     fm = front_matter(nb)
@@ -206,7 +217,7 @@ def fix_notebook(nb, links=None, bare=frozenset()):
             if src.strip(): cells.append(nbformat.v4.new_markdown_cell(fix_markdown(src, links)))
             continue
         if cell.cell_type != 'code' or not src.strip() and not cell.get('outputs'): continue
-        opts, body = split_directives(src)
+        opts, body = split_directives(_re_marker.sub('', src))
         if opts.get('include') == 'false': continue
         if opts.get('output') == 'asis':
             # show_doc output: a markdown cell, so its headings join the page's table of contents
@@ -215,6 +226,7 @@ def fix_notebook(nb, links=None, bare=frozenset()):
             if name and name.startswith('_') and '.' not in name: continue  # a module's `__getattr__`: no API
             if md:
                 md = fix_show_doc(md, bare)
+                if name in exercises: md = add_badge(md)
                 new = nbformat.v4.new_markdown_cell(_anchor_headings(fix_markdown(md, links)))
                 new.metadata['show_doc'] = source_line(md) or ()
                 cells.append(new)
