@@ -158,13 +158,50 @@ def _pad_hw(a, padding):
     p_h, p_w = padding
     return _constant_pad(a, ((0, 0), (p_h, p_h), (p_w, p_w), (0, 0))) if p_h or p_w else a
 
+class _Buffers:
+    """Scratch arrays kept between steps for numpy, where the shapes repeat: a fresh array of tens of MB costs the
+    kernel's page faults and zeroing each step (measured: an im2col copy into a kept buffer takes half the time of
+    one into a new array). At most `limit` bytes are kept; `clear()` drops them all.
+
+    - `scratch(key, shape, dtype)`: an array used only inside one call (the caller knows what its contents are);
+    - `take(shape, dtype)` / `give(array)`: an array that lives from a forward to its backward (im2col rows),
+      handed back once nothing else can read it.
+    """
+    def __init__(self, limit: int = 512 * 2**20): self.limit, self.kept, self.free = limit, {}, {}
+    def _bytes(self) -> int:
+        return sum(a.nbytes for a in self.kept.values()) + sum(a.nbytes for v in self.free.values() for a in v)
+    def scratch(self, key, shape, dtype, fill=None):
+        "A kept numpy array for `key` (a new one filled with `fill` the first time, or `np.empty`)."
+        key = (key, tuple(shape), np.dtype(dtype).str)
+        a = self.kept.get(key)
+        if a is None:
+            a = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
+            if self._bytes() + a.nbytes <= self.limit: self.kept[key] = a
+        return a
+    def take(self, shape, dtype):
+        "A free kept array of `shape`, or a new one."
+        free = self.free.get((tuple(shape), np.dtype(dtype).str))
+        return free.pop() if free else np.empty(shape, dtype)
+    def give(self, a) -> None:
+        "Keep `a` for the next `take` of its shape (nothing may read it after this)."
+        if isinstance(a, np.ndarray) and a.base is None and self._bytes() + a.nbytes <= self.limit:
+            self.free.setdefault((a.shape, a.dtype.str), []).append(a)
+    def clear(self) -> None: self.kept.clear(); self.free.clear()
+
+_buffers = _Buffers()
+
 def _conv_rows(a, kernel_h: int, kernel_w: int, stride, padding):
     "im2col of the padded NHWC `a`: the `(N·H_out·W_out, KH·KW·C)` matrix of windows (the one copy) and `(H_out, W_out)`."
     a = _pad_hw(a, padding)
     windows = _im2col(a, kernel_h, kernel_w, stride)
     N, H_out, W_out = windows.shape[:3]
+    shape = (N * H_out * W_out, kernel_h * kernel_w * a.shape[3])
+    if isinstance(a, np.ndarray):                 # one copy of the strided view into a kept buffer
+        rows = _buffers.take(shape, a.dtype)
+        np.copyto(rows.reshape(windows.shape), windows)
+        return rows, (H_out, W_out)
     # xp.reshape, not the method: needle's NDArray.reshape needs a compact array, numpy's copies
-    return array_module(a).reshape(windows, (N * H_out * W_out, kernel_h * kernel_w * a.shape[3])), (H_out, W_out)
+    return array_module(a).reshape(windows, shape), (H_out, W_out)
 
 def _conv_forward_rows(a, b, stride, padding):
     """`(N, H, W, C_in)` ⋆ `(KH, KW, C_in, C_out)` → `(N, H_out, W_out, C_out)` and the im2col rows it multiplied
@@ -237,7 +274,8 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
     `u·W_p + v`; with `g` written on that grid (zeros where no window starts), each tap is one matmul
     `g_rows @ b[u, v]ᵀ` added into a *contiguous* slice of the gradient's rows: KH·KW matmuls, no copies.
     Larger strides: one matmul `(N·H_out·W_out, C_out) @ (KH·KW·C_in, C_out)ᵀ` gives every window's gradient, and
-    each tap adds its plane into the padded gradient at step `s` (`dx_pad[:, u::s, v::s] += cols[..., u, v, :]`).
+    each tap adds its plane into the padded gradient at step `s` (`dx_pad[:, u::s, v::s] += cols[..., u, v, :]`),
+    the taps of one `s_h × s_w` group in one add.
     """
     xp = array_module(g)
     index = getattr(xp, "getitem", operator.getitem)      # numpy's indexing rules, also on nd's NDArray
@@ -246,7 +284,24 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
     (s_h, s_w), (p_h, p_w), (H, W) = _pair(stride, "conv: stride", 1), _pair(padding, "conv: padding", 0), in_hw
     H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
     every = slice(None)
-    if s_h == s_w == 1:
+    g_nchw = xp.transpose(g, (0, 3, 1, 2))
+    if s_h == s_w == 1 and xp is np and g_nchw.flags.c_contiguous:
+        # g came in NCHW: per image, (C_out, H_p·W_p) read transposed by BLAS, no NCHW -> NHWC copy of g
+        plane = H_pad * W_pad
+        grid = _buffers.scratch(("input grad grid", H_out, W_out), (N, c_out, H_pad, W_pad), g.dtype, fill=0)
+        grid[:, :, :H_out, :W_out] = g_nchw                  # the rest stays zero: only this slice is written
+        grid = grid.reshape(N, c_out, plane)
+        dx = np.matmul(grid.transpose(0, 2, 1), b[0, 0].T)     # (N, H_p·W_p, C_in): tap (0, 0)
+        product = _buffers.scratch("input grad tap", dx.shape, dx.dtype)
+        for u in range(kernel_h):
+            for v in range(kernel_w):
+                shift = u * W_pad + v
+                if shift:
+                    part = product[:, :plane - shift]
+                    np.matmul(grid[:, :, :plane - shift].transpose(0, 2, 1), b[u, v].T, out=part)
+                    dx[:, shift:] += part
+        dx = dx.reshape(N, H_pad, W_pad, c_in)
+    elif s_h == s_w == 1:
         rows = N * H_pad * W_pad
         if (H_out, W_out) == (H_pad, W_pad): g_rows = xp.reshape(g, (rows, c_out))        # a 1x1 kernel
         else:
@@ -266,12 +321,21 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
     else:
         cols = xp.reshape(g, (N * H_out * W_out, c_out)) @ xp.transpose(xp.reshape(b, (kernel_h * kernel_w * c_in, c_out)), (1, 0))
         cols = xp.reshape(cols, (N, H_out, W_out, kernel_h, kernel_w, c_in))
-        dx = xp.zeros((N, H_pad, W_pad, c_in), dtype=cols.dtype)
-        for u in range(kernel_h):
-            for v in range(kernel_w):
-                part = index(dx, (every, slice(u, u + s_h * (H_out - 1) + 1, s_h), slice(v, v + s_w * (W_out - 1) + 1, s_w)))
-                part += index(cols, (every, every, every, u, v))                              # a view: lands in dx
-    return index(dx, (every, slice(p_h, p_h + H), slice(p_w, p_w + W))) if p_h or p_w else dx
+        # the padded gradient as (N, H_b, s_h, W_b, s_w, C): tap u = q·s_h + r adds at block row i + q, phase r, so
+        # one add covers a whole s_h × s_w group of taps: ⌈KH/s_h⌉·⌈KW/s_w⌉ adds instead of KH·KW small ones
+        q_h, q_w = -(-kernel_h // s_h), -(-kernel_w // s_w)
+        H_b, W_b = max(H_out + q_h - 1, -(-H_pad // s_h)), max(W_out + q_w - 1, -(-W_pad // s_w))
+        dx = xp.zeros((N, H_b * s_h, W_b * s_w, c_in), dtype=cols.dtype)
+        blocks = xp.reshape(dx, (N, H_b, s_h, W_b, s_w, c_in))
+        for i in range(q_h):
+            r_h = min(s_h, kernel_h - i * s_h)
+            for j in range(q_w):
+                r_w = min(s_w, kernel_w - j * s_w)
+                part = index(blocks, (every, slice(i, i + H_out), slice(0, r_h), slice(j, j + W_out), slice(0, r_w)))
+                taps = index(cols, (every, every, every, slice(i * s_h, i * s_h + r_h), slice(j * s_w, j * s_w + r_w)))
+                part += xp.transpose(taps, (0, 1, 3, 2, 4, 5))                            # a view: lands in dx
+    if dx.shape[1:3] == (H, W): return dx
+    return index(dx, (every, slice(p_h, p_h + H), slice(p_w, p_w + W)))     # drop the padding (and the blocks' excess)
 
 def _repr_args(stride, padding) -> str: return f"stride={stride}, padding={padding}"
 
@@ -358,7 +422,14 @@ class ConvKernelGrad(TensorOp):
         if rows is None or rows.shape != (N * H_out * W_out, kernel_h * kernel_w * a.shape[3]):
             rows, _ = _conv_rows(a, kernel_h, kernel_w, _pair(self.stride, "conv: stride", 1),
                                  _pair(self.padding, "conv: padding", 0))
-        product = xp.transpose(rows, (1, 0)) @ xp.reshape(g, (N * H_out * W_out, c_out))
+        g_nchw = xp.transpose(g, (0, 3, 1, 2))
+        if xp is np and g_nchw.flags.c_contiguous:
+            # g came in NCHW: per image (C_out, H_out·W_out) @ (H_out·W_out, KH·KW·C_in), summed over the batch;
+            # no NCHW -> NHWC copy of g
+            per_image = np.matmul(g_nchw.reshape(N, c_out, H_out * W_out), rows.reshape(N, H_out * W_out, -1))
+            product = per_image.sum(axis=0).T
+        else: product = xp.transpose(rows, (1, 0)) @ xp.reshape(g, (N * H_out * W_out, c_out))
+        _buffers.give(rows)                     # nothing reads the rows after this product
         return xp.reshape(product, (kernel_h, kernel_w, a.shape[3], c_out))
 
     def gradient(self, out_grad, node):
