@@ -153,11 +153,6 @@ def _im2col(a, kernel_h: int, kernel_w: int, stride):
     strides = (st_n, st_h * s_h, st_w * s_w, st_h, st_w, st_c)
     return array_module(a).lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
-def _pad_hw(a, padding):
-    "An NHWC array zero-padded by `padding = (p_h, p_w)` on both sides of H and W (itself when both are 0)."
-    p_h, p_w = padding
-    return _constant_pad(a, ((0, 0), (p_h, p_h), (p_w, p_w), (0, 0))) if p_h or p_w else a
-
 class _Buffers:
     """Scratch arrays kept between steps for numpy, where the shapes repeat: a fresh array of tens of MB costs the
     kernel's page faults and zeroing each step (measured: an im2col copy into a kept buffer takes half the time of
@@ -189,6 +184,20 @@ class _Buffers:
     def clear(self) -> None: self.kept.clear(); self.free.clear()
 
 _buffers = _Buffers()
+
+def _pad_hw(a, padding):
+    "An NHWC array zero-padded by `padding = (p_h, p_w)` on both sides of H and W (itself when both are 0); for the convolution's own use only."
+    p_h, p_w = padding
+    if not (p_h or p_w): return a
+    if isinstance(a, np.ndarray):
+        # a kept buffer whose border is zero and stays so: only the interior is written (the result never leaves
+        # the convolution's own computations, which read it before the next call)
+        N, H, W, C = a.shape
+        out = _buffers.scratch(("padded input", p_h, p_w), (N, H + 2 * p_h, W + 2 * p_w, C), a.dtype, fill=0)
+        out[:, p_h:p_h + H, p_w:p_w + W] = a
+        return out
+    return _constant_pad(a, ((0, 0), (p_h, p_h), (p_w, p_w), (0, 0)))
+
 
 def _conv_rows(a, kernel_h: int, kernel_w: int, stride, padding):
     "im2col of the padded NHWC `a`: the `(N·H_out·W_out, KH·KW·C)` matrix of windows (the one copy) and `(H_out, W_out)`."
