@@ -282,7 +282,7 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
     Stride 1: on the padded input grid, flattened to rows `n·H_p·W_p + y·W_p + x`, tap `(u, v)` moves a row by
     `u·W_p + v`; with `g` written on that grid (zeros where no window starts), each tap is one matmul
     `g_rows @ b[u, v]ᵀ` added into a *contiguous* slice of the gradient's rows: KH·KW matmuls, no copies.
-    Larger strides: one matmul `(N·H_out·W_out, C_out) @ (KH·KW·C_in, C_out)ᵀ` gives every window's gradient, and
+    Larger strides, and small images (where the grid is mostly padding): one matmul `(N·H_out·W_out, C_out) @ (KH·KW·C_in, C_out)ᵀ` gives every window's gradient, and
     each tap adds its plane into the padded gradient at step `s` (`dx_pad[:, u::s, v::s] += cols[..., u, v, :]`),
     the taps of one `s_h × s_w` group in one add.
     """
@@ -294,8 +294,10 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
     H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
     every = slice(None)
     g_nchw = xp.transpose(g, (0, 3, 1, 2))
-    if s_h == s_w == 1 and xp is np and g_nchw.flags.c_contiguous:
-        # g came in NCHW: per image, (C_out, H_p·W_p) read transposed by BLAS, no NCHW -> NHWC copy of g
+    if s_h == s_w == 1 and xp is np and g_nchw.flags.c_contiguous and H_pad * W_pad >= 256 and \
+            H_pad * W_pad <= 1.5 * H_out * W_out:
+        # g came in NCHW: per image, (C_out, H_p·W_p) read transposed by BLAS, no NCHW -> NHWC copy of g (on
+        # images large enough that N·KH·KW small matmuls cost less than that copy)
         plane = H_pad * W_pad
         grid = _buffers.scratch(("input grad grid", H_out, W_out), (N, c_out, H_pad, W_pad), g.dtype, fill=0)
         grid[:, :, :H_out, :W_out] = g_nchw                  # the rest stays zero: only this slice is written
@@ -310,7 +312,8 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
                     np.matmul(grid[:, :, :plane - shift].transpose(0, 2, 1), b[u, v].T, out=part)
                     dx[:, shift:] += part
         dx = dx.reshape(N, H_pad, W_pad, c_in)
-    elif s_h == s_w == 1:
+    elif s_h == s_w == 1 and H_pad * W_pad <= 1.5 * H_out * W_out:
+        # (the grid's rows cost matmul work: on small images, where the padding is most of the grid, col2im below)
         rows = N * H_pad * W_pad
         if (H_out, W_out) == (H_pad, W_pad): g_rows = xp.reshape(g, (rows, c_out))        # a 1x1 kernel
         else:
@@ -432,9 +435,10 @@ class ConvKernelGrad(TensorOp):
             rows, _ = _conv_rows(a, kernel_h, kernel_w, _pair(self.stride, "conv: stride", 1),
                                  _pair(self.padding, "conv: padding", 0))
         g_nchw = xp.transpose(g, (0, 3, 1, 2))
-        if xp is np and g_nchw.flags.c_contiguous:
+        if xp is np and g_nchw.flags.c_contiguous and H_out * W_out >= rows.shape[1]:
             # g came in NCHW: per image (C_out, H_out·W_out) @ (H_out·W_out, KH·KW·C_in), summed over the batch;
-            # no NCHW -> NHWC copy of g
+            # no NCHW -> NHWC copy of g. Only for large images: the N per-image products (N·C_out·KH·KW·C_in
+            # floats) must not outgrow the copy of g they replace (N·H_out·W_out·C_out)
             per_image = np.matmul(g_nchw.reshape(N, c_out, H_out * W_out), rows.reshape(N, H_out * W_out, -1))
             product = per_image.sum(axis=0).T
         else: product = xp.transpose(rows, (1, 0)) @ xp.reshape(g, (N * H_out * W_out, c_out))
