@@ -28,8 +28,22 @@ def _check_int(value, name: str, low: int) -> int:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
 
+def _pair(value, name: str, low: int) -> Tuple[int, int]:
+    "`value` (one int for both axes, or an `(H, W)` pair of ints) as a pair of ints `>= low`, or a ValueError naming it."
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an integer or an (H, W) pair, got {tuple(value)!r} ({len(value)} values)")
+        return tuple(_check_int(v, name, low) for v in value)
+    value = _check_int(value, name, low)
+    return value, value
+
+def _short(pair):
+    "A pair as its one value when both are equal (how needle writes a square kernel, stride or padding); an int stays."
+    if isinstance(pair, numbers.Integral): return pair
+    return pair[0] if pair[0] == pair[1] else tuple(pair)
+
 def _square(value, name: str) -> int:
-    "A kernel size or stride given as a tuple must repeat one value (windows are square): that value."
+    "A pooling window or stride given as a tuple must repeat one value (pooling windows are square): that value."
     if isinstance(value, (tuple, list)):
         if len(set(value)) != 1: raise ValueError(f"{name}: only square values are supported, got {tuple(value)}")
         value = value[0]
@@ -130,43 +144,106 @@ def undilate(a, axes, dilation):
     return UnDilate(axes, dilation)(a)
 
 # %% ../nbs/02a_conv_ops.ipynb #60d30db3
-def _im2col(a, kernel_h: int, kernel_w: int, stride: int):
-    "The windows of an NHWC array as a strided view `(N, H_out, W_out, kernel_h, kernel_w, C)`; no copy."
+def _im2col(a, kernel_h: int, kernel_w: int, stride):
+    "The windows of an NHWC array as a strided view `(N, H_out, W_out, kernel_h, kernel_w, C)`; no copy. `stride`: an int or `(s_h, s_w)`."
+    s_h, s_w = (stride, stride) if isinstance(stride, numbers.Integral) else stride
     N, H, W, C = a.shape
-    s_n, s_h, s_w, s_c = a.strides
-    shape = (N, (H - kernel_h) // stride + 1, (W - kernel_w) // stride + 1, kernel_h, kernel_w, C)
-    strides = (s_n, s_h * stride, s_w * stride, s_h, s_w, s_c)
+    st_n, st_h, st_w, st_c = a.strides
+    shape = (N, (H - kernel_h) // s_h + 1, (W - kernel_w) // s_w + 1, kernel_h, kernel_w, C)
+    strides = (st_n, st_h * s_h, st_w * s_w, st_h, st_w, st_c)
     return array_module(a).lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
-def _conv_forward(a, b, stride: int, padding: int):
-    """`(N, H, W, C_in)` ⋆ `(KH, KW, C_in, C_out)` → `(N, H_out, W_out, C_out)`: pad, im2col, one matmul
-    (or, at stride 1 where it moves less memory, `_conv_shift_add`)."""
+class _Buffers:
+    """Scratch arrays kept between steps for numpy, where the shapes repeat: a fresh array of tens of MB costs the
+    kernel's page faults and zeroing each step (measured: an im2col copy into a kept buffer takes half the time of
+    one into a new array). At most `limit` bytes are kept; `clear()` drops them all.
+
+    - `scratch(key, shape, dtype)`: an array used only inside one call (the caller knows what its contents are);
+    - `take(shape, dtype)` / `give(array)`: an array that lives from a forward to its backward (im2col rows),
+      handed back once nothing else can read it.
+    """
+    def __init__(self, limit: int = 512 * 2**20): self.limit, self.kept, self.free = limit, {}, {}
+    def _bytes(self) -> int:
+        return sum(a.nbytes for a in self.kept.values()) + sum(a.nbytes for v in self.free.values() for a in v)
+    def scratch(self, key, shape, dtype, fill=None):
+        "A kept numpy array for `key` (a new one filled with `fill` the first time, or `np.empty`)."
+        key = (key, tuple(shape), np.dtype(dtype).str)
+        a = self.kept.get(key)
+        if a is None:
+            a = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
+            if self._bytes() + a.nbytes <= self.limit: self.kept[key] = a
+        return a
+    def take(self, shape, dtype):
+        "A free kept array of `shape`, or a new one."
+        free = self.free.get((tuple(shape), np.dtype(dtype).str))
+        return free.pop() if free else np.empty(shape, dtype)
+    def give(self, a) -> None:
+        "Keep `a` for the next `take` of its shape (nothing may read it after this)."
+        if isinstance(a, np.ndarray) and a.base is None and self._bytes() + a.nbytes <= self.limit:
+            self.free.setdefault((a.shape, a.dtype.str), []).append(a)
+    def clear(self) -> None: self.kept.clear(); self.free.clear()
+
+_buffers = _Buffers()
+
+def _pad_hw(a, padding):
+    "An NHWC array zero-padded by `padding = (p_h, p_w)` on both sides of H and W (itself when both are 0); for the convolution's own use only."
+    p_h, p_w = padding
+    if not (p_h or p_w): return a
+    if isinstance(a, np.ndarray):
+        # a kept buffer whose border is zero and stays so: only the interior is written (the result never leaves
+        # the convolution's own computations, which read it before the next call)
+        N, H, W, C = a.shape
+        out = _buffers.scratch(("padded input", p_h, p_w), (N, H + 2 * p_h, W + 2 * p_w, C), a.dtype, fill=0)
+        out[:, p_h:p_h + H, p_w:p_w + W] = a
+        return out
+    return _constant_pad(a, ((0, 0), (p_h, p_h), (p_w, p_w), (0, 0)))
+
+
+def _conv_rows(a, kernel_h: int, kernel_w: int, stride, padding):
+    "im2col of the padded NHWC `a`: the `(N·H_out·W_out, KH·KW·C)` matrix of windows (the one copy) and `(H_out, W_out)`."
+    a = _pad_hw(a, padding)
+    windows = _im2col(a, kernel_h, kernel_w, stride)
+    N, H_out, W_out = windows.shape[:3]
+    shape = (N * H_out * W_out, kernel_h * kernel_w * a.shape[3])
+    if isinstance(a, np.ndarray):                 # one copy of the strided view into a kept buffer
+        rows = _buffers.take(shape, a.dtype)
+        np.copyto(rows.reshape(windows.shape), windows)
+        return rows, (H_out, W_out)
+    # xp.reshape, not the method: needle's NDArray.reshape needs a compact array, numpy's copies
+    return array_module(a).reshape(windows, shape), (H_out, W_out)
+
+def _conv_forward_rows(a, b, stride, padding):
+    """`(N, H, W, C_in)` ⋆ `(KH, KW, C_in, C_out)` → `(N, H_out, W_out, C_out)` and the im2col rows it multiplied
+    (None on the shift-add path): pad, im2col, one matmul (or, at stride 1 where it moves less memory,
+    `_conv_shift_add`). `stride`, `padding`: ints or `(H, W)` pairs."""
+    (s_h, s_w), (p_h, p_w) = _pair(stride, "conv: stride", 1), _pair(padding, "conv: padding", 0)
     if a.ndim != 4 or b.ndim != 4:
-        raise ValueError(f"conv: expects an NHWC input (4 axes) and a (K, K, C_in, C_out) kernel, "
+        raise ValueError(f"conv: expects an NHWC input (4 axes) and a (KH, KW, C_in, C_out) kernel, "
                          f"got shapes {a.shape} and {b.shape}")
     N, H, W, C = a.shape
     kernel_h, kernel_w, c_in, c_out = b.shape
     if c_in != C:
         raise ValueError(f"conv: the input has {C} channels (shape {a.shape}) but the kernel "
                          f"{b.shape} expects {c_in}")
-    if H + 2 * padding < kernel_h or W + 2 * padding < kernel_w:
+    if H + 2 * p_h < kernel_h or W + 2 * p_w < kernel_w:
         raise ValueError(f"conv: kernel {kernel_h}x{kernel_w} is larger than the padded input "
-                         f"{H + 2 * padding}x{W + 2 * padding} (input {a.shape}, padding {padding})")
-    if padding: a = _constant_pad(a, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    H_pad, W_pad = a.shape[1:3]
-    H_out, W_out = (H_pad - kernel_h) // stride + 1, (W_pad - kernel_w) // stride + 1
+                         f"{H + 2 * p_h}x{W + 2 * p_w} (input {a.shape}, padding {_short((p_h, p_w))})")
+    H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
+    H_out, W_out = (H_pad - kernel_h) // s_h + 1, (W_pad - kernel_w) // s_w + 1
     # floats each way writes: im2col's rows, or every pixel's product with every kernel tap
-    if stride == 1 and H_pad * W_pad * c_out < H_out * W_out * C:
-        return _conv_shift_add(a, b)
+    if s_h == s_w == 1 and H_pad * W_pad * c_out < H_out * W_out * C:
+        return _conv_shift_add(_pad_hw(a, (p_h, p_w)), b), None
     xp = array_module(a)
-    windows = _im2col(a, kernel_h, kernel_w, stride)
-    # xp.reshape, not the method: needle's NDArray.reshape needs a compact array, numpy's copies
-    rows = xp.reshape(windows, (N * H_out * W_out, kernel_h * kernel_w * C))     # the one copy
+    rows, _ = _conv_rows(a, kernel_h, kernel_w, (s_h, s_w), (p_h, p_w))
     out = rows @ xp.reshape(b, (kernel_h * kernel_w * C, c_out))
-    return out.reshape(N, H_out, W_out, c_out)
+    return out.reshape(N, H_out, W_out, c_out), rows
+
+def _conv_forward(a, b, stride, padding):
+    "`_conv_forward_rows` without the rows: the convolution of NHWC `a` with `b`."
+    return _conv_forward_rows(a, b, stride, padding)[0]
 
 def _conv_shift_add(a, b):
-    "Stride-1 convolution of a padded NHWC `a`: multiply every pixel by every kernel tap, then add the K² shifted planes."
+    "Stride-1 convolution of a padded NHWC `a`: multiply every pixel by every kernel tap, then add the KH·KW shifted planes."
     N, H, W, C = a.shape
     kernel_h, kernel_w, _, c_out = b.shape
     H_out, W_out = H - kernel_h + 1, W - kernel_w + 1
@@ -198,63 +275,144 @@ def _from_nhwc(a, layout: str):
     "An NHWC result as a view in `layout`."
     return a if layout == "NHWC" else array_module(a).transpose(a, (0, 3, 1, 2))
 
+def _conv_input_grad(g, b, stride, padding, in_hw):
+    """The input's gradient of an NHWC convolution: `g (N, H_out, W_out, C_out)`, `b (KH, KW, C_in, C_out)` →
+    `(N, H, W, C_in)`, by col2im (no dilated zeros, no flipped-kernel convolution).
+
+    Stride 1: on the padded input grid, flattened to rows `n·H_p·W_p + y·W_p + x`, tap `(u, v)` moves a row by
+    `u·W_p + v`; with `g` written on that grid (zeros where no window starts), each tap is one matmul
+    `g_rows @ b[u, v]ᵀ` added into a *contiguous* slice of the gradient's rows: KH·KW matmuls, no copies.
+    Larger strides, and small images (where the grid is mostly padding): one matmul `(N·H_out·W_out, C_out) @ (KH·KW·C_in, C_out)ᵀ` gives every window's gradient, and
+    each tap adds its plane into the padded gradient at step `s` (`dx_pad[:, u::s, v::s] += cols[..., u, v, :]`),
+    the taps of one `s_h × s_w` group in one add.
+    """
+    xp = array_module(g)
+    index = getattr(xp, "getitem", operator.getitem)      # numpy's indexing rules, also on nd's NDArray
+    N, H_out, W_out, c_out = g.shape
+    kernel_h, kernel_w, c_in, _ = b.shape
+    (s_h, s_w), (p_h, p_w), (H, W) = _pair(stride, "conv: stride", 1), _pair(padding, "conv: padding", 0), in_hw
+    H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
+    every = slice(None)
+    g_nchw = xp.transpose(g, (0, 3, 1, 2))
+    if s_h == s_w == 1 and xp is np and g_nchw.flags.c_contiguous and H_pad * W_pad >= 256 and \
+            H_pad * W_pad <= 1.5 * H_out * W_out:
+        # g came in NCHW: per image, (C_out, H_p·W_p) read transposed by BLAS, no NCHW -> NHWC copy of g (on
+        # images large enough that N·KH·KW small matmuls cost less than that copy)
+        plane = H_pad * W_pad
+        grid = _buffers.scratch(("input grad grid", H_out, W_out), (N, c_out, H_pad, W_pad), g.dtype, fill=0)
+        grid[:, :, :H_out, :W_out] = g_nchw                  # the rest stays zero: only this slice is written
+        grid = grid.reshape(N, c_out, plane)
+        dx = np.matmul(grid.transpose(0, 2, 1), b[0, 0].T)     # (N, H_p·W_p, C_in): tap (0, 0)
+        product = _buffers.scratch("input grad tap", dx.shape, dx.dtype)
+        for u in range(kernel_h):
+            for v in range(kernel_w):
+                shift = u * W_pad + v
+                if shift:
+                    part = product[:, :plane - shift]
+                    np.matmul(grid[:, :, :plane - shift].transpose(0, 2, 1), b[u, v].T, out=part)
+                    dx[:, shift:] += part
+        dx = dx.reshape(N, H_pad, W_pad, c_in)
+    elif s_h == s_w == 1 and H_pad * W_pad <= 1.5 * H_out * W_out:
+        # (the grid's rows cost matmul work: on small images, where the padding is most of the grid, col2im below)
+        rows = N * H_pad * W_pad
+        if (H_out, W_out) == (H_pad, W_pad): g_rows = xp.reshape(g, (rows, c_out))        # a 1x1 kernel
+        else:
+            grid = xp.zeros((N, H_pad, W_pad, c_out), dtype=g.dtype)
+            getattr(xp, "setitem", operator.setitem)(grid, (every, slice(0, H_out), slice(0, W_out)), g)
+            g_rows = xp.reshape(grid, (rows, c_out))
+        dx = None
+        for u in range(kernel_h):
+            for v in range(kernel_w):
+                shift = u * W_pad + v
+                tap = xp.transpose(index(b, (u, v)), (1, 0))                                 # (C_out, C_in)
+                if dx is None: dx = g_rows @ tap                                              # tap (0, 0): no shift
+                else:
+                    part = index(dx, (slice(shift, None),))
+                    part += index(g_rows, (slice(0, rows - shift),)) @ tap                    # a view: lands in dx
+        dx = xp.reshape(dx, (N, H_pad, W_pad, c_in))
+    else:
+        b_rows = xp.transpose(xp.reshape(b, (kernel_h * kernel_w * c_in, c_out)), (1, 0))
+        if xp is np:
+            # kept buffers for the two intermediates: fresh ones of a few hundred kB are mmap'ed and page-faulted
+            # anew each step (measured: 1.8 ms against 0.6 ms for ResNet9's 16 -> 32 stride-2 layer)
+            g_rows = _buffers.scratch("input grad g rows", (N * H_out * W_out, c_out), g.dtype)
+            np.copyto(g_rows.reshape(g.shape), g)
+            cols = np.matmul(g_rows, b_rows, out=_buffers.scratch("input grad cols", (g_rows.shape[0], b_rows.shape[1]),
+                                                                  np.result_type(g.dtype, b.dtype)))
+        else: cols = xp.reshape(g, (N * H_out * W_out, c_out)) @ b_rows
+        cols = xp.reshape(cols, (N, H_out, W_out, kernel_h, kernel_w, c_in))
+        # the padded gradient as (N, H_b, s_h, W_b, s_w, C): tap u = q·s_h + r adds at block row i + q, phase r, so
+        # one add covers a whole s_h × s_w group of taps: ⌈KH/s_h⌉·⌈KW/s_w⌉ adds instead of KH·KW small ones
+        q_h, q_w = -(-kernel_h // s_h), -(-kernel_w // s_w)
+        H_b, W_b = max(H_out + q_h - 1, -(-H_pad // s_h)), max(W_out + q_w - 1, -(-W_pad // s_w))
+        dx = xp.zeros((N, H_b * s_h, W_b * s_w, c_in), dtype=cols.dtype)
+        blocks = xp.reshape(dx, (N, H_b, s_h, W_b, s_w, c_in))
+        for i in range(q_h):
+            r_h = min(s_h, kernel_h - i * s_h)
+            for j in range(q_w):
+                r_w = min(s_w, kernel_w - j * s_w)
+                part = index(blocks, (every, slice(i, i + H_out), slice(0, r_h), slice(j, j + W_out), slice(0, r_w)))
+                taps = index(cols, (every, every, every, slice(i * s_h, i * s_h + r_h), slice(j * s_w, j * s_w + r_w)))
+                part += xp.transpose(taps, (0, 1, 3, 2, 4, 5))                            # a view: lands in dx
+    if dx.shape[1:3] == (H, W): return dx
+    return index(dx, (every, slice(p_h, p_h + H), slice(p_w, p_w + W)))     # drop the padding (and the blocks' excess)
+
+def _repr_args(stride, padding) -> str: return f"stride={stride}, padding={padding}"
+
 class Conv(TensorOp):
     """2-D convolution (cross-correlation) in needle's layout, or on NCHW activations.
 
     Args:
-        stride: step between windows (the same along H and W).
-        padding: zeros added on each side of H and W (the op's default is 0, `conv`'s is 1, as needle's).
+        stride: step between windows: one int for H and W, or an `(s_h, s_w)` pair.
+        padding: zeros added on each side of H and W: an int or a `(p_h, p_w)` pair (the op's default is 0,
+            `conv`'s is 1, as needle's).
         layout: `"NHWC"` (needle's) or `"NCHW"` (PyTorch's, what `nn.Conv` takes): the layout of the input, the
-            output and every gradient; the kernel is `(K, K, C_in, C_out)` in both. An NCHW array is viewed as NHWC
-            inside the op, so the layout costs no graph node.
+            output and every gradient; the kernel is `(KH, KW, C_in, C_out)` in both. An NCHW array is viewed as
+            NHWC inside the op, so the layout costs no graph node.
 
-    Shapes: `a` `(N, H, W, C_in)`, `b` `(K, K, C_in, C_out)` → `(N, H_out, W_out, C_out)` with
-    $H_{out} = \\lfloor (H + 2p - K)/s \\rfloor + 1$ (NCHW: `(N, C_in, H, W)` → `(N, C_out, H_out, W_out)`).
+    Shapes: `a` `(N, H, W, C_in)`, `b` `(KH, KW, C_in, C_out)` → `(N, H_out, W_out, C_out)` with
+    $H_{out} = \\lfloor (H + 2p_h - K_H)/s_h \\rfloor + 1$, the same along W (NCHW: `(N, C_in, H, W)` →
+    `(N, C_out, H_out, W_out)`). The forward keeps its im2col rows until the backward uses them for the kernel's
+    gradient (then drops them), so the windows are copied once a step.
     """
-    def __init__(self, stride: int = 1, padding: int = 0, layout: str = "NHWC"):
-        self.stride = _check_int(_square(stride, "conv: stride"), "conv: stride", 1)
-        self.padding = _check_int(padding, "conv: padding", 0)
+    def __init__(self, stride=1, padding=0, layout: str = "NHWC"):
+        # one int when H and W share it (as needle has them), else the (H, W) pair
+        self.stride = _short(_pair(stride, "conv: stride", 1))
+        self.padding = _short(_pair(padding, "conv: padding", 0))
         self.layout = _check_layout(layout)
+        self._saved = None                       # (the input array, its im2col rows) from the last compute
     def __repr__(self):
-        return f"Conv(stride={self.stride}, padding={self.padding}" + (f", layout={self.layout!r})" if self.layout != "NHWC" else ")")
+        return f"Conv({_repr_args(self.stride, self.padding)}" + (f", layout={self.layout!r})" if self.layout != "NHWC" else ")")
     def compute(self, a, b):
-        return _from_nhwc(_conv_forward(_to_nhwc(a, self.layout), b, self.stride, self.padding), self.layout)
+        out, rows = _conv_forward_rows(_to_nhwc(a, self.layout), b, self.stride, self.padding)
+        self._saved = None if rows is None else (a, rows)
+        return _from_nhwc(out, self.layout)
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
         s, p, layout = self.stride, self.padding, self.layout
+        saved, self._saved = self._saved, None      # used once: the rows are freed after the kernel's gradient
+        rows = saved[1] if saved is not None and saved[0] is a.cached_data else None
         grad_a = ConvInputGrad(s, p, a.shape, layout)(out_grad, b) if a.requires_grad else None
-        # one node at every stride: no dilated zeros for s > 1, no transposes around a convolution for s = 1
-        grad_b = ConvKernelGrad(s, p, b.shape[:2], layout)(a, out_grad) if b.requires_grad else None
+        grad_b = ConvKernelGrad(s, p, b.shape[:2], layout, rows=rows)(a, out_grad) if b.requires_grad else None
         return grad_a, grad_b
 
 class ConvInputGrad(TensorOp):
-    """The input's gradient of `conv(a, b, stride, padding)` for the output gradient `g`, as one node: the dilated
-    `g` convolved at stride 1 with the flipped, channel-swapped kernel, padded or cropped to the input's shape.
+    """The input's gradient of `conv(a, b, stride, padding)` for the output gradient `g`, as one node, by col2im
+    (`_conv_input_grad`): no dilated gradient, no flipped kernel.
 
     `(g (N, H_out, W_out, C_out), b (KH, KW, C_in, C_out))` → `a_shape` (`g` and the result in `layout`). It is
     linear in both inputs, so its own gradients are convolutions again: `conv(out_grad, b, stride, padding)` for
     `g`, `ConvKernelGrad` for `b`.
     """
-    def __init__(self, stride: int, padding: int, a_shape, layout: str = "NHWC"):
-        self.stride, self.padding, self.a_shape, self.layout = stride, padding, tuple(a_shape), _check_layout(layout)
-    def __repr__(self): return f"ConvInputGrad(stride={self.stride}, padding={self.padding}, a_shape={self.a_shape})"
+    def __init__(self, stride, padding, a_shape, layout: str = "NHWC"):
+        self.stride, self.padding = _short(_pair(stride, "conv: stride", 1)), _short(_pair(padding, "conv: padding", 0))
+        self.a_shape, self.layout = tuple(a_shape), _check_layout(layout)
+    def __repr__(self): return f"ConvInputGrad({_repr_args(self.stride, self.padding)}, a_shape={self.a_shape})"
 
     def compute(self, g, b):
-        return _from_nhwc(self._nhwc(_to_nhwc(g, self.layout), b), self.layout)
-
-    def _nhwc(self, g, b):
-        "The computation on an NHWC output gradient."
-        s, p = self.stride, self.padding
-        kernel_h, kernel_w = b.shape[:2]
-        H, W = self.a_shape[2:4] if self.layout == "NCHW" else self.a_shape[1:3]
-        r_h, r_w = (H + 2 * p - kernel_h) % s, (W + 2 * p - kernel_w) % s   # rows/columns no window reaches
-        if s > 1: g = Dilate((1, 2), s - 1).compute(g)                     # (N, H_out·s, W_out·s, C_out)
-        kernel = Flip((0, 1)).compute(b).swapaxes(2, 3)                     # (K, K, C_out, C_in)
-        top, left = kernel_h - 1 - p, kernel_w - 1 - p
-        bottom, right = top - (s - 1 - r_h), left - (s - 1 - r_w)
-        if top == bottom == left == right >= 0: return _conv_forward(g, kernel, 1, top)
-        return _conv_forward(Pad(((0, 0), (top, bottom), (left, right), (0, 0))).compute(g), kernel, 1, 0)
+        in_hw = self.a_shape[2:4] if self.layout == "NCHW" else self.a_shape[1:3]
+        return _from_nhwc(_conv_input_grad(_to_nhwc(g, self.layout), b, self.stride, self.padding, in_hw), self.layout)
 
     def gradient(self, out_grad, node):
         g, b = node.inputs
@@ -263,27 +421,40 @@ class ConvInputGrad(TensorOp):
                 ConvKernelGrad(s, p, b.shape[:2], self.layout)(out_grad, g) if b.requires_grad else None)
 
 class ConvKernelGrad(TensorOp):
-    """The kernel's gradient of `conv(a, b, stride, padding)`: $\\sum_{n,i,j} \\tilde a_{n,is+u,js+v,c}\\,g_{n,i,j,o}$.
+    """The kernel's gradient of `conv(a, b, stride, padding)`: $\\sum_{n,i,j} \\tilde a_{n,is_h+u,js_w+v,c}\\,g_{n,i,j,o}$.
 
     `(a (N, H, W, C_in), g (N, H_out, W_out, C_out))` → `(KH, KW, C_in, C_out)`: the im2col rows of the
-    padded `a`, transposed, times `g` as an `(N·H_out·W_out, C_out)` matrix (no dilated zeros). With
-    `layout="NCHW"`, `a` and `g` are NCHW.
+    padded `a`, transposed, times `g` as an `(N·H_out·W_out, C_out)` matrix (no dilated zeros). `rows`: the
+    forward's im2col rows of this `a`, when it kept them (used once, then dropped). With `layout="NCHW"`, `a` and
+    `g` are NCHW.
     """
-    def __init__(self, stride: int, padding: int, kernel_size, layout: str = "NHWC"):
-        self.stride, self.padding, self.kernel_size = stride, padding, tuple(kernel_size)
-        self.layout = _check_layout(layout)
-    def __repr__(self): return f"ConvKernelGrad(stride={self.stride}, padding={self.padding}, kernel_size={self.kernel_size})"
+    def __init__(self, stride, padding, kernel_size, layout: str = "NHWC", rows=None):
+        self.stride, self.padding = _short(_pair(stride, "conv: stride", 1)), _short(_pair(padding, "conv: padding", 0))
+        self.kernel_size, self.layout, self._rows = tuple(kernel_size), _check_layout(layout), rows
+    def __repr__(self): return f"ConvKernelGrad({_repr_args(self.stride, self.padding)}, kernel_size={self.kernel_size})"
 
     def compute(self, a, g):
         a, g = _to_nhwc(a, self.layout), _to_nhwc(g, self.layout)
         kernel_h, kernel_w = self.kernel_size
-        p, xp = self.padding, array_module(a)
-        if p: a = _constant_pad(a, ((0, 0), (p, p), (p, p), (0, 0)))
+        xp = array_module(a)
         N, H_out, W_out, c_out = g.shape
-        windows = _im2col(a, kernel_h, kernel_w, self.stride)          # (N, H_out, W_out, KH, KW, C_in)
-        # xp.reshape, not the method: needle's NDArray.reshape needs a compact array, numpy's copies
-        rows = xp.reshape(windows, (N * H_out * W_out, kernel_h * kernel_w * a.shape[3]))   # the one copy
-        product = xp.transpose(rows, (1, 0)) @ xp.reshape(g, (N * H_out * W_out, c_out))
+        rows, self._rows = self._rows, None
+        if rows is None or rows.shape != (N * H_out * W_out, kernel_h * kernel_w * a.shape[3]):
+            rows, _ = _conv_rows(a, kernel_h, kernel_w, _pair(self.stride, "conv: stride", 1),
+                                 _pair(self.padding, "conv: padding", 0))
+        g_nchw = xp.transpose(g, (0, 3, 1, 2))
+        if xp is np and g_nchw.flags.c_contiguous and H_out * W_out >= rows.shape[1]:
+            # g came in NCHW: per image (C_out, H_out·W_out) @ (H_out·W_out, KH·KW·C_in), summed over the batch;
+            # no NCHW -> NHWC copy of g. Only for large images: the N per-image products (N·C_out·KH·KW·C_in
+            # floats) must not outgrow the copy of g they replace (N·H_out·W_out·C_out)
+            per_image = np.matmul(g_nchw.reshape(N, c_out, H_out * W_out), rows.reshape(N, H_out * W_out, -1))
+            product = per_image.sum(axis=0).T
+        elif xp is np:                          # g's rows in a kept buffer (see `_conv_input_grad`)
+            g_rows = _buffers.scratch("kernel grad g rows", (N * H_out * W_out, c_out), g.dtype)
+            np.copyto(g_rows.reshape(g.shape), g)
+            product = rows.T @ g_rows
+        else: product = xp.transpose(rows, (1, 0)) @ xp.reshape(g, (N * H_out * W_out, c_out))
+        _buffers.give(rows)                     # nothing reads the rows after this product
         return xp.reshape(product, (kernel_h, kernel_w, a.shape[3], c_out))
 
     def gradient(self, out_grad, node):
@@ -294,9 +465,10 @@ class ConvKernelGrad(TensorOp):
         return grad_a, grad_g
 
 def conv(a, b, stride=1, padding=1, layout="NHWC"):
-    """needle's `conv`: NHWC input `a`, `(K, K, C_in, C_out)` kernel `b`; note the default `padding=1`.
+    """needle's `conv`: NHWC input `a`, `(KH, KW, C_in, C_out)` kernel `b`; note the default `padding=1`.
 
-    `layout="NCHW"` (an extension) takes and returns NCHW activations, as `nn.Conv` does."""
+    `stride` and `padding` are ints (needle's) or `(H, W)` pairs; `layout="NCHW"` (an extension) takes and returns
+    NCHW activations, as `nn.Conv` does."""
     return Conv(stride, padding, layout)(a, b)
 
 # %% ../nbs/02a_conv_ops.ipynb #3fe4c37d

@@ -35,13 +35,16 @@ class Conv(Module):
 
     Args:
         in_channels, out_channels: $C_{in}$, $C_{out}$.
-        kernel_size: $K$ (square; a tuple is reduced to its first element, as needle's).
-        stride: step between windows.
+        kernel_size: $K$, or a `(K_H, K_W)` pair for a rectangular kernel (`(3, 3)` is `3`, as needle's).
+        stride: step between windows: an int or an `(s_h, s_w)` pair.
         bias: `False` registers `bias` as `None` (and draws nothing).
         device, dtype: of the parameters.
-        padding: zeros on each side of H and W; default $K/\\!/2$ ("same" for odd $K$, stride 1). Beyond needle.
+        padding: zeros on each side of H and W (an int or a `(p_h, p_w)` pair); default $K/\\!/2$ per axis ("same"
+            for odd kernels at stride 1). Beyond needle.
 
-    Shapes: `(N, C_in, H, W)` → `(N, C_out, H_out, W_out)`, $H_{out} = \\lfloor (H + 2p - K)/s \\rfloor + 1$.
+    `kernel_size`, `stride` and `padding` are stored as one int when H and W share it (needle's form), else as
+    the pair. Shapes: `(N, C_in, H, W)` → `(N, C_out, H_out, W_out)`,
+    $H_{out} = \\lfloor (H + 2p_h - K_H)/s_h \\rfloor + 1$ (the same along W); `weight` `(K_H, K_W, C_in, C_out)`.
 
     Example:
         >>> Conv(3, 16, 3)(ndl.Tensor(np.zeros((8, 3, 32, 32)))).shape
@@ -50,20 +53,18 @@ class Conv(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, bias: bool = True,
                  device=None, dtype="float32", padding=None):
         super().__init__()
-        kernel_size = kernel_size[0] if isinstance(kernel_size, (tuple, list)) else kernel_size
-        stride = stride[0] if isinstance(stride, (tuple, list)) else stride
-        for name, value, low in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
-                                 ("kernel_size", kernel_size, 1), ("stride", stride, 1)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"Conv: {name} must be an integer >= {low}, got {value!r}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"Conv: {name} must be an integer >= 1, got {value!r}")
+        kernel = ops_conv._pair(kernel_size, "Conv: kernel_size", 1)
+        strides = ops_conv._pair(stride, "Conv: stride", 1)
+        pads = (kernel[0] // 2, kernel[1] // 2) if padding is None else ops_conv._pair(padding, "Conv: padding", 0)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = kernel_size, stride
-        self.padding = kernel_size // 2 if padding is None else padding
-        if isinstance(self.padding, bool) or not isinstance(self.padding, numbers.Integral) or self.padding < 0:
-            raise ValueError(f"Conv: padding must be an integer >= 0, got {padding!r}")
-        fan_in, fan_out = in_channels * kernel_size ** 2, out_channels * kernel_size ** 2
-        self.weight = Parameter(init.kaiming_uniform(fan_in, fan_out, shape=(kernel_size, kernel_size, in_channels,
-                                                                            out_channels), device=device, dtype=dtype))
+        self.kernel_size, self.stride, self.padding = ops_conv._short(kernel), ops_conv._short(strides), ops_conv._short(pads)
+        receptive_field = kernel[0] * kernel[1]
+        fan_in, fan_out = in_channels * receptive_field, out_channels * receptive_field
+        self.weight = Parameter(init.kaiming_uniform(fan_in, fan_out, shape=(*kernel, in_channels, out_channels),
+                                                     device=device, dtype=dtype))
         if bias:
             bound = 1 / math.sqrt(fan_in)
             self.bias = Parameter(init.rand(out_channels, low=-bound, high=bound, device=device, dtype=dtype))
