@@ -360,7 +360,12 @@ class Embedding(Module):
     def forward(self, indices) -> Tensor:
         idx = indices.realize_cached_data() if isinstance(indices, Tensor) else self.weight.device.array(indices)
         if idx.dtype.kind != "i" and idx.dtype.kind != "u":
-            # needle carries word ids as float32: the dtype is fine, a fractional value is not
+            # needle carries word ids as float32: the dtype is fine, a fractional value is not,
+            # and NaN or inf would cast to an arbitrary integer (inf to -2**63), so they are refused first
+            if idx.dtype.kind == "f" and idx.size and not bool(array_module(idx).isfinite(idx).all()):
+                bad = idx[~array_module(idx).isfinite(idx)][:3].tolist()
+                raise ValueError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): indices must be finite "
+                                 f"whole numbers, got NaN or infinite values {bad}")
             if idx.dtype.kind == "f" and idx.size and bool((idx != array_module(idx).floor(idx)).any()):
                 raise ValueError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): indices must be whole "
                                  f"numbers, got {idx[idx != array_module(idx).floor(idx)][:3].tolist()}")
