@@ -148,8 +148,13 @@ class Sequential(Module):
     def modules(self) -> ModuleTuple: return ModuleTuple(self)
     @modules.setter
     def modules(self, modules: Iterable[Module]):
+        old = list(self._modules.items())
         self._modules.clear()
-        for i, module in enumerate(modules): self.register_module(str(i), module)
+        try:
+            for i, module in enumerate(modules): self.register_module(str(i), module)
+        except BaseException:   # a refused module (not a Module, a cycle) leaves the layers as they were
+            self._modules.clear(); self._modules.update(old)
+            raise
 
     def forward(self, x):
         for module in self._modules.values(): x = module(x)
@@ -180,8 +185,13 @@ class ModuleList(Module):
         if modules is not None: self.extend(modules)
 
     def _renumber(self, modules):
+        old = list(self._modules.items())
         self._modules.clear()
-        for i, module in enumerate(modules): self.register_module(str(i), module)
+        try:
+            for i, module in enumerate(modules): self.register_module(str(i), module)
+        except BaseException:   # a refused module (not a Module, a cycle) leaves the list as it was
+            self._modules.clear(); self._modules.update(old)
+            raise
 
     def __getitem__(self, index):
         if isinstance(index, slice): return ModuleList(list(self._modules.values())[index])
