@@ -146,8 +146,13 @@ class Sequential(Module):
     def modules(self) -> ModuleTuple: return ModuleTuple(self)
     @modules.setter
     def modules(self, modules: Iterable[Module]):
+        old = list(self._modules.items())
         self._modules.clear()
-        for i, module in enumerate(modules): self.register_module(str(i), module)
+        try:
+            for i, module in enumerate(modules): self.register_module(str(i), module)
+        except BaseException:   # a refused module (not a Module, a cycle) leaves the layers as they were
+            self._modules.clear(); self._modules.update(old)
+            raise
 
     def forward(self, x):
         for module in self._modules.values(): x = module(x)
@@ -178,8 +183,13 @@ class ModuleList(Module):
         if modules is not None: self.extend(modules)
 
     def _renumber(self, modules):
+        old = list(self._modules.items())
         self._modules.clear()
-        for i, module in enumerate(modules): self.register_module(str(i), module)
+        try:
+            for i, module in enumerate(modules): self.register_module(str(i), module)
+        except BaseException:   # a refused module (not a Module, a cycle) leaves the list as it was
+            self._modules.clear(); self._modules.update(old)
+            raise
 
     def __getitem__(self, index):
         if isinstance(index, slice): return ModuleList(list(self._modules.values())[index])
@@ -362,7 +372,12 @@ class Embedding(Module):
     def forward(self, indices) -> Tensor:
         idx = indices.realize_cached_data() if isinstance(indices, Tensor) else self.weight.device.array(indices)
         if idx.dtype.kind != "i" and idx.dtype.kind != "u":
-            # needle carries word ids as float32: the dtype is fine, a fractional value is not
+            # needle carries word ids as float32: the dtype is fine, a fractional value is not,
+            # and NaN or inf would cast to an arbitrary integer (inf to -2**63), so they are refused first
+            if idx.dtype.kind == "f" and idx.size and not bool(array_module(idx).isfinite(idx).all()):
+                bad = idx[~array_module(idx).isfinite(idx)][:3].tolist()
+                raise ValueError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): indices must be finite "
+                                 f"whole numbers, got NaN or infinite values {bad}")
             if idx.dtype.kind == "f" and idx.size and bool((idx != array_module(idx).floor(idx)).any()):
                 raise ValueError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): indices must be whole "
                                  f"numbers, got {idx[idx != array_module(idx).floor(idx)][:3].tolist()}")

@@ -126,6 +126,7 @@ class Module:
         self._check_name(name, "module")
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(module).__name__} is not a Module subclass (child {name!r})")
+        if module is not None: _refuse_cycle(self, name, module)
         self._forget(name)
         self._modules[name] = module
 
@@ -140,9 +141,10 @@ class Module:
         if params is not None and name in params:
             # needle: code replaces a weight with a plain Tensor (e.g. PyTorch's, copied in); the
             # Tensor itself takes the parameter's slot, so it stays in parameters() and state_dict
+            # None disables it, as PyTorch; anything else (an array, a str) would fail at the first forward
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
-                                "(a Tensor or None expected)")
+                                "(a Tensor or None expected; wrap an array as Parameter(array))")
             params[name] = value
         elif buffers is not None and name in buffers:
             # PyTorch: a registered buffer accepts any Tensor (e.g. `self.running_mean = new_value`)
@@ -154,7 +156,10 @@ class Module:
                 raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} "
                                 "(a Module or None expected)")
             modules[name] = None
-        else: object.__setattr__(self, name, value)
+        else:
+            # modules in a list/tuple/dict attribute are children too (needle's habit): no cycles there either
+            if isinstance(value, (list, tuple, dict)) and "_modules" in d: _refuse_cycle(self, name, value)
+            object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str):
         d = self.__dict__
@@ -206,6 +211,38 @@ def _own(module: "Module", registry: str, kind: type) -> list:
     return found
 
 def _join(prefix: str, name: str) -> str: return f"{prefix}.{name}" if prefix else name
+
+def _refuse_cycle(owner: "Module", name: str, value) -> None:
+    """A `ValueError` when putting `value` (a module, or a list/tuple/dict holding modules) under
+    `owner.name` would make `owner` its own descendant: every walk of the tree would never end."""
+    found = []
+    _search(value, name, found, Module)
+    for where, module in found:
+        for path, descendant in _named_modules(module, "", set()):
+            if descendant is not owner: continue
+            inside = "it is" if path == "" else f"it holds, as {path!r},"
+            raise ValueError(f"cannot assign {type(module).__name__} as child {where!r} of "
+                             f"{type(owner).__name__}: {inside} that {type(owner).__name__} itself, "
+                             "so the module tree would be a cycle")
+
+def _find_cycle(module: "Module", prefix: str, on_path: set, done: set) -> Optional[str]:
+    "The dotted name of a child that is one of its own ancestors, or None (depth-first, each module once)."
+    if id(module) in done: return None
+    on_path.add(id(module))
+    for name, child in _own(module, "_modules", Module):
+        if child is None: continue
+        if id(child) in on_path: return _join(prefix, name)
+        cycle = _find_cycle(child, _join(prefix, name), on_path, done)
+        if cycle is not None: return cycle
+    on_path.discard(id(module)); done.add(id(module))
+    return None
+
+def _refuse_cyclic_tree(module: "Module", doing: str) -> None:
+    "Assignment refuses cycles; a list attribute changed in place afterwards can still make one: say so."
+    cycle = _find_cycle(module, "", set(), set())
+    if cycle is not None:
+        raise ValueError(f"cannot {doing}: {cycle!r} is one of its own ancestors in {type(module).__name__}'s "
+                         "module tree (a list or dict attribute changed in place after assignment?)")
 
 def _named_modules(module: "Module", prefix: str, memo: set):
     if id(module) in memo: return
@@ -294,6 +331,7 @@ def apply(self: Module, fn: Callable[[Module], Any]) -> Module:
         ...     if isinstance(m, Linear): init.zeros_(m.weight)
         >>> model.apply(reset)   # doctest: +SKIP
     """
+    _refuse_cyclic_tree(self, "apply fn")
     for child in Module.children(self): child.apply(fn)
     fn(self)
     return self
@@ -344,6 +382,8 @@ def extra_repr(self: Module) -> str:
 
 @patch
 def __repr__(self: Module) -> str:
+    cycle = _find_cycle(self, "", set(), set())
+    if cycle is not None: return f"{type(self).__name__}(<module tree with a cycle at {cycle!r}>)"
     extra = self.extra_repr()
     extra_lines = extra.split("\n") if extra else []
     child_lines = [f"({name}): {_add_indent(repr(child), 2)}" for name, child in _own(self, "_modules", Module)]
@@ -359,6 +399,20 @@ class IncompatibleKeys(NamedTuple):
     "What `load_state_dict` did not match: `missing_keys` (in the model only), `unexpected_keys` (in the state only)."
     missing_keys: list
     unexpected_keys: list
+
+_NOT_NUMBERS = frozenset("OSUVMm")   # numpy kinds: objects, bytes, str, structured, datetimes
+
+def _checkpoint_values(value) -> np.ndarray:
+    """The host numpy array of a state value: a `Tensor`, numpy/cupy array, number, list, or a PyTorch
+    tensor (detached and copied to the CPU, `requires_grad` or not). A `TypeError` for `None` and for
+    values that are not numbers (object arrays used to load as NaN, strings to fail mid-cast)."""
+    if value is None: raise TypeError("it is None, not an array")
+    if type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()   # .numpy() alone refuses a tensor that requires grad
+    array = to_host(value)
+    if array.dtype.kind in _NOT_NUMBERS:
+        raise TypeError(f"its values are not numbers (dtype {array.dtype})")
+    return array
 
 def _state_items(module: Module, prefix: str):
     "`(name, tensor)` for the state dict: own parameters and persistent buffers, then each child's."
@@ -378,6 +432,7 @@ def state_dict(self: Module, prefix: str = "") -> "OrderedDict[str, Tensor]":
         >>> Linear(2, 3).state_dict().keys()   # doctest: +SKIP
         odict_keys(['weight', 'bias'])
     """
+    _refuse_cyclic_tree(self, "build the state dict")
     return OrderedDict(_state_items(self, prefix))
 
 @patch
@@ -385,12 +440,14 @@ def load_state_dict(self: Module, state_dict: dict, strict: bool = True) -> Inco
     """Copy `state_dict`'s values into this module's parameters and buffers.
 
     Args:
-        state_dict: name → Tensor or array, e.g. from `state_dict()` or `ndl.load`.
+        state_dict: name → Tensor, array or PyTorch tensor, e.g. from `state_dict()` or `ndl.load`.
         strict: reject missing and unexpected keys (shape mismatches are always rejected).
     Returns:
         `IncompatibleKeys(missing_keys, unexpected_keys)`.
     Raises:
-        RuntimeError: listing every problem; the module is then left unchanged.
+        RuntimeError: listing every problem (missing/unexpected keys, `None`, values that are not
+            numbers, shape mismatches), each naming its key; every check runs before the first
+            write, so the module is then left unchanged.
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"load_state_dict: expected a dict of name -> tensor, got {type(state_dict).__name__}")
@@ -403,15 +460,20 @@ def load_state_dict(self: Module, state_dict: dict, strict: bool = True) -> Inco
         if missing: problems.append("Missing key(s) in state_dict: " + ", ".join(map(repr, missing)))
     for key, tensor in own.items():
         if key not in state_dict: continue
+        value = state_dict[key]
+        if value is None:
+            problems.append(f"{key!r} is None in the state dict; the model's {key!r} is {tensor.dtype} of shape "
+                            f"{tuple(tensor.shape)} (leave the key out, with strict=False, to keep it)")
+            continue
         try:
-            source = to_host(state_dict[key])
+            source = _checkpoint_values(value)
             if tuple(source.shape) != tuple(tensor.shape):
                 problems.append(f"size mismatch for {key!r}: the checkpoint has shape {tuple(source.shape)}, "
                                 f"the model has shape {tuple(tensor.shape)}")
                 continue
             updates.append((tensor, tensor.device.array(source, dtype=tensor.dtype)))
-        except (TypeError, ValueError) as e:
-            problems.append(f"cannot convert {key!r} ({type(state_dict[key]).__name__}) to {tensor.dtype}: {e}")
+        except (TypeError, ValueError, RuntimeError) as e:   # RuntimeError: a PyTorch tensor numpy cannot hold
+            problems.append(f"cannot convert {key!r} ({type(value).__name__}) to {tensor.dtype}: {e}")
     if problems:
         raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(problems))
     for tensor, array in updates: tensor.cached_data = array
@@ -428,10 +490,10 @@ def _checkpoint_arrays(state_dict: dict) -> "OrderedDict[str, np.ndarray]":
     for key, value in state_dict.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"save: state dict keys must be non-empty strings, got {key!r}")
-        array = to_host(value)
-        if array.dtype.hasobject:
-            raise ValueError(f"save: {key!r} is not numeric (dtype {array.dtype}); only arrays can be saved")
-        arrays[key] = array
+        try: arrays[key] = _checkpoint_values(value)
+        except (TypeError, RuntimeError) as e:
+            raise ValueError(f"save: {key!r} is not numeric ({type(value).__name__}: {e}); "
+                             "only arrays of numbers can be saved") from None
     return arrays
 
 def _member_name(key: str) -> str:
@@ -446,7 +508,8 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 def save(state_dict: dict, path) -> None:
-    """Write `state_dict` (name → Tensor or array) to the `.npz` file `path`, atomically.
+    """Write `state_dict` (name → Tensor, array or PyTorch tensor, all numeric) to the `.npz` file
+    `path` (a str, bytes or os.PathLike), atomically; arrays only, never pickles.
 
     The file is written next to `path` under a temporary name, then renamed over it: a crash
     or error midway leaves any previous file at `path` untouched.
@@ -456,7 +519,7 @@ def save(state_dict: dict, path) -> None:
     """
     arrays = _checkpoint_arrays(state_dict)
     # through a symlink, the file it points to is replaced (the link stays); an old file keeps its mode
-    path = os.path.realpath(os.fspath(path))
+    path = os.path.realpath(os.fsdecode(path))   # str, bytes or os.PathLike, as open() takes
     folder = os.path.dirname(path)
     try: mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError: mode = _new_file_mode()
@@ -483,7 +546,7 @@ def load(path, device: Optional[Device] = None) -> "OrderedDict[str, Tensor]":
         FileNotFoundError: `path` does not exist.
         ValueError: `path` is not a readable checkpoint (truncated, corrupt, pickled or foreign).
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)   # str, bytes or os.PathLike, as open() takes
     if not os.path.exists(path): raise FileNotFoundError(f"no checkpoint file {path!r}")
     device = resolve_device(device)
     try:
@@ -497,7 +560,7 @@ def load(path, device: Optional[Device] = None) -> "OrderedDict[str, Tensor]":
         if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)): raise
         raise ValueError(f"{path!r} is not a needle_nb checkpoint (.npz of arrays): {type(e).__name__}: {e}") from e
     for key, array in arrays.items():
-        if not isinstance(array, np.ndarray) or array.dtype.hasobject:
+        if not isinstance(array, np.ndarray) or array.dtype.kind in _NOT_NUMBERS:
             raise ValueError(f"{path!r} is not a needle_nb checkpoint: member {key!r} is not a numeric .npy array")
     return OrderedDict((k, Tensor.make_const(device.from_numpy(a))) for k, a in arrays.items())
 

@@ -34,8 +34,23 @@ def _check_input(name: str, X: Tensor, ndim: int, features: int):
         raise ValueError(f"{name}: input must be {layout} with input_size={features}, got shape {X.shape}")
 
 def _check_state(name: str, what: str, h: Tensor, shape: tuple):
+    if not isinstance(h, Tensor):
+        raise TypeError(f"{name}: {what} must be a Tensor of shape {tuple(shape)} (or None for zeros), "
+                        f"got {type(h).__name__}")
     if tuple(h.shape) != tuple(shape):
         raise ValueError(f"{name}: {what} must have shape {tuple(shape)}, got {tuple(h.shape)}")
+
+def _state_pair(name: str, h, shape: tuple) -> tuple:
+    """An LSTM's state `h` as `(h0, c0)`: None, or a pair. A lone Tensor would unpack along its first
+    axis (two rows read as h0 and c0), so it is refused, as a tuple of any other length is."""
+    if h is None: return None, None
+    expected = f"the tuple (h0, c0), each a Tensor of shape {tuple(shape)}, or None for zeros"
+    if not isinstance(h, (tuple, list)):
+        raise TypeError(f"{name}: the state must be {expected}; got a single {type(h).__name__}"
+                        + (f" of shape {tuple(h.shape)}" if isinstance(h, Tensor) else ""))
+    if len(h) != 2:
+        raise ValueError(f"{name}: the state must be {expected}; got a {type(h).__name__} of {len(h)}")
+    return tuple(h)
 
 # %% ../../nbs/04d_nn_sequence.ipynb #0e8811dc
 class RNNCell(Module):
@@ -74,7 +89,11 @@ class RNNCell(Module):
         _check_input("RNNCell", X, 2, self.input_size)
         shape = (X.shape[0], self.hidden_size)
         if h is None: h = init.zeros(*shape, device=X.device, dtype=X.dtype)
-        else: _check_state("RNNCell", "h", h, shape)
+        else:
+            if isinstance(h, (tuple, list)):
+                raise TypeError(f"RNNCell: h must be a Tensor of shape {shape} (or None for zeros), got a "
+                                f"{type(h).__name__} (an RNN cell has no c; that pair is an LSTMCell's)")
+            _check_state("RNNCell", "h", h, shape)
         pre = X @ self.W_ih + h @ self.W_hh
         if self.bias_ih is not None: pre = pre + (self.bias_ih + self.bias_hh)
         return ops.tanh(pre) if self.nonlinearity == "tanh" else ops.relu(pre)
@@ -110,9 +129,9 @@ class LSTMCell(Module):
     def forward(self, X: Tensor, h: Optional[tuple] = None) -> tuple:
         _check_input("LSTMCell", X, 2, self.input_size)
         bs, H = X.shape[0], self.hidden_size
-        if h is None: h0 = c0 = init.zeros(bs, H, device=X.device, dtype=X.dtype)
+        h0, c0 = _state_pair("LSTMCell", h, (bs, H))
+        if h0 is None and c0 is None: h0 = c0 = init.zeros(bs, H, device=X.device, dtype=X.dtype)
         else:
-            h0, c0 = h
             _check_state("LSTMCell", "h0", h0, (bs, H)); _check_state("LSTMCell", "c0", c0, (bs, H))
         gates = X @ self.W_ih + h0 @ self.W_hh
         if self.bias_ih is not None: gates = gates + (self.bias_ih + self.bias_hh)
@@ -232,10 +251,10 @@ class LSTMLayerOp(TensorTupleOp):
         return tuple(_const_or_none(g) for g in grads)
 
 # %% ../../nbs/04d_nn_sequence.ipynb #53611bd8
-def _initial_states(name, h, num_layers, bs, H, X):
-    "Per-layer initial states from `h` `(num_layers, bs, H)`, or zeros."
+def _initial_states(name, what, h, num_layers, bs, H, X):
+    "Per-layer initial states from `h` (the state `what`, `(num_layers, bs, H)`), or zeros."
     if h is None: return [init.zeros(bs, H, device=X.device, dtype=X.dtype) for _ in range(num_layers)]
-    _check_state(name, "the initial state", h, (num_layers, bs, H))
+    _check_state(name, what, h, (num_layers, bs, H))
     return list(ops.split(h, 0).tuple()) if num_layers > 1 else [h.reshape((bs, H))]
 
 def _cell_biases(cell) -> list:
@@ -266,7 +285,8 @@ class RNN(Module):
 
     Shapes: `X` `(seq_len, bs, input_size)`, `h0` `(num_layers, bs, hidden_size)` (zeros when `None`)
     → `(output, h_n)`: output `(seq_len, bs, hidden_size)` (the top layer's $h_t$), `h_n`
-    `(num_layers, bs, hidden_size)` (each layer's last $h$).
+    `(num_layers, bs, hidden_size)` (each layer's last $h$). `seq_len = 0` gives an empty output and
+    `h_n` equal to `h0` (PyTorch raises).
     """
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype="float32"):
@@ -280,7 +300,14 @@ class RNN(Module):
 
     def forward(self, X: Tensor, h0: Optional[Tensor] = None) -> tuple:
         _check_input("RNN", X, 3, self.input_size)
-        states = _initial_states("RNN", h0, self.num_layers, X.shape[1], self.hidden_size, X)
+        if isinstance(h0, (tuple, list)):
+            raise TypeError(f"RNN: h0 must be a Tensor of shape {(self.num_layers, X.shape[1], self.hidden_size)} "
+                            f"(or None for zeros), got a {type(h0).__name__} (an RNN has no c0; that pair is an LSTM's)")
+        states = _initial_states("RNN", "h0", h0, self.num_layers, X.shape[1], self.hidden_size, X)
+        # an empty sequence: no step runs, the last state is the initial one (PyTorch raises instead)
+        if X.shape[0] == 0:
+            empty = init.zeros(0, X.shape[1], self.hidden_size, device=X.device, dtype=X.dtype)
+            return empty, _stack_layers(states)
         h_n = []
         for cell, h in zip(self.rnn_cells, states):
             if not _fused(X):
@@ -297,7 +324,8 @@ class LSTM(Module):
 
     Shapes: `X` `(seq_len, bs, input_size)`, `h` the tuple `(h0, c0)`, each
     `(num_layers, bs, hidden_size)` (zeros when `None`) → `(output, (h_n, c_n))`, output
-    `(seq_len, bs, hidden_size)`, `h_n` and `c_n` `(num_layers, bs, hidden_size)`.
+    `(seq_len, bs, hidden_size)`, `h_n` and `c_n` `(num_layers, bs, hidden_size)`. `seq_len = 0`
+    gives an empty output and `(h_n, c_n)` equal to `(h0, c0)` (PyTorch raises).
     """
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  device=None, dtype="float32"):
@@ -311,9 +339,11 @@ class LSTM(Module):
 
     def forward(self, X: Tensor, h: Optional[tuple] = None) -> tuple:
         _check_input("LSTM", X, 3, self.input_size)
-        bs, H, L = X.shape[1], self.hidden_size, self.num_layers
-        h0, c0 = (None, None) if h is None else h
-        hs, cs = _initial_states("LSTM", h0, L, bs, H, X), _initial_states("LSTM", c0, L, bs, H, X)
+        T, bs, H, L = X.shape[0], X.shape[1], self.hidden_size, self.num_layers
+        h0, c0 = _state_pair("LSTM", h, (L, bs, H))
+        hs, cs = _initial_states("LSTM", "h0", h0, L, bs, H, X), _initial_states("LSTM", "c0", c0, L, bs, H, X)
+        if T == 0:   # as RNN's: an empty output, and the initial state as the last
+            return init.zeros(0, bs, H, device=X.device, dtype=X.dtype), (_stack_layers(hs), _stack_layers(cs))
         h_n, c_n = [], []
         for cell, h_l, c_l in zip(self.lstm_cells, hs, cs):
             if not _fused(X):

@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/nn_transformer.html.md"""
 
 # %% ../../nbs/04e_nn_transformer.ipynb #b52368ea
 from __future__ import annotations
-import math
+import math, numbers
 from typing import Optional
 import numpy as np
 from ..autograd import Tensor
@@ -18,6 +18,12 @@ from .layers import Dropout, LayerNorm1d, Linear, ReLU, Sequential, Embedding
 __all__ = ['MultiHeadAttention', 'AttentionLayer', 'TransformerLayer', 'Transformer']
 
 # %% ../../nbs/04e_nn_transformer.ipynb #bfba205e
+def _check_heads(owner: str, num_head, dim_head) -> None:
+    "A `ValueError` unless `num_head` and `dim_head` are integers >= 1 (0 heads would make empty weights)."
+    for key, value in (("num_head", num_head), ("dim_head", dim_head)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{owner}: {key} must be an integer >= 1, got {value!r}")
+
 _MASKED = -float(np.finfo(np.float32).max)   # needle's "-inf": finite, so a fully masked row cannot make NaN
 
 class MultiHeadAttention(Module):
@@ -84,6 +90,7 @@ class AttentionLayer(Module):
                  v_features: Optional[int] = None, out_features: Optional[int] = None, dropout: float = 0.0,
                  causal: bool = True, device=None, dtype="float32"):
         super().__init__()
+        _check_heads("AttentionLayer", num_head, dim_head)
         self.device, self.dtype = device, dtype
         k_features = q_features if k_features is None else k_features
         v_features = q_features if v_features is None else v_features
@@ -138,6 +145,7 @@ class TransformerLayer(Module):
     def __init__(self, q_features: int, num_head: int, dim_head: int, hidden_size: int, *, dropout: float = 0.0,
                  causal: bool = True, device=None, dtype="float32"):
         super().__init__()
+        _check_heads("TransformerLayer", num_head, dim_head)
         self.device, self.dtype, self.q_features = device, dtype, q_features
         self.attn = AttentionLayer(q_features, num_head, dim_head, dropout=dropout, causal=causal,
                                    device=device, dtype=dtype)
@@ -175,6 +183,7 @@ class Transformer(Module):
                  dim_head: int = 32, dropout: float = 0.0, causal: bool = True, device=None, dtype="float32",
                  batch_first: bool = False, sequence_len: int = 2048):
         super().__init__()
+        _check_heads("Transformer", num_head, dim_head)   # also with num_layers=0, which builds no layer
         self.device, self.dtype, self.batch_first = device, dtype, batch_first
         self.embedding_size, self.sequence_len = embedding_size, sequence_len
         self.positional_embedding = Embedding(sequence_len, embedding_size, device=device, dtype=dtype)
