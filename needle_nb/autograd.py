@@ -15,8 +15,8 @@ from .backend import Device, cpu, default_device, device_of, to_host, resolve_de
 
 # %% auto #0
 __all__ = ['LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value', 'Tensor', 'Cast',
-           'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'vjp', 'TensorTuple', 'MakeTensorTuple',
-           'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars']
+           'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'vjp', 'RemovableHandle', 'TensorTuple',
+           'MakeTensorTuple', 'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars']
 
 # %% ../nbs/01_autograd.ipynb #161c2591
 _GRAD_ENABLED = True
@@ -157,7 +157,7 @@ class Tensor(Value):
         **kwargs: accepted and ignored, as needle does, but with a warning naming them, so a typo
             such as `require_grad=False` does not pass unnoticed.
     """
-    __slots__ = ("grad",)
+    __slots__ = ("grad", "_post_acc_hooks")   # the hooks slot is unset until a hook is registered
     __array_ufunc__ = None   # `ndarray * tensor` must call Tensor.__rmul__, not convert the tensor
 
     def __init__(self, array, *, device: Optional[Device] = None, dtype=None,
@@ -321,6 +321,29 @@ class Tensor(Value):
                                  f"tensor of shape {self.shape} on {self.device!r}; they must match")
         compute_gradient_of_variables(self, out_grad)
 
+    def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> "RemovableHandle":
+        """Call `hook(self)` once per `backward()`, right after this leaf's `.grad` is final (PyTorch's).
+
+        Final means every contribution of that backward pass has been summed into `.grad`; leaves are
+        finished as soon as their last contribution arrives, so the last layer's hooks fire first (as
+        PyTorch's engine does), which lets data-parallel training start a bucket's allreduce while the
+        earlier layers are still being differentiated. `hook` must return `None`.
+
+        Returns: a handle whose `.remove()` unregisters the hook (also a context manager).
+        Raises:
+            RuntimeError: this tensor is not a leaf, or requires no gradient (PyTorch's messages).
+            TypeError: `hook` is not callable.
+        """
+        if self.op is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors "
+                               f"(this tensor of shape {self.shape} is the output of {self.op!r})")
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if not callable(hook): raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        hooks = getattr(self, "_post_acc_hooks", None)
+        if hooks is None: hooks = self._post_acc_hooks = {}
+        return RemovableHandle(hooks, hook)
+
 def _op_error(op, inputs, arrays, err):
     "A clear error for an op that failed on its inputs: which op, which shapes, which devices."
     devices = [device_of(a) for a in arrays]
@@ -386,11 +409,42 @@ def _detached(value: Value) -> Value:
     "A leaf on `value`'s array(s), outside any graph (called once per node in backward)."
     return Tensor.make_const(value.cached_data) if type(value) is Tensor else value.detach()
 
+def _finish_leaf(node, contributions, handed_out) -> None:
+    "Sum a leaf's gradient contributions into its `.grad`, then run its post-accumulate hooks."
+    grad = contributions[0] if len(contributions) == 1 else sum_node_list(contributions)
+    if isinstance(node, Tensor) and grad.cached_data.dtype != node.cached_data.dtype:
+        grad = Cast(node.cached_data.dtype)(grad)
+    if grad.cached_data.shape != node.cached_data.shape:
+        # a leaf's gradient always has the leaf's shape: anything else is an op's bug, never silent
+        raise RuntimeError(f"backward: the gradient of a leaf of shape {node.shape} came out with "
+                           f"shape {grad.shape}")
+    if grad in handed_out: grad = _twin(grad)
+    handed_out.add(grad)
+    node.grad = grad
+    hooks = getattr(node, "_post_acc_hooks", None)
+    if hooks:
+        for hook in tuple(hooks.values()):   # a hook may remove itself
+            result = hook(node)
+            if result is not None:
+                raise TypeError(f"a post accumulate grad hook must return None, got {type(result).__name__}")
+
+_POST_ACC_HOOKS = [0]   # how many post-accumulate hooks are registered (see below; a list: mutable without `global`)
+
 def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
     "Set `.grad` on every node that `output_tensor` depends on and that requires a gradient."
     grads_of = {output_tensor: [out_grad]}
     handed_out = {out_grad}   # gradient objects already owned by someone: never share them
     order = _topo_sort([output_tensor], only_requiring_grad=True)
+    # With post-accumulate hooks registered anywhere, each leaf is finished the moment its last
+    # contribution arrives (the count of its uses below), not when the reverse order reaches it:
+    # the order in which hooks fire is then PyTorch's. Without hooks, none of this bookkeeping runs.
+    uses = None
+    if _POST_ACC_HOOKS[0]:
+        uses = {}
+        for node in order:
+            if node.op is not None:
+                for inp in node.inputs:
+                    if inp.op is None and inp.requires_grad: uses[inp] = uses.get(inp, 0) + 1
     for node in order:
         # An integer tensor gets requires_grad=False from the constructor; one switched on by hand afterwards
         # would get a truncated integer gradient. Refused here, before any `.grad` changes (a property
@@ -401,26 +455,33 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
                                f"of shape {node.shape} and dtype {node.dtype} has requires_grad=True (switched on "
                                "after construction?); set it back to False, or use .astype('float32') for a gradient")
     for node in reversed(order):
+        op = node.op
+        if op is None and node is not output_tensor:   # a leaf
+            if uses is None and node in grads_of: _finish_leaf(node, grads_of.pop(node), handed_out)
+            continue                                   # else finished when its last use was processed
         contributions = grads_of.pop(node)
+        if op is None:   # the output is itself a leaf
+            _finish_leaf(node, contributions, handed_out)
+            continue
         grad = contributions[0] if len(contributions) == 1 else sum_node_list(contributions)
         if isinstance(node, Tensor) and grad.cached_data.dtype != node.cached_data.dtype:
             grad = Cast(node.cached_data.dtype)(grad)
-        op = node.op
-        if op is None or node is output_tensor:
-            if op is None and grad.cached_data.shape != node.cached_data.shape:
-                # a leaf's gradient always has the leaf's shape: anything else is an op's bug, never silent
-                raise RuntimeError(f"backward: the gradient of a leaf of shape {node.shape} came out with "
-                                   f"shape {grad.shape}")
+        if node is output_tensor:
             if grad in handed_out: grad = _twin(grad)
             handed_out.add(grad)
             node.grad = grad
-            if op is None: continue
         else:
             node.grad = _detached(grad)   # values only: no cycle through the forward graph
         for inp, inp_grad in zip(node.inputs, op.gradient_as_tuple(grad, node)):
-            if inp_grad is None or not inp.requires_grad: continue
-            if inp in grads_of: grads_of[inp].append(inp_grad)
-            else: grads_of[inp] = [inp_grad]
+            if not inp.requires_grad: continue
+            if inp_grad is not None:
+                if inp in grads_of: grads_of[inp].append(inp_grad)
+                else: grads_of[inp] = [inp_grad]
+            if uses is not None and inp.op is None:
+                left = uses[inp] - 1
+                uses[inp] = left
+                if left == 0 and inp in grads_of: _finish_leaf(inp, grads_of.pop(inp), handed_out)
+
 
 # %% ../nbs/01_autograd.ipynb #5a1f0c02
 def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
@@ -455,6 +516,20 @@ def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
             else: pending.setdefault(id(inp), []).append(grad)
     return tuple(sum_node_list(g) if g else None for g in found)
 
+
+# %% ../nbs/01_autograd.ipynb #a7c3e002
+class RemovableHandle:
+    "What `register_post_accumulate_grad_hook` returns: `.remove()` unregisters the hook (idempotent)."
+    _next_id = 0
+    def __init__(self, hooks: dict, hook):
+        self._hooks, self.id = hooks, RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+        hooks[self.id] = hook
+        _POST_ACC_HOOKS[0] += 1
+    def remove(self) -> None:
+        if self._hooks.pop(self.id, None) is not None: _POST_ACC_HOOKS[0] -= 1
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.remove()
 
 # %% ../nbs/01_autograd.ipynb #d230f730
 class TensorTuple(Value):
