@@ -293,21 +293,31 @@ class Tensor(Value):
     def __str__(self): return str(self.numpy())
 
     # --- differentiation ------------------------------------------------------------------
-    def backward(self, out_grad: Optional["Tensor"] = None):
+    def backward(self, out_grad: Optional["Tensor"] = None, retain_graph: Optional[bool] = None,
+                 create_graph: bool = False):
         """Set `.grad` of every tensor this one depends on (ones as `out_grad` when omitted).
+
+        The gradients are plain leaves holding values (`requires_grad=False`), as in PyTorch, so once
+        the output is dropped nothing keeps the forward graph alive. `create_graph=True` records the
+        backward pass itself instead: each `.grad` is then a differentiable graph over the inputs
+        (grad of grad), which keeps the forward graph alive as long as the gradient lives.
+        `retain_graph` is accepted for PyTorch's code and changes nothing: the graph always stays
+        while the output lives.
 
         needle's rules, kept on purpose: a non-scalar output starts from ones (PyTorch requires a
         scalar or an explicit `out_grad`), and a second `backward` replaces `.grad` (PyTorch adds).
 
         Raises:
             RuntimeError: this tensor records no graph (made under `no_grad`, from tensors that
-                require no gradient, or an integer tensor): there is nothing to differentiate. Or an
+                require no gradient, an integer tensor, or a gradient from a `backward()` without
+                `create_graph=True`): there is nothing to differentiate. Or an
                 integer tensor whose `requires_grad` was switched on by hand is among the leaves.
             ValueError: `out_grad` does not have this tensor's shape or device.
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require a gradient (it was made under no_grad, "
-                               "from tensors with requires_grad=False, or holds integers), so no gradient can flow")
+                               "from tensors with requires_grad=False, or holds integers), so no gradient can flow; a gradient "
+                               "is such a tensor unless backward(create_graph=True) recorded it as a graph")
         if out_grad is None:
             data = self.cached_data
             # on the host np.ones itself: the device's factory would re-check a shape this tensor already has
@@ -319,7 +329,7 @@ class Tensor(Value):
             if out_grad.shape != self.shape or out_grad.device != self.device:
                 raise ValueError(f"backward: out_grad of shape {out_grad.shape} on {out_grad.device!r} for a "
                                  f"tensor of shape {self.shape} on {self.device!r}; they must match")
-        compute_gradient_of_variables(self, out_grad)
+        compute_gradient_of_variables(self, out_grad, create_graph=create_graph)
 
     def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> "RemovableHandle":
         """Call `hook(self)` once per `backward()`, right after this leaf's `.grad` is final (PyTorch's).
@@ -430,8 +440,16 @@ def _finish_leaf(node, contributions, handed_out) -> None:
 
 _POST_ACC_HOOKS = [0]   # how many post-accumulate hooks are registered (see below; a list: mutable without `global`)
 
-def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
-    "Set `.grad` on every node that `output_tensor` depends on and that requires a gradient."
+def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor, create_graph: bool = False) -> None:
+    """Set `.grad` on every node that `output_tensor` depends on and that requires a gradient.
+
+    The gradients are computed with recording off (plain leaves) unless `create_graph`."""
+    global _GRAD_ENABLED
+    previous, _GRAD_ENABLED = _GRAD_ENABLED, bool(create_graph)
+    try: _backward_pass(output_tensor, out_grad)
+    finally: _GRAD_ENABLED = previous
+
+def _backward_pass(output_tensor: Tensor, out_grad: Tensor) -> None:
     grads_of = {output_tensor: [out_grad]}
     handed_out = {out_grad}   # gradient objects already owned by someone: never share them
     order = _topo_sort([output_tensor], only_requiring_grad=True)
@@ -491,6 +509,12 @@ def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
     beyond), returning one tensor per input (`None` where it does not depend on it or does not require a
     gradient). The results are graphs over `inputs`, differentiable again; no `.grad` is set.
     """
+    global _GRAD_ENABLED
+    previous, _GRAD_ENABLED = _GRAD_ENABLED, True   # a graph whatever the caller's mode (a backward runs without)
+    try: return _vjp(fn, inputs, out_grad)
+    finally: _GRAD_ENABLED = previous
+
+def _vjp(fn, inputs, out_grad):
     out = fn(*inputs)
     target = {id(t): i for i, t in enumerate(inputs) if t.requires_grad}   # the others get None
     reaches, order = {}, []
