@@ -11,15 +11,17 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import warnings
 import numpy as np
 import reprlib
-from .backend import Device, cpu, default_device, device_of, to_host, resolve_device
+from .backend import Device, cpu, default_device, device_of, array_module, to_host, resolve_device
 
 # %% auto #0
 __all__ = ['LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value', 'Tensor', 'Cast',
            'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'vjp', 'RemovableHandle', 'TensorTuple',
-           'MakeTensorTuple', 'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars']
+           'MakeTensorTuple', 'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars',
+           'detect_anomaly', 'set_detect_anomaly', 'is_anomaly_enabled']
 
 # %% ../nbs/01_autograd.ipynb #161c2591
 _GRAD_ENABLED = True
+_ANOMALY = False   # `detect_anomaly`: off by default, one flag read per op (see the end of the chapter)
 
 class no_grad(ContextDecorator):
     "Context manager and decorator: no operation inside records a graph."
@@ -116,6 +118,7 @@ class Value:
         value._init(op, inputs)
         if not (_GRAD_ENABLED and value.requires_grad): value._detach_in_place()
         value.realize_cached_data()
+        if _ANOMALY: _anomaly_forward(op, inputs, value)
         return value
 
     def _detach_in_place(self):
@@ -157,7 +160,7 @@ class Tensor(Value):
         **kwargs: accepted and ignored, as needle does, but with a warning naming them, so a typo
             such as `require_grad=False` does not pass unnoticed.
     """
-    __slots__ = ("grad", "_post_acc_hooks")   # the hooks slot is unset until a hook is registered
+    __slots__ = ("grad", "_post_acc_hooks", "_anomaly_trace")   # the hooks slot is unset until a hook is registered
     __array_ufunc__ = None   # `ndarray * tensor` must call Tensor.__rmul__, not convert the tensor
 
     def __init__(self, array, *, device: Optional[Device] = None, dtype=None,
@@ -219,6 +222,7 @@ class Tensor(Value):
             tensor.op = op; tensor.inputs = inputs; tensor.requires_grad = True
         else:
             tensor.op = None; tensor.inputs = (); tensor.requires_grad = False
+        if _ANOMALY: _anomaly_forward(op, inputs, tensor)   # the only cost when off: this flag
         return tensor
 
     # --- what the tensor holds --------------------------------------------------------------
@@ -444,12 +448,15 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor, creat
     """Set `.grad` on every node that `output_tensor` depends on and that requires a gradient.
 
     The gradients are computed with recording off (plain leaves) unless `create_graph`."""
-    global _GRAD_ENABLED
-    previous, _GRAD_ENABLED = _GRAD_ENABLED, bool(create_graph)
-    try: _backward_pass(output_tensor, out_grad)
-    finally: _GRAD_ENABLED = previous
+    global _GRAD_ENABLED, _ANOMALY
+    # Under `detect_anomaly` the gradients are checked per op below; the ops that compute them are not
+    # checked as forward ops (an infinite derivative would otherwise be reported as a forward anomaly).
+    previous, anomaly = (_GRAD_ENABLED, _ANOMALY), _ANOMALY
+    _GRAD_ENABLED, _ANOMALY = bool(create_graph), False
+    try: _backward_pass(output_tensor, out_grad, anomaly)
+    finally: _GRAD_ENABLED, _ANOMALY = previous
 
-def _backward_pass(output_tensor: Tensor, out_grad: Tensor) -> None:
+def _backward_pass(output_tensor: Tensor, out_grad: Tensor, anomaly: bool = False) -> None:
     grads_of = {output_tensor: [out_grad]}
     handed_out = {out_grad}   # gradient objects already owned by someone: never share them
     order = _topo_sort([output_tensor], only_requiring_grad=True)
@@ -490,7 +497,9 @@ def _backward_pass(output_tensor: Tensor, out_grad: Tensor) -> None:
             node.grad = grad
         else:
             node.grad = _detached(grad)   # values only: no cycle through the forward graph
-        for inp, inp_grad in zip(node.inputs, op.gradient_as_tuple(grad, node)):
+        in_grads = op.gradient_as_tuple(grad, node)
+        if anomaly: _anomaly_backward(op, node, grad, in_grads)
+        for inp, inp_grad in zip(node.inputs, in_grads):
             if not inp.requires_grad: continue
             if inp_grad is not None:
                 if inp in grads_of: grads_of[inp].append(inp_grad)
@@ -614,3 +623,93 @@ class FusedAddScalars(TensorTupleOp):
 def fused_add_scalars(x, c0, c1):
     "The pair `(x + c0, x + c1)` as a `TensorTuple` (`FusedAddScalars`)."
     return FusedAddScalars(c0, c1)(x)
+
+# %% ../nbs/01_autograd.ipynb #b8d4f002
+import os, sys, linecache
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else None
+
+class detect_anomaly(ContextDecorator):
+    """Context manager and decorator: raise at the first op whose output (forward) or gradient (backward)
+    turns NaN or infinite, naming the op, the shapes and the user's line that created it (PyTorch's
+    `torch.autograd.detect_anomaly`). `check_nan=False` records the creating lines only."""
+    def __init__(self, check_nan: bool = True): self.check_nan = bool(check_nan)
+    def __enter__(self):
+        global _ANOMALY
+        self._prev, _ANOMALY = _ANOMALY, self.check_nan
+        return self
+    def __exit__(self, *exc):
+        global _ANOMALY
+        _ANOMALY = self._prev
+
+def set_detect_anomaly(mode: bool) -> None:
+    "Switch anomaly detection on or off globally (PyTorch's `torch.autograd.set_detect_anomaly`)."
+    global _ANOMALY
+    _ANOMALY = bool(mode)
+
+def is_anomaly_enabled() -> bool:
+    "Whether `detect_anomaly` is on."
+    return _ANOMALY
+
+def _user_stack(limit: int = 6) -> list:
+    "(file, line, function) of the innermost frames outside needle_nb, innermost last (what the user wrote)."
+    frame = sys._getframe(2)
+    while frame is not None and _PACKAGE_DIR and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    stack = []
+    while frame is not None and len(stack) < limit:
+        stack.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return stack[::-1]
+
+def _format_stack(stack) -> str:
+    if not stack: return "  (no frame outside needle_nb)"
+    lines = []
+    for filename, lineno, name in stack:
+        code = linecache.getline(filename, lineno).strip()
+        lines.append(f'  File "{filename}", line {lineno}, in {name}' + (f"\n    {code}" if code else ""))
+    return "\n".join(lines)
+
+def _bad_values(array):
+    "None if `array` is all finite (or not floating point), else a short count of its NaNs and infinities."
+    if getattr(array, "dtype", None) is None or array.dtype.kind not in "fc": return None
+    xp = array_module(array)
+    if bool(xp.isfinite(array).all()): return None
+    nan = int(xp.isnan(array).sum())
+    inf = int(array.size) - nan - int(xp.isfinite(array).sum())
+    parts = [f"{nan} NaN"] * bool(nan) + [f"{inf} infinite"] * bool(inf)
+    return f"{' and '.join(parts)} of {array.size} values"
+
+def _op_name(op) -> str:
+    "The op's class, with its parameters when its repr shows any (`PowerScalar(scalar=0.5)`)."
+    name, text = type(op).__name__, repr(op)
+    return name if text == f"{name}()" else f"{name} ({text})"
+
+def _arrays_of(data): return data if isinstance(data, tuple) else (data,)
+
+def _describe_inputs(inputs) -> str:
+    return ", ".join(f"{tuple(x.cached_data.shape) if hasattr(x.cached_data, 'shape') else '(tuple)'} "
+                     f"{getattr(x.cached_data, 'dtype', '')}".strip() for x in inputs) or "none"
+
+def _anomaly_forward(op, inputs, value) -> None:
+    stack = _user_stack()
+    try: value._anomaly_trace = stack
+    except AttributeError: pass
+    bad = [b for b in map(_bad_values, _arrays_of(value.cached_data)) if b]
+    if not bad: return
+    if any(_bad_values(a) for x in inputs for a in _arrays_of(x.cached_data)): return   # it came in: not made here
+    raise RuntimeError(f"detect_anomaly: {_op_name(op)} produced {'; '.join(bad)} in the forward "
+                       f"pass, from finite inputs of shapes {_describe_inputs(inputs)}. It was called here:\n"
+                       + _format_stack(stack))
+
+def _anomaly_backward(op, node, out_grad, in_grads) -> None:
+    if _bad_values(out_grad.cached_data): return   # already bad when it reached this op
+    for k, g in enumerate(in_grads):
+        bad = None if g is None else _bad_values(g.cached_data)
+        if bad:
+            where = getattr(node, "_anomaly_trace", None)
+            origin = (f"Its output was created here:\n{_format_stack(where)}" if where is not None else
+                      "Its output was created outside detect_anomaly, so its line was not recorded.")
+            raise RuntimeError(f"detect_anomaly: the gradient of {_op_name(op)} for input {k} "
+                               f"(shape {tuple(node.inputs[k].shape)}) has {bad}, from a finite incoming gradient "
+                               f"of shape {tuple(out_grad.shape)}. {origin}")
