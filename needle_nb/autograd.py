@@ -11,15 +11,17 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import warnings
 import numpy as np
 import reprlib
-from .backend import Device, cpu, default_device, device_of, to_host, resolve_device
+from .backend import Device, cpu, default_device, device_of, array_module, to_host, resolve_device
 
 # %% auto #0
 __all__ = ['LAZY_MODE', 'no_grad', 'enable_grad', 'is_grad_enabled', 'Op', 'TensorOp', 'TensorTupleOp', 'Value', 'Tensor', 'Cast',
-           'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'vjp', 'TensorTuple', 'MakeTensorTuple',
-           'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars']
+           'find_topo_sort', 'sum_node_list', 'compute_gradient_of_variables', 'vjp', 'RemovableHandle', 'TensorTuple',
+           'MakeTensorTuple', 'TupleGetItem', 'make_tuple', 'tuple_get_item', 'FusedAddScalars', 'fused_add_scalars',
+           'detect_anomaly', 'set_detect_anomaly', 'is_anomaly_enabled']
 
 # %% ../nbs/01_autograd.ipynb #161c2591
 _GRAD_ENABLED = True
+_ANOMALY = False   # `detect_anomaly`: off by default, one flag read per op (see the end of the chapter)
 
 class no_grad(ContextDecorator):
     "Context manager and decorator: no operation inside records a graph."
@@ -116,6 +118,7 @@ class Value:
         value._init(op, inputs)
         if not (_GRAD_ENABLED and value.requires_grad): value._detach_in_place()
         value.realize_cached_data()
+        if _ANOMALY: _anomaly_forward(op, inputs, value)
         return value
 
     def _detach_in_place(self):
@@ -157,7 +160,7 @@ class Tensor(Value):
         **kwargs: accepted and ignored, as needle does, but with a warning naming them, so a typo
             such as `require_grad=False` does not pass unnoticed.
     """
-    __slots__ = ("grad",)
+    __slots__ = ("grad", "_post_acc_hooks", "_anomaly_trace")   # the hooks slot is unset until a hook is registered
     __array_ufunc__ = None   # `ndarray * tensor` must call Tensor.__rmul__, not convert the tensor
 
     def __init__(self, array, *, device: Optional[Device] = None, dtype=None,
@@ -219,6 +222,7 @@ class Tensor(Value):
             tensor.op = op; tensor.inputs = inputs; tensor.requires_grad = True
         else:
             tensor.op = None; tensor.inputs = (); tensor.requires_grad = False
+        if _ANOMALY: _anomaly_forward(op, inputs, tensor)   # the only cost when off: this flag
         return tensor
 
     # --- what the tensor holds --------------------------------------------------------------
@@ -293,21 +297,31 @@ class Tensor(Value):
     def __str__(self): return str(self.numpy())
 
     # --- differentiation ------------------------------------------------------------------
-    def backward(self, out_grad: Optional["Tensor"] = None):
+    def backward(self, out_grad: Optional["Tensor"] = None, retain_graph: Optional[bool] = None,
+                 create_graph: bool = False):
         """Set `.grad` of every tensor this one depends on (ones as `out_grad` when omitted).
+
+        The gradients are plain leaves holding values (`requires_grad=False`), as in PyTorch, so once
+        the output is dropped nothing keeps the forward graph alive. `create_graph=True` records the
+        backward pass itself instead: each `.grad` is then a differentiable graph over the inputs
+        (grad of grad), which keeps the forward graph alive as long as the gradient lives.
+        `retain_graph` is accepted for PyTorch's code and changes nothing: the graph always stays
+        while the output lives.
 
         needle's rules, kept on purpose: a non-scalar output starts from ones (PyTorch requires a
         scalar or an explicit `out_grad`), and a second `backward` replaces `.grad` (PyTorch adds).
 
         Raises:
             RuntimeError: this tensor records no graph (made under `no_grad`, from tensors that
-                require no gradient, or an integer tensor): there is nothing to differentiate. Or an
+                require no gradient, an integer tensor, or a gradient from a `backward()` without
+                `create_graph=True`): there is nothing to differentiate. Or an
                 integer tensor whose `requires_grad` was switched on by hand is among the leaves.
             ValueError: `out_grad` does not have this tensor's shape or device.
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require a gradient (it was made under no_grad, "
-                               "from tensors with requires_grad=False, or holds integers), so no gradient can flow")
+                               "from tensors with requires_grad=False, or holds integers), so no gradient can flow; a gradient "
+                               "is such a tensor unless backward(create_graph=True) recorded it as a graph")
         if out_grad is None:
             data = self.cached_data
             # on the host np.ones itself: the device's factory would re-check a shape this tensor already has
@@ -319,7 +333,30 @@ class Tensor(Value):
             if out_grad.shape != self.shape or out_grad.device != self.device:
                 raise ValueError(f"backward: out_grad of shape {out_grad.shape} on {out_grad.device!r} for a "
                                  f"tensor of shape {self.shape} on {self.device!r}; they must match")
-        compute_gradient_of_variables(self, out_grad)
+        compute_gradient_of_variables(self, out_grad, create_graph=create_graph)
+
+    def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> "RemovableHandle":
+        """Call `hook(self)` once per `backward()`, right after this leaf's `.grad` is final (PyTorch's).
+
+        Final means every contribution of that backward pass has been summed into `.grad`; leaves are
+        finished as soon as their last contribution arrives, so the last layer's hooks fire first (as
+        PyTorch's engine does), which lets data-parallel training start a bucket's allreduce while the
+        earlier layers are still being differentiated. `hook` must return `None`.
+
+        Returns: a handle whose `.remove()` unregisters the hook (also a context manager).
+        Raises:
+            RuntimeError: this tensor is not a leaf, or requires no gradient (PyTorch's messages).
+            TypeError: `hook` is not callable.
+        """
+        if self.op is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors "
+                               f"(this tensor of shape {self.shape} is the output of {self.op!r})")
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if not callable(hook): raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        hooks = getattr(self, "_post_acc_hooks", None)
+        if hooks is None: hooks = self._post_acc_hooks = {}
+        return RemovableHandle(hooks, hook)
 
 def _op_error(op, inputs, arrays, err):
     "A clear error for an op that failed on its inputs: which op, which shapes, which devices."
@@ -386,11 +423,53 @@ def _detached(value: Value) -> Value:
     "A leaf on `value`'s array(s), outside any graph (called once per node in backward)."
     return Tensor.make_const(value.cached_data) if type(value) is Tensor else value.detach()
 
-def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
-    "Set `.grad` on every node that `output_tensor` depends on and that requires a gradient."
+def _finish_leaf(node, contributions, handed_out) -> None:
+    "Sum a leaf's gradient contributions into its `.grad`, then run its post-accumulate hooks."
+    grad = contributions[0] if len(contributions) == 1 else sum_node_list(contributions)
+    if isinstance(node, Tensor) and grad.cached_data.dtype != node.cached_data.dtype:
+        grad = Cast(node.cached_data.dtype)(grad)
+    if grad.cached_data.shape != node.cached_data.shape:
+        # a leaf's gradient always has the leaf's shape: anything else is an op's bug, never silent
+        raise RuntimeError(f"backward: the gradient of a leaf of shape {node.shape} came out with "
+                           f"shape {grad.shape}")
+    if grad in handed_out: grad = _twin(grad)
+    handed_out.add(grad)
+    node.grad = grad
+    hooks = getattr(node, "_post_acc_hooks", None)
+    if hooks:
+        for hook in tuple(hooks.values()):   # a hook may remove itself
+            result = hook(node)
+            if result is not None:
+                raise TypeError(f"a post accumulate grad hook must return None, got {type(result).__name__}")
+
+_POST_ACC_HOOKS = [0]   # how many post-accumulate hooks are registered (see below; a list: mutable without `global`)
+
+def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor, create_graph: bool = False) -> None:
+    """Set `.grad` on every node that `output_tensor` depends on and that requires a gradient.
+
+    The gradients are computed with recording off (plain leaves) unless `create_graph`."""
+    global _GRAD_ENABLED, _ANOMALY
+    # Under `detect_anomaly` the gradients are checked per op below; the ops that compute them are not
+    # checked as forward ops (an infinite derivative would otherwise be reported as a forward anomaly).
+    previous, anomaly = (_GRAD_ENABLED, _ANOMALY), _ANOMALY
+    _GRAD_ENABLED, _ANOMALY = bool(create_graph), False
+    try: _backward_pass(output_tensor, out_grad, anomaly)
+    finally: _GRAD_ENABLED, _ANOMALY = previous
+
+def _backward_pass(output_tensor: Tensor, out_grad: Tensor, anomaly: bool = False) -> None:
     grads_of = {output_tensor: [out_grad]}
     handed_out = {out_grad}   # gradient objects already owned by someone: never share them
     order = _topo_sort([output_tensor], only_requiring_grad=True)
+    # With post-accumulate hooks registered anywhere, each leaf is finished the moment its last
+    # contribution arrives (the count of its uses below), not when the reverse order reaches it:
+    # the order in which hooks fire is then PyTorch's. Without hooks, none of this bookkeeping runs.
+    uses = None
+    if _POST_ACC_HOOKS[0]:
+        uses = {}
+        for node in order:
+            if node.op is not None:
+                for inp in node.inputs:
+                    if inp.op is None and inp.requires_grad: uses[inp] = uses.get(inp, 0) + 1
     for node in order:
         # An integer tensor gets requires_grad=False from the constructor; one switched on by hand afterwards
         # would get a truncated integer gradient. Refused here, before any `.grad` changes (a property
@@ -401,26 +480,35 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
                                f"of shape {node.shape} and dtype {node.dtype} has requires_grad=True (switched on "
                                "after construction?); set it back to False, or use .astype('float32') for a gradient")
     for node in reversed(order):
+        op = node.op
+        if op is None and node is not output_tensor:   # a leaf
+            if uses is None and node in grads_of: _finish_leaf(node, grads_of.pop(node), handed_out)
+            continue                                   # else finished when its last use was processed
         contributions = grads_of.pop(node)
+        if op is None:   # the output is itself a leaf
+            _finish_leaf(node, contributions, handed_out)
+            continue
         grad = contributions[0] if len(contributions) == 1 else sum_node_list(contributions)
         if isinstance(node, Tensor) and grad.cached_data.dtype != node.cached_data.dtype:
             grad = Cast(node.cached_data.dtype)(grad)
-        op = node.op
-        if op is None or node is output_tensor:
-            if op is None and grad.cached_data.shape != node.cached_data.shape:
-                # a leaf's gradient always has the leaf's shape: anything else is an op's bug, never silent
-                raise RuntimeError(f"backward: the gradient of a leaf of shape {node.shape} came out with "
-                                   f"shape {grad.shape}")
+        if node is output_tensor:
             if grad in handed_out: grad = _twin(grad)
             handed_out.add(grad)
             node.grad = grad
-            if op is None: continue
         else:
             node.grad = _detached(grad)   # values only: no cycle through the forward graph
-        for inp, inp_grad in zip(node.inputs, op.gradient_as_tuple(grad, node)):
-            if inp_grad is None or not inp.requires_grad: continue
-            if inp in grads_of: grads_of[inp].append(inp_grad)
-            else: grads_of[inp] = [inp_grad]
+        in_grads = op.gradient_as_tuple(grad, node)
+        if anomaly: _anomaly_backward(op, node, grad, in_grads)
+        for inp, inp_grad in zip(node.inputs, in_grads):
+            if not inp.requires_grad: continue
+            if inp_grad is not None:
+                if inp in grads_of: grads_of[inp].append(inp_grad)
+                else: grads_of[inp] = [inp_grad]
+            if uses is not None and inp.op is None:
+                left = uses[inp] - 1
+                uses[inp] = left
+                if left == 0 and inp in grads_of: _finish_leaf(inp, grads_of.pop(inp), handed_out)
+
 
 # %% ../nbs/01_autograd.ipynb #5a1f0c02
 def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
@@ -430,6 +518,12 @@ def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
     beyond), returning one tensor per input (`None` where it does not depend on it or does not require a
     gradient). The results are graphs over `inputs`, differentiable again; no `.grad` is set.
     """
+    global _GRAD_ENABLED
+    previous, _GRAD_ENABLED = _GRAD_ENABLED, True   # a graph whatever the caller's mode (a backward runs without)
+    try: return _vjp(fn, inputs, out_grad)
+    finally: _GRAD_ENABLED = previous
+
+def _vjp(fn, inputs, out_grad):
     out = fn(*inputs)
     target = {id(t): i for i, t in enumerate(inputs) if t.requires_grad}   # the others get None
     reaches, order = {}, []
@@ -455,6 +549,20 @@ def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
             else: pending.setdefault(id(inp), []).append(grad)
     return tuple(sum_node_list(g) if g else None for g in found)
 
+
+# %% ../nbs/01_autograd.ipynb #a7c3e002
+class RemovableHandle:
+    "What `register_post_accumulate_grad_hook` returns: `.remove()` unregisters the hook (idempotent)."
+    _next_id = 0
+    def __init__(self, hooks: dict, hook):
+        self._hooks, self.id = hooks, RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+        hooks[self.id] = hook
+        _POST_ACC_HOOKS[0] += 1
+    def remove(self) -> None:
+        if self._hooks.pop(self.id, None) is not None: _POST_ACC_HOOKS[0] -= 1
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.remove()
 
 # %% ../nbs/01_autograd.ipynb #d230f730
 class TensorTuple(Value):
@@ -515,3 +623,93 @@ class FusedAddScalars(TensorTupleOp):
 def fused_add_scalars(x, c0, c1):
     "The pair `(x + c0, x + c1)` as a `TensorTuple` (`FusedAddScalars`)."
     return FusedAddScalars(c0, c1)(x)
+
+# %% ../nbs/01_autograd.ipynb #b8d4f002
+import os, sys, linecache
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else None
+
+class detect_anomaly(ContextDecorator):
+    """Context manager and decorator: raise at the first op whose output (forward) or gradient (backward)
+    turns NaN or infinite, naming the op, the shapes and the user's line that created it (PyTorch's
+    `torch.autograd.detect_anomaly`). `check_nan=False` records the creating lines only."""
+    def __init__(self, check_nan: bool = True): self.check_nan = bool(check_nan)
+    def __enter__(self):
+        global _ANOMALY
+        self._prev, _ANOMALY = _ANOMALY, self.check_nan
+        return self
+    def __exit__(self, *exc):
+        global _ANOMALY
+        _ANOMALY = self._prev
+
+def set_detect_anomaly(mode: bool) -> None:
+    "Switch anomaly detection on or off globally (PyTorch's `torch.autograd.set_detect_anomaly`)."
+    global _ANOMALY
+    _ANOMALY = bool(mode)
+
+def is_anomaly_enabled() -> bool:
+    "Whether `detect_anomaly` is on."
+    return _ANOMALY
+
+def _user_stack(limit: int = 6) -> list:
+    "(file, line, function) of the innermost frames outside needle_nb, innermost last (what the user wrote)."
+    frame = sys._getframe(2)
+    while frame is not None and _PACKAGE_DIR and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    stack = []
+    while frame is not None and len(stack) < limit:
+        stack.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return stack[::-1]
+
+def _format_stack(stack) -> str:
+    if not stack: return "  (no frame outside needle_nb)"
+    lines = []
+    for filename, lineno, name in stack:
+        code = linecache.getline(filename, lineno).strip()
+        lines.append(f'  File "{filename}", line {lineno}, in {name}' + (f"\n    {code}" if code else ""))
+    return "\n".join(lines)
+
+def _bad_values(array):
+    "None if `array` is all finite (or not floating point), else a short count of its NaNs and infinities."
+    if getattr(array, "dtype", None) is None or array.dtype.kind not in "fc": return None
+    xp = array_module(array)
+    if bool(xp.isfinite(array).all()): return None
+    nan = int(xp.isnan(array).sum())
+    inf = int(array.size) - nan - int(xp.isfinite(array).sum())
+    parts = [f"{nan} NaN"] * bool(nan) + [f"{inf} infinite"] * bool(inf)
+    return f"{' and '.join(parts)} of {array.size} values"
+
+def _op_name(op) -> str:
+    "The op's class, with its parameters when its repr shows any (`PowerScalar(scalar=0.5)`)."
+    name, text = type(op).__name__, repr(op)
+    return name if text == f"{name}()" else f"{name} ({text})"
+
+def _arrays_of(data): return data if isinstance(data, tuple) else (data,)
+
+def _describe_inputs(inputs) -> str:
+    return ", ".join(f"{tuple(x.cached_data.shape) if hasattr(x.cached_data, 'shape') else '(tuple)'} "
+                     f"{getattr(x.cached_data, 'dtype', '')}".strip() for x in inputs) or "none"
+
+def _anomaly_forward(op, inputs, value) -> None:
+    stack = _user_stack()
+    try: value._anomaly_trace = stack
+    except AttributeError: pass
+    bad = [b for b in map(_bad_values, _arrays_of(value.cached_data)) if b]
+    if not bad: return
+    if any(_bad_values(a) for x in inputs for a in _arrays_of(x.cached_data)): return   # it came in: not made here
+    raise RuntimeError(f"detect_anomaly: {_op_name(op)} produced {'; '.join(bad)} in the forward "
+                       f"pass, from finite inputs of shapes {_describe_inputs(inputs)}. It was called here:\n"
+                       + _format_stack(stack))
+
+def _anomaly_backward(op, node, out_grad, in_grads) -> None:
+    if _bad_values(out_grad.cached_data): return   # already bad when it reached this op
+    for k, g in enumerate(in_grads):
+        bad = None if g is None else _bad_values(g.cached_data)
+        if bad:
+            where = getattr(node, "_anomaly_trace", None)
+            origin = (f"Its output was created here:\n{_format_stack(where)}" if where is not None else
+                      "Its output was created outside detect_anomaly, so its line was not recorded.")
+            raise RuntimeError(f"detect_anomaly: the gradient of {_op_name(op)} for input {k} "
+                               f"(shape {tuple(node.inputs[k].shape)}) has {bad}, from a finite incoming gradient "
+                               f"of shape {tuple(out_grad.shape)}. {origin}")

@@ -339,7 +339,7 @@ def test_each_backward_replaces_grad():
 def test_second_order_gradients():
     x2, x3 = Tensor([6.0]), Tensor([0.0])
     y = x2 * x2 + x2 * x3
-    y.backward()
+    y.backward(create_graph=True)   # needle records every backward; here that is asked for, as in PyTorch
     np.testing.assert_array_equal(x2.grad.numpy(), [12.0])
     np.testing.assert_array_equal(x3.grad.numpy(), [6.0])
     grad_x2 = x2.grad

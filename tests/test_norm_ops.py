@@ -65,7 +65,7 @@ def test_second_derivatives_match_torch(torch, rs, device, mode):
     op_stats = None if stats is None else tuple(device.array(s, dtype="float64") for s in stats)
     c, d, e = rs.randn(*shape), rs.randn(*shape), rs.randn(4)
     as_tensor = lambda a: Tensor(a, device=device, dtype="float64", requires_grad=False)
-    (batch_norm(x, w, b, 1, 1e-5, op_stats) * as_tensor(c)).sum().backward()
+    (batch_norm(x, w, b, 1, 1e-5, op_stats) * as_tensor(c)).sum().backward(create_graph=True)
     # the bias's gradient Σ c depends on neither x nor w: its term adds zero, through BatchNormGrad's own gradient
     ((x.grad * as_tensor(d)).sum() + (w.grad * as_tensor(e)).sum() + (b.grad * as_tensor(e)).sum()).backward()
     xt, wt, bt = (torch.tensor(to_host(t.cached_data), requires_grad=True) for t in (x, w, b))

@@ -79,7 +79,7 @@ def test_no_gradient_is_computed_for_what_does_not_require_one(device, monkeypat
 def test_a_linear_layer_backward_makes_no_transpose_nodes():
     "MatMul's gradients are flagged products: one node per gradient, no Transpose node."
     x, W = Tensor(np.ones((4, 3))), Tensor(np.ones((3, 2)))
-    (x @ W).relu().sum().backward()
+    (x @ W).relu().sum().backward(create_graph=True)   # recorded, so that the gradient's nodes can be seen
     graph = autograd.find_topo_sort([W.grad, x.grad])
     assert not any(isinstance(n.op, ops.Transpose) for n in graph)
     assert type(W.grad.op) is ops.MatMul and W.grad.op.transpose_a
@@ -91,7 +91,7 @@ def test_gradients_through_flagged_matmuls_differentiate_again():
     rs = np.random.RandomState(0)
     x_np, w_np = rs.randn(3, 4), rs.randn(4, 2)
     x, W = Tensor(x_np), Tensor(w_np)
-    ((x @ W) ** 2).sum().backward()
+    ((x @ W) ** 2).sum().backward(create_graph=True)
     grad_w = W.grad                      # 2 x^T (x W): built from MatMul(transpose_a=True)
     (grad_w * grad_w).sum().backward()   # differentiate the gradient
     xt, wt = torch.tensor(x_np, requires_grad=True), torch.tensor(w_np, requires_grad=True)
@@ -149,10 +149,10 @@ def test_training_steps_leave_no_reference_cycles(device):
 def test_intermediate_gradients_hold_values_and_leaves_stay_differentiable():
     x = Tensor([1.0, 2.0])
     h = x.exp()
-    (h * h).sum().backward()
+    (h * h).sum().backward(create_graph=True)
     np.testing.assert_allclose(h.grad.numpy(), 2 * np.exp([1.0, 2.0]), rtol=1e-6)
     assert h.grad.op is None and not h.grad.requires_grad
-    assert x.grad.op is not None   # needle: a leaf's gradient can be differentiated again
+    assert x.grad.op is not None   # asked for: a leaf's gradient can be differentiated again
     x.grad.sum().backward()        # d/dx sum(2 e^{2x}) = 4 e^{2x}
     np.testing.assert_allclose(x.grad.numpy(), 4 * np.exp([2.0, 4.0]), rtol=1e-6)
 
