@@ -298,13 +298,15 @@ class Tensor(Value):
 
     # --- differentiation ------------------------------------------------------------------
     def backward(self, out_grad: Optional["Tensor"] = None, retain_graph: Optional[bool] = None,
-                 create_graph: bool = False):
+                 create_graph: Optional[bool] = None):
         """Set `.grad` of every tensor this one depends on (ones as `out_grad` when omitted).
 
-        The gradients are plain leaves holding values (`requires_grad=False`), as in PyTorch, so once
-        the output is dropped nothing keeps the forward graph alive. `create_graph=True` records the
-        backward pass itself instead: each `.grad` is then a differentiable graph over the inputs
-        (grad of grad), which keeps the forward graph alive as long as the gradient lives.
+        By default (`create_graph=None`) the backward pass is recorded, as needle's is: each `.grad` is a
+        differentiable graph over the inputs, so needle's homework code that calls `x.grad.backward()`
+        (hw1's gradient-of-gradient test) runs unchanged — needle wins over PyTorch here. That graph keeps
+        the forward graph alive as long as the gradient lives. `create_graph=False` gives PyTorch's plain
+        leaves holding values (`requires_grad=False`): once the output is dropped nothing keeps the forward
+        graph alive. `create_graph=True` records, as PyTorch's.
         `retain_graph` is accepted for PyTorch's code and changes nothing: the graph always stays
         while the output lives.
 
@@ -444,15 +446,16 @@ def _finish_leaf(node, contributions, handed_out) -> None:
 
 _POST_ACC_HOOKS = [0]   # how many post-accumulate hooks are registered (see below; a list: mutable without `global`)
 
-def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor, create_graph: bool = False) -> None:
+def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor, create_graph: Optional[bool] = None) -> None:
     """Set `.grad` on every node that `output_tensor` depends on and that requires a gradient.
 
-    The gradients are computed with recording off (plain leaves) unless `create_graph`."""
+    The gradients are recorded as a graph (needle's rule) unless `create_graph=False` (plain leaves, PyTorch's
+    default); `None` records whenever recording is on (not under `no_grad`)."""
     global _GRAD_ENABLED, _ANOMALY
     # Under `detect_anomaly` the gradients are checked per op below; the ops that compute them are not
     # checked as forward ops (an infinite derivative would otherwise be reported as a forward anomaly).
     previous, anomaly = (_GRAD_ENABLED, _ANOMALY), _ANOMALY
-    _GRAD_ENABLED, _ANOMALY = bool(create_graph), False
+    _GRAD_ENABLED, _ANOMALY = (_GRAD_ENABLED if create_graph is None else bool(create_graph)), False
     try: _backward_pass(output_tensor, out_grad, anomaly)
     finally: _GRAD_ENABLED, _ANOMALY = previous
 

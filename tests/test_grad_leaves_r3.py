@@ -1,4 +1,4 @@
-"""Gradients are plain leaves unless `backward(create_graph=True)` (PyTorch's rule): after `loss.backward()` and
+"""Gradients are plain leaves unless `backward(create_graph=True)` (PyTorch's rule): after `loss.backward(create_graph=False)` and
 `del loss` the forward graph is freed; grad of grad works through `create_graph=True`."""
 import gc, weakref
 
@@ -22,7 +22,7 @@ def _forward(rs):
 
 def test_gradients_are_plain_leaves(rs):
     w, _, loss = _forward(rs)
-    loss.backward()
+    loss.backward(create_graph=False)
     assert w.grad.op is None and w.grad.inputs == () and not w.grad.requires_grad
     assert isinstance(w.grad.numpy(), np.ndarray) and w.grad.shape == w.shape
 
@@ -31,7 +31,7 @@ def test_intermediates_die_with_the_output_by_reference_counting(rs):
     w, inter, loss = _forward(rs)
     refs = [weakref.ref(t) for t in inter] + [weakref.ref(loss)]
     del inter
-    loss.backward()
+    loss.backward(create_graph=False)
     gc.disable()
     try:
         del loss
@@ -82,21 +82,21 @@ def test_grad_of_grad_by_finite_differences(rs):
 
 def test_backward_of_a_plain_gradient_says_create_graph(rs):
     w, _, loss = _forward(rs)
-    loss.backward()
+    loss.backward(create_graph=False)
     with pytest.raises(RuntimeError, match="create_graph=True"): w.grad.backward()
 
 
 def test_retain_graph_is_accepted_and_backward_twice_works(rs):
     w, _, loss = _forward(rs)
-    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True, create_graph=False)
     first = w.grad.numpy().copy()
-    loss.backward()
+    loss.backward(create_graph=False)
     np.testing.assert_array_equal(w.grad.numpy(), first)
 
 
 def test_gradient_values_unchanged_by_create_graph(rs):
     w, _, loss = _forward(rs)
-    loss.backward()
+    loss.backward(create_graph=False)
     plain = w.grad.numpy().copy()
     loss.backward(create_graph=True)
     np.testing.assert_array_equal(w.grad.numpy(), plain)
@@ -104,7 +104,7 @@ def test_gradient_values_unchanged_by_create_graph(rs):
 
 def test_no_grad_mode_is_restored_after_backward_even_on_error(rs):
     w, _, loss = _forward(rs)
-    loss.backward()
+    loss.backward(create_graph=False)
     assert ndl.autograd.is_grad_enabled()
     with ndl.autograd.no_grad():
         loss.backward(create_graph=True)
@@ -126,7 +126,7 @@ def test_a_long_training_loop_keeps_memory_flat(rs):
     def step():
         opt.reset_grad()
         loss = loss_fn(model(x), y)
-        loss.backward()
+        loss.backward(create_graph=False)
         opt.step()
         return loss
     assert_memory_flat(step, warmup=50, steps=300)
@@ -141,8 +141,36 @@ def test_no_step_graph_is_held_between_steps(rs):
     gc.collect()
     before = ndl.autograd.TENSOR_COUNTER
     loss = nn.SoftmaxLoss()(model(x), y)
-    loss.backward()
+    loss.backward(create_graph=False)
     del loss
     gc.collect()
     # one gradient per parameter, nothing else
     assert ndl.autograd.TENSOR_COUNTER - before == len(model.parameters())
+
+
+def test_needles_default_backward_records_so_hw1_grad_of_grad_runs_unchanged():
+    "needle's hw1 test_compute_gradient (its gradient-of-gradient part), verbatim: needle wins over PyTorch."
+    x2 = ndl.Tensor([6])
+    x3 = ndl.Tensor([0])
+    y = x2 * x2 + x2 * x3
+    y.backward()
+    grad_x2 = x2.grad
+    grad_x3 = x3.grad
+    # gradient of gradient
+    grad_x2.backward()
+    grad_x2_x2 = x2.grad
+    grad_x2_x3 = x3.grad
+    x2_val = x2.numpy()
+    x3_val = x3.numpy()
+    assert y.numpy() == x2_val * x2_val + x2_val * x3_val
+    assert grad_x2.numpy() == 2 * x2_val + x3_val
+    assert grad_x3.numpy() == x2_val
+    assert grad_x2_x2.numpy() == 2
+    assert grad_x2_x3.numpy() == 1
+
+
+def test_under_no_grad_the_default_backward_gives_plain_leaves():
+    x = ndl.Tensor([1.0, 2.0], requires_grad=True)
+    y = (x * x).sum()
+    with ndl.no_grad(): y.backward()
+    assert not x.grad.requires_grad
