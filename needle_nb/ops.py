@@ -129,7 +129,7 @@ def add_scalar(a, scalar):
     return AddScalar(scalar)(a)
 
 class EWiseSub(TensorOp):
-    "`a - b` in one op (needle spells it `a + (-b)`: same values, one op fewer). Local derivatives: 1 and -1."
+    "`a - b` in one op (`subtract`). The operator `a - b` builds needle's two nodes `a + (-b)` instead, so a walk of the graph sees needle's graph. Local derivatives: 1 and -1."
     def compute(self, a, b): return a - b
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -137,7 +137,7 @@ class EWiseSub(TensorOp):
                 _sum_to_shape(-out_grad, b.shape) if b.requires_grad else None)
 
 def subtract(a, b):
-    "`a - b` (`EWiseSub`)."
+    "`a - b` as one `EWiseSub` node (the operator `-` builds needle's `EWiseAdd(a, Negate(b))`)."
     return EWiseSub()(a, b)
 
 class EWiseMul(TensorOp):
@@ -229,7 +229,7 @@ def _constant(other, like: Tensor) -> Tensor:
     "An array operand as a constant tensor on the device of `like`."
     return Tensor(other, device=like.device, requires_grad=False)
 
-_add, _sub, _mul, _div, _pow = EWiseAdd(), EWiseSub(), EWiseMul(), EWiseDiv(), EWisePow()
+_add, _mul, _div, _pow = EWiseAdd(), EWiseMul(), EWiseDiv(), EWisePow()
 
 def _binary(self: Tensor, other, tensor_op, scalar_op) -> Tensor:
     "`tensor_op(self, other)` for a tensor or an array (made a constant), `scalar_op(other)(self)` for a number."
@@ -251,15 +251,19 @@ def __radd__(self: Tensor, other) -> Tensor:
 
 @patch
 def __sub__(self: Tensor, other) -> Tensor:
-    "`self - other` (`EWiseSub`; `AddScalar(-c)` for a number). Local derivatives: 1 and -1."
-    return _binary(self, other, _sub, _sub_scalar)
+    "`self - other` as needle builds it: `EWiseAdd(self, Negate(other))`, two nodes (`AddScalar(-c)` for a number). Local derivatives: 1 and -1."
+    if isinstance(other, Tensor) or _is_array(other):
+        if not isinstance(other, Tensor): other = _constant(other, self)
+        return Tensor.make_from_op(_add, (self, Tensor.make_from_op(Negate(), (other,))))
+    return Tensor.make_from_op(_sub_scalar(other), (self,))
 
 # An array on the left may broadcast `self` to a bigger shape: it goes through the two-input op,
 # whose gradient is summed back to `self`'s shape; a scalar needs no such care.
 @patch
 def __rsub__(self: Tensor, other) -> Tensor:
-    "`other - self`. Local derivative with respect to `self`: -1."
-    if _is_array(other): return Tensor.make_from_op(_sub, (_constant(other, self), self))
+    "`other - self`: `EWiseAdd(other, Negate(self))` for an array (as `-`), `AddScalar(c)(Negate(self))` for a number. Local derivative with respect to `self`: -1."
+    if _is_array(other):
+        return Tensor.make_from_op(_add, (_constant(other, self), Tensor.make_from_op(Negate(), (self,))))
     return Tensor.make_from_op(AddScalar(other), (Tensor.make_from_op(Negate(), (self,)),))
 
 @patch
