@@ -68,3 +68,86 @@ def test_subtract_function_keeps_one_node():
     a, b = T(2), T(2, seed=1)
     assert isinstance(ndl.subtract(a, b).op, ops.EWiseSub)
     ops.gradient_check(ndl.subtract, a, b)
+
+
+# --- stack of arrays, its shape errors; cat / concatenate ------------------------------------------
+
+def test_stack_takes_arrays_as_constants():
+    a = T(2, 3)
+    a.requires_grad = True
+    s = ndl.stack([a, np.ones((2, 3))], axis=1)
+    np.testing.assert_allclose(s.numpy(), np.stack([a.numpy(), np.ones((2, 3))], axis=1))
+    s.sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), np.ones((2, 3)))
+    np.testing.assert_allclose(ndl.stack([np.zeros(2), np.ones(2)]).numpy(), [[0, 0], [1, 1]])
+
+
+@pytest.mark.parametrize("bad", [None, "x"])
+def test_stack_refuses_non_arrays(bad):
+    with pytest.raises(TypeError, match="element 1"):
+        ndl.stack([T(2), bad])
+
+
+def test_stack_mismatch_names_shapes():
+    with pytest.raises(ValueError, match=r"tensor 0 has shape \(2, 3\) and tensor 2 has shape \(3, 2\)"):
+        ndl.stack([T(2, 3), T(2, 3), T(3, 2)])
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_cat_values_and_gradients(dim):
+    shapes = [(2, 3), (2, 3)] if dim == 0 else [(2, 3), (2, 1), (2, 4)]
+    if dim == 0: shapes = [(2, 3), (4, 3)]
+    xs = [T(*s, seed=i) for i, s in enumerate(shapes)]
+    np.testing.assert_allclose(ndl.cat(xs, dim=dim).numpy(), np.concatenate([x.numpy() for x in xs], axis=dim))
+    ops.gradient_check(lambda *a: ndl.cat(list(a), dim=dim), *xs, backward=True)
+    ops.gradient_check(lambda *a: ndl.concatenate(list(a), axis=dim), *xs, backward=True)
+    for x in xs: x.requires_grad = True
+    c = torch.tensor(np.random.RandomState(5).randn(*ndl.cat(xs, dim=dim).shape))
+    (ndl.cat(xs, dim=dim) * ndl.Tensor(c.numpy())).sum().backward()
+    ts = [torch.tensor(x.numpy(), requires_grad=True) for x in xs]
+    (torch.cat(ts, dim=dim) * c).sum().backward()
+    for x, t in zip(xs, ts): np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy())
+
+
+def test_cat_errors_name_shapes():
+    with pytest.raises(ValueError, match=r"tensor 0 has shape \(2, 3\) and tensor 1 has shape \(3, 3\)"):
+        ndl.cat([T(2, 3), T(3, 3)], dim=1)
+    with pytest.raises(ValueError, match="out of range"):
+        ndl.cat([T(2, 3)], dim=2)
+    with pytest.raises(ValueError, match="zero-dimensional"):
+        ndl.cat([ndl.Tensor(np.float64(1.0))])
+    with pytest.raises(ValueError, match="empty"):
+        ndl.cat([])
+
+
+# --- mean and .T ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("axes,keepdims", [(None, False), (None, True), (1, False), ((0, 2), True), (-1, False)])
+def test_mean_matches_torch(axes, keepdims):
+    x = T(2, 3, 4)
+    np.testing.assert_allclose(x.mean(axes, keepdims=keepdims).numpy(),
+                               x.numpy().mean(axis=axes, keepdims=keepdims))
+    ops.gradient_check(lambda a: a.mean(axes, keepdims=keepdims), x, backward=True)
+    x.requires_grad = True
+    x.mean(axes, keepdims=keepdims).sum().backward()
+    t = torch.tensor(x.numpy(), requires_grad=True)
+    (t.mean() if axes is None and not keepdims else t.mean(dim=tuple(range(3)) if axes is None else axes,
+                                                          keepdim=keepdims)).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy())
+
+
+def test_mean_keywords():
+    x = T(3, 4)
+    np.testing.assert_allclose(x.mean(dim=0).numpy(), x.numpy().mean(0))
+    np.testing.assert_allclose(x.mean(axis=1).numpy(), x.numpy().mean(1))
+    with pytest.raises(TypeError, match="axes and dim"):
+        x.mean(0, dim=0)
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (3, 4), (2, 3, 4), (2, 3, 4, 5)])
+def test_T_as_torch(shape):
+    x = T(*shape)
+    np.testing.assert_array_equal(x.T.numpy(), torch.tensor(x.numpy()).mT.numpy() if len(shape) == 2
+                                  else np.transpose(x.numpy()))
+    if len(shape) < 2: assert x.T is x
+    else: ops.gradient_check(lambda a: a.T, x, backward=True)
