@@ -164,19 +164,32 @@ def mul_scalar(a, scalar):
     return MulScalar(scalar)(a)
 
 class EWisePow(TensorOp):
-    "`a ** b` elementwise. Local derivatives: ∂/∂a = b·a^(b-1), ∂/∂b = a^b·ln a."
+    """`a ** b` elementwise. Local derivatives: ∂/∂a = b·a^(b-1), ∂/∂b = a^b·ln a.
+
+    At the edge, as PyTorch: ∂/∂a is 0 where b = 0 (not 0·0^(-1) = NaN), and ∂/∂b is 0 where a = 0 and
+    b ≥ 0 (not 0·ln 0 = NaN). Both by a safe operand (exponent 0, log of 1) at those entries, so the
+    gradient stays a graph that differentiates again."""
     def compute(self, a, b): return array_module(a).power(a, b)   # needle's NDArray ** takes numbers only
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        return (_sum_to_shape(out_grad * b * a ** (b - 1), a.shape) if a.requires_grad else None,
-                _sum_to_shape(out_grad * node * log(a), b.shape) if b.requires_grad else None)
+        A, B = a.realize_cached_data(), b.realize_cached_data()
+        grad_a = grad_b = None
+        if a.requires_grad:
+            zero_b = B == 0
+            exponent = b - 1 + Tensor.make_const(zero_b.astype(B.dtype)) if zero_b.any() else b - 1
+            grad_a = _sum_to_shape(out_grad * b * a ** exponent, a.shape)
+        if b.requires_grad:
+            safe = (A == 0) & (B >= 0)
+            base = a + Tensor.make_const(safe.astype(A.dtype)) if safe.any() else a
+            grad_b = _sum_to_shape(out_grad * node * log(base), b.shape)
+        return grad_a, grad_b
 
 def power(a, b):
     "`a ** b` elementwise (`EWisePow`)."
     return EWisePow()(a, b)
 
 class PowerScalar(TensorOp):
-    "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1)."
+    "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1); 0 for `scalar` = 0, also at a = 0 (as PyTorch; not 0·0^(-1) = NaN). At a = 0 a fractional or negative exponent gives ±inf, as PyTorch."
     def __init__(self, scalar): self.scalar = as_number(scalar)
     def compute(self, a):
         # numpy refuses integers to negative integer powers; the result is a float, as 1 / a is
@@ -184,6 +197,7 @@ class PowerScalar(TensorOp):
         return a ** self.scalar
     def gradient(self, out_grad, node):
         a = node.inputs[0]
+        if self.scalar == 0: return out_grad * 0   # d(a**0)/da = 0 everywhere, as PyTorch
         return out_grad * self.scalar * a ** (self.scalar - 1)
 
 def power_scalar(a, scalar):
