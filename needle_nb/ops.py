@@ -23,7 +23,8 @@ __all__ = ['REDUCTIONS', 'gradient_check', 'EWiseAdd', 'add', 'AddScalar', 'add_
            'MatMul', 'matmul', 'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid',
            'LeakyReLUOp', 'GELUOp', 'leaky_relu', 'gelu', 'Softsign', 'softsign', 'LogSumExp', 'logsumexp',
            'LogSoftmax', 'logsoftmax', 'Softmax', 'softmax', 'check_reduction', 'SoftmaxCrossEntropy',
-           'softmax_cross_entropy', 'Stack', 'stack', 'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item']
+           'softmax_cross_entropy', 'Stack', 'stack', 'Concatenate', 'cat', 'concatenate', 'Split', 'split', 'GetItem',
+           'ScatterAdd', 'get_item']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _float_dtype(a):
@@ -129,7 +130,7 @@ def add_scalar(a, scalar):
     return AddScalar(scalar)(a)
 
 class EWiseSub(TensorOp):
-    "`a - b` in one op (needle spells it `a + (-b)`: same values, one op fewer). Local derivatives: 1 and -1."
+    "`a - b` in one op (`subtract`). The operator `a - b` builds needle's two nodes `a + (-b)` instead, so a walk of the graph sees needle's graph. Local derivatives: 1 and -1."
     def compute(self, a, b): return a - b
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -137,7 +138,7 @@ class EWiseSub(TensorOp):
                 _sum_to_shape(-out_grad, b.shape) if b.requires_grad else None)
 
 def subtract(a, b):
-    "`a - b` (`EWiseSub`)."
+    "`a - b` as one `EWiseSub` node (the operator `-` builds needle's `EWiseAdd(a, Negate(b))`)."
     return EWiseSub()(a, b)
 
 class EWiseMul(TensorOp):
@@ -163,19 +164,32 @@ def mul_scalar(a, scalar):
     return MulScalar(scalar)(a)
 
 class EWisePow(TensorOp):
-    "`a ** b` elementwise. Local derivatives: ∂/∂a = b·a^(b-1), ∂/∂b = a^b·ln a."
+    """`a ** b` elementwise. Local derivatives: ∂/∂a = b·a^(b-1), ∂/∂b = a^b·ln a.
+
+    At the edge, as PyTorch: ∂/∂a is 0 where b = 0 (not 0·0^(-1) = NaN), and ∂/∂b is 0 where a = 0 and
+    b ≥ 0 (not 0·ln 0 = NaN). Both by a safe operand (exponent 0, log of 1) at those entries, so the
+    gradient stays a graph that differentiates again."""
     def compute(self, a, b): return array_module(a).power(a, b)   # needle's NDArray ** takes numbers only
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        return (_sum_to_shape(out_grad * b * a ** (b - 1), a.shape) if a.requires_grad else None,
-                _sum_to_shape(out_grad * node * log(a), b.shape) if b.requires_grad else None)
+        A, B = a.realize_cached_data(), b.realize_cached_data()
+        grad_a = grad_b = None
+        if a.requires_grad:
+            zero_b = B == 0
+            exponent = b - 1 + Tensor.make_const(zero_b.astype(B.dtype)) if zero_b.any() else b - 1
+            grad_a = _sum_to_shape(out_grad * b * a ** exponent, a.shape)
+        if b.requires_grad:
+            safe = (A == 0) & (B >= 0)
+            base = a + Tensor.make_const(safe.astype(A.dtype)) if safe.any() else a
+            grad_b = _sum_to_shape(out_grad * node * log(base), b.shape)
+        return grad_a, grad_b
 
 def power(a, b):
     "`a ** b` elementwise (`EWisePow`)."
     return EWisePow()(a, b)
 
 class PowerScalar(TensorOp):
-    "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1)."
+    "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1); 0 for `scalar` = 0, also at a = 0 (as PyTorch; not 0·0^(-1) = NaN). At a = 0 a fractional or negative exponent gives ±inf, as PyTorch."
     def __init__(self, scalar): self.scalar = as_number(scalar)
     def compute(self, a):
         # numpy refuses integers to negative integer powers; the result is a float, as 1 / a is
@@ -183,6 +197,7 @@ class PowerScalar(TensorOp):
         return a ** self.scalar
     def gradient(self, out_grad, node):
         a = node.inputs[0]
+        if self.scalar == 0: return out_grad * 0   # d(a**0)/da = 0 everywhere, as PyTorch
         return out_grad * self.scalar * a ** (self.scalar - 1)
 
 def power_scalar(a, scalar):
@@ -229,7 +244,7 @@ def _constant(other, like: Tensor) -> Tensor:
     "An array operand as a constant tensor on the device of `like`."
     return Tensor(other, device=like.device, requires_grad=False)
 
-_add, _sub, _mul, _div, _pow = EWiseAdd(), EWiseSub(), EWiseMul(), EWiseDiv(), EWisePow()
+_add, _mul, _div, _pow = EWiseAdd(), EWiseMul(), EWiseDiv(), EWisePow()
 
 def _binary(self: Tensor, other, tensor_op, scalar_op) -> Tensor:
     "`tensor_op(self, other)` for a tensor or an array (made a constant), `scalar_op(other)(self)` for a number."
@@ -251,15 +266,19 @@ def __radd__(self: Tensor, other) -> Tensor:
 
 @patch
 def __sub__(self: Tensor, other) -> Tensor:
-    "`self - other` (`EWiseSub`; `AddScalar(-c)` for a number). Local derivatives: 1 and -1."
-    return _binary(self, other, _sub, _sub_scalar)
+    "`self - other` as needle builds it: `EWiseAdd(self, Negate(other))`, two nodes (`AddScalar(-c)` for a number). Local derivatives: 1 and -1."
+    if isinstance(other, Tensor) or _is_array(other):
+        if not isinstance(other, Tensor): other = _constant(other, self)
+        return Tensor.make_from_op(_add, (self, Tensor.make_from_op(Negate(), (other,))))
+    return Tensor.make_from_op(_sub_scalar(other), (self,))
 
 # An array on the left may broadcast `self` to a bigger shape: it goes through the two-input op,
 # whose gradient is summed back to `self`'s shape; a scalar needs no such care.
 @patch
 def __rsub__(self: Tensor, other) -> Tensor:
-    "`other - self`. Local derivative with respect to `self`: -1."
-    if _is_array(other): return Tensor.make_from_op(_sub, (_constant(other, self), self))
+    "`other - self`: `EWiseAdd(other, Negate(self))` for an array (as `-`), `AddScalar(c)(Negate(self))` for a number. Local derivative with respect to `self`: -1."
+    if _is_array(other):
+        return Tensor.make_from_op(_add, (_constant(other, self), Tensor.make_from_op(Negate(), (self,))))
     return Tensor.make_from_op(AddScalar(other), (Tensor.make_from_op(Negate(), (self,)),))
 
 @patch
@@ -379,6 +398,21 @@ def transpose(self: Tensor, axes=None) -> Tensor:
     "Swap two axes, the last two by default (`Transpose`, needle's semantics). Gradient: the same swap of `out_grad`."
     return Transpose(axes)(self)
 
+# %% ../nbs/02_ops.ipynb #c6f92c75
+@patch(as_prop=True)
+def T(self: Tensor) -> Tensor:
+    """The transpose, as PyTorch's `Tensor.T`: a 2-D tensor's rows and columns swapped (`Transpose`).
+
+    A 0-d or 1-d tensor is returned as it is; an n-d tensor gets its axes reversed, as PyTorch still does
+    (it deprecates `.T` beyond 2-D), by ⌊n/2⌋ swaps. Gradient: the same swaps of `out_grad`.
+    """
+    n = self.ndim
+    if n < 2: return self
+    if n == 2: return Transpose()(self)
+    out = self
+    for i in range(n // 2): out = Transpose((i, n - 1 - i))(out)
+    return out
+
 # %% ../nbs/02_ops.ipynb #45d29548
 def _normalize_axes(axes, ndim) -> Optional[tuple]:
     """`axes` as sorted non-negative axes of an `ndim`-axis array (`None`: all of them).
@@ -486,6 +520,25 @@ def amax(self: Tensor, axes=None, **kwargs) -> Tensor:
     "The same as `Tensor.max` (numpy's name)."
     if kwargs: _reject_axis_keywords("amax", kwargs)
     return Max(axes)(self)
+
+# %% ../nbs/02_ops.ipynb #715362ef
+@patch
+def mean(self: Tensor, axes=None, keepdims: bool = False, *, dim=None, axis=None) -> Tensor:
+    r"""Mean over `axes` (an int, a tuple, or `None` for all): $\frac{1}{n}\sum$, $n$ the number of entries averaged.
+
+    Not in needle (PyTorch's and numpy's habit): `sum(axes) / n`, two nodes. `dim=` (PyTorch's name) and
+    `axis=` (numpy's) are taken for `axes`; give one of the three. Shape: `axes` are removed, or kept with
+    size 1 when `keepdims`. Local derivative: $1/n$ for every averaged entry. An empty mean is NaN (0/0),
+    as PyTorch's.
+    """
+    given = [k for k, v in (("axes", axes), ("dim", dim), ("axis", axis)) if v is not None]
+    if len(given) > 1: raise TypeError(f"Tensor.mean() got {' and '.join(given)}: give the axes once")
+    if dim is not None: axes = dim
+    elif axis is not None: axes = axis
+    norm = _normalize_axes(axes, self.ndim)
+    n = math.prod(self.shape) if norm is None else math.prod(self.shape[i] for i in norm)
+    out = DivScalar(n)(Summation(axes)(self))
+    return Reshape(_keepdims_shape(self.shape, norm))(out) if keepdims else out
 
 # %% ../nbs/02_ops.ipynb #dc3b3823
 class MatMul(TensorOp):
@@ -847,11 +900,77 @@ class Stack(TensorOp):
     def compute(self, args): return array_module(args[0]).stack(args, axis=self.axis)
     def gradient(self, out_grad, node): return split(out_grad, self.axis)
 
-def stack(args, axis=0):
-    "Stack the tensors `args` along a new `axis` (`Stack`)."
+def _as_tensors(name: str, args) -> list:
+    """The sequence `args` as a list of tensors: numpy arrays (and nested lists) become constants on the
+    device of the first tensor among them, as PyTorch's `torch.stack` would refuse but numpy's takes them."""
+    if isinstance(args, Tensor) and not isinstance(args, TensorTuple):
+        raise TypeError(f"{name}: takes a sequence of tensors (a list or a tuple), got one Tensor")
     args = list(args)
-    if not args: raise ValueError("stack: needs at least one tensor, got an empty sequence")
+    if not args: raise ValueError(f"{name}: needs at least one tensor, got an empty sequence")
+    like = next((a for a in args if isinstance(a, Tensor)), None)
+    out = []
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor): out.append(a); continue
+        if a is None or isinstance(a, (str, bytes, dict, set)) or not (hasattr(a, "shape") or isinstance(a, (list, tuple))):
+            raise TypeError(f"{name}: element {i} must be a Tensor or an array, got {type(a).__name__}")
+        out.append(Tensor(a, requires_grad=False) if like is None
+                   else Tensor(a, device=like.device, requires_grad=False))
+    return out
+
+def _shapes_text(shapes) -> str:
+    "The shapes of a stack's or a cat's inputs, at most 8 of them, for an error message."
+    return ", ".join(str(s) for s in shapes[:8]) + (f", … ({len(shapes)} in all)" if len(shapes) > 8 else "")
+
+def stack(args, axis=0):
+    """Stack the tensors `args` along a new `axis` (`Stack`): $n$ tensors of shape $s$ give one of shape
+    $s$ with $n$ inserted at `axis`. Numpy arrays among `args` are constants (no gradient)."""
+    args = _as_tensors("stack", args)
+    shapes = [a.shape for a in args]
+    for i, s in enumerate(shapes):
+        if s != shapes[0]:
+            raise ValueError(f"stack: every tensor must have the same shape, but tensor 0 has shape {shapes[0]} "
+                             f"and tensor {i} has shape {s} (shapes: {_shapes_text(shapes)})")
     return Stack(axis)(make_tuple(*args))
+
+class Concatenate(TensorOp):
+    r"""Join a `TensorTuple` of tensors along their existing `axis` (PyTorch's `cat`, numpy's `concatenate`):
+    shapes $(…, n_i, …)$ give $(…, \sum_i n_i, …)$. Gradient: `out_grad` cut back along `axis` into
+    the inputs' slices (one `GetItem` each)."""
+    def __init__(self, axis: int = 0): self.axis = axis
+    def compute(self, args): return array_module(args[0]).concatenate(args, axis=self.axis)
+    def gradient(self, out_grad, node):
+        arrays = node.inputs[0].realize_cached_data()
+        axis, pieces, start = self.axis % out_grad.ndim, [], 0
+        for a in arrays:
+            stop = start + a.shape[axis]
+            pieces.append(GetItem((slice(None),) * axis + (slice(start, stop),))(out_grad))
+            start = stop
+        return make_tuple(*pieces)
+
+def cat(tensors, dim: int = 0):
+    """The tensors `tensors` joined along their existing axis `dim` (`Concatenate`), as `torch.cat`.
+
+    Every tensor has the same number of axes (at least one) and the same sizes off `dim`. Numpy arrays
+    among them are constants (no gradient)."""
+    args = _as_tensors("cat", tensors)
+    shapes = [a.shape for a in args]
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
+        raise TypeError(f"cat: dim must be an integer, got {dim!r}")
+    if any(len(s) == 0 for s in shapes):
+        raise ValueError(f"cat: zero-dimensional tensors cannot be joined along an axis (shapes: {_shapes_text(shapes)}); use stack")
+    nd = len(shapes[0])
+    if not -nd <= dim < nd:
+        raise ValueError(f"cat: dim {dim} is out of range for tensors of {nd} axes (shapes: {_shapes_text(shapes)})")
+    d = dim % nd
+    for i, s in enumerate(shapes):
+        if len(s) != nd or s[:d] + s[d + 1:] != shapes[0][:d] + shapes[0][d + 1:]:
+            raise ValueError(f"cat: tensors must have the same shape except along dim {dim}, but tensor 0 has shape "
+                             f"{shapes[0]} and tensor {i} has shape {s} (shapes: {_shapes_text(shapes)})")
+    return Concatenate(d)(make_tuple(*args))
+
+def concatenate(tensors, axis: int = 0):
+    "`cat` under numpy's name and keyword: the tensors joined along their existing `axis`."
+    return cat(tensors, dim=axis)
 
 class Split(TensorTupleOp):
     "Split a tensor along `axis` into a `TensorTuple` of its slices (that axis removed). Gradient: the slices' gradients stacked back."
