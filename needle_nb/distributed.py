@@ -114,11 +114,14 @@ def _unstaged(like, host: np.ndarray):
     if type(like) is np.ndarray: return host
     return array_module(like).asarray(host) if array_module(like).__name__ == "cupy" else type(like)(host, device=like.device)
 
-def _mpi_op(name: str, op: str, dtype):
+def _check_op(name: str, op: str, dtype) -> None:
+    "Checked on every rank and in a world of one alike, so a script fails the same way at any size."
     if op not in _OPS: raise ValueError(f"{name}: op must be one of {_OPS}, got {op!r}")
     if op == "mean" and np.dtype(dtype).kind != "f":
         raise TypeError(f"{name}: op='mean' needs a floating dtype, got {np.dtype(dtype)} (the mean of integers "
                         "would be truncated); use op='sum' and divide")
+
+def _mpi_op(op: str):
     MPI = _WORLD.MPI
     return {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
 
@@ -128,11 +131,10 @@ def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
     Shapes: any; every rank passes the same shape and dtype. Returns `tensor`. A world of one: unchanged.
     """
     _check_tensor("all_reduce", tensor)
-    if op not in _OPS: raise ValueError(f"all_reduce: op must be one of {_OPS}, got {op!r}")
+    _check_op("all_reduce", op, tensor.dtype)
     if _WORLD is None: return tensor
-    mpi_op = _mpi_op("all_reduce", op, tensor.dtype)
     host = _staged(tensor.cached_data)
-    _WORLD.comm.Allreduce(_WORLD.MPI.IN_PLACE, host, op=mpi_op)
+    _WORLD.comm.Allreduce(_WORLD.MPI.IN_PLACE, host, op=_mpi_op(op))
     if op == "mean": host /= _WORLD.size
     tensor.cached_data = _unstaged(tensor.cached_data, host)
     return tensor
