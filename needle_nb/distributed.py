@@ -19,7 +19,7 @@ from .nn.layers import BatchNorm1d
 # %% auto #0
 __all__ = ['init_process_group', 'is_initialized', 'get_rank', 'get_world_size', 'is_main_process', 'barrier',
            'destroy_process_group', 'ReduceOp', 'all_reduce', 'broadcast', 'all_gather', 'mpiexec_path', 'run_mpi',
-           'broadcast_parameters']
+           'broadcast_parameters', 'SyncBatchNormOp', 'SyncBatchNormGrad', 'SyncBatchNorm']
 
 # %% ../nbs/05b_distributed.ipynb #d15a0007
 class _World:
@@ -234,3 +234,148 @@ def broadcast_parameters(module: Module, src: int = 0) -> Module:
             t.cached_data = _unstaged(t.cached_data, flat[offset:offset + n].reshape(t.shape).copy())
             offset += n
     return module
+
+# %% ../nbs/05b_distributed.ipynb #d15a0021
+def _allreduce_sum(array):
+    "The elementwise sum of `array` over all ranks, as a new array of the same kind (itself in a world of one)."
+    if _WORLD is None: return array
+    host = _staged(array)
+    _WORLD.comm.Allreduce(_WORLD.MPI.IN_PLACE, host, op=_WORLD.MPI.SUM)
+    return _unstaged(array, host)
+
+class SyncBatchNormOp(TensorOp):
+    """Batch normalization per channel (axis 1) with the statistics of the batch over all ranks, as one node.
+
+    `SyncBatchNormOp(eps)(x, weight, bias)`: `x` `(N_r, C, …)` (this rank's shard; shards may differ in
+    size), `weight` and `bias` `(C,)`. After computing, `mean` and `var` (`(C,)`) are the global statistics
+    and `count` the global $M$. Two allreduces forward, one (of `2C` numbers) in the input's gradient.
+    """
+    def __init__(self, eps: float = 1e-5):
+        if not eps >= 0: raise ValueError(f"SyncBatchNorm: eps must be >= 0, got {eps!r}")
+        self.eps = float(eps)
+        self.x_hat = self.inv_std = self.mean = self.var = self.layout = self.count = None
+        self._local = self._global = None   # channel sums of one output gradient: local, then over all ranks
+
+    def compute(self, x, weight, bias):
+        xp = array_module(x)
+        axes, kept, local = self.layout = channel_layout(x.shape)
+        C = kept[1]
+        if weight.shape != (C,) or bias.shape != (C,):
+            raise ValueError(f"SyncBatchNorm: weight and bias must have shape ({C},) for an input of shape {x.shape}, "
+                             f"got {weight.shape} and {bias.shape}")
+        # one message: the channel sums and this rank's count (exact in floating point up to 2**53 entries)
+        packed = _allreduce_sum(xp.concatenate([xp.sum(x, axis=axes), xp.asarray([local], dtype=x.dtype)]))
+        count = int(round(float(packed[-1])))
+        if count == 0:   # every rank sees the same global count, so every rank raises: no rank waits alone
+            raise ValueError(f"SyncBatchNorm: the batch is empty on every rank (input shape {x.shape} here)")
+        mean = xp.reshape(packed[:C] / count, kept)
+        centered = x - mean
+        var = xp.reshape(_allreduce_sum(xp.sum(centered * centered, axis=axes)) / count, kept)
+        inv_std = (var + self.eps) ** -0.5
+        self.x_hat, self.inv_std, self.count = centered * inv_std, inv_std, count
+        self.mean, self.var = xp.reshape(mean, (-1,)), xp.reshape(var, (-1,))
+        return self.x_hat * xp.reshape(weight, kept) + xp.reshape(bias, kept)
+
+    def gradient(self, out_grad, node):
+        x, weight, bias = node.inputs
+        return (SyncBatchNormGrad(self, "x")(out_grad, weight) if x.requires_grad else None,
+                SyncBatchNormGrad(self, "weight")(out_grad) if weight.requires_grad else None,
+                SyncBatchNormGrad(self, "bias")(out_grad) if bias.requires_grad else None)
+
+class SyncBatchNormGrad(TensorOp):
+    """The gradient of a `SyncBatchNormOp` for its input (`wrt="x"`, inputs `(ḡ, weight)`, shape of `x`), weight or
+    bias (`(ḡ,)` → `(C,)`, this rank's sums Σ ḡ·x̂ and Σ ḡ). The input's uses the sums over all ranks."""
+    def __init__(self, forward: SyncBatchNormOp, wrt: str):
+        if wrt not in ("x", "weight", "bias"):
+            raise ValueError(f"SyncBatchNormGrad: wrt must be 'x', 'weight' or 'bias', got {wrt!r}")
+        self.forward, self.wrt = forward, wrt
+
+    def _sums(self, g, xp, axes, over_all_ranks: bool):
+        fwd = self.forward
+        if fwd._local is None or fwd._local[0] is not g:
+            fwd._local, fwd._global = (g, xp.sum(g, axis=axes), xp.sum(g * fwd.x_hat, axis=axes)), None
+        if not over_all_ranks: return fwd._local[1:]
+        if fwd._global is None:
+            C = fwd._local[1].shape[0]
+            both = _allreduce_sum(xp.concatenate([fwd._local[1], fwd._local[2]]))
+            fwd._global = (both[:C], both[C:])
+        return fwd._global
+
+    def compute(self, g, weight=None):
+        fwd, xp = self.forward, array_module(g)
+        axes, kept, _ = fwd.layout
+        if self.wrt != "x":
+            sum_g, sum_g_xhat = self._sums(g, xp, axes, over_all_ranks=False)
+            return sum_g if self.wrt == "bias" else sum_g_xhat
+        sum_g, sum_g_xhat = self._sums(g, xp, axes, over_all_ranks=True)
+        M = fwd.count
+        return (g - xp.reshape(sum_g, kept) / M - fwd.x_hat * xp.reshape(sum_g_xhat / M, kept)) * \
+               (xp.reshape(weight, kept) * fwd.inv_std)
+
+    def gradient(self, out_grad, node):
+        raise NotImplementedError("SyncBatchNorm: second derivatives are not implemented (its gradient would need "
+                                  "more allreduces); use BatchNorm for double backward")
+
+# %% ../nbs/05b_distributed.ipynb #d15a0022
+class SyncBatchNorm(BatchNorm1d):
+    """Batch normalization of each channel (axis 1) of `(N, C, …)` inputs with the statistics of all ranks' batches.
+
+    Same arguments (`num_features`, `eps=1e-5`, `momentum=0.1`, `device`, `dtype`), parameters (`weight`,
+    `bias`: `(C,)`) and buffers (`running_mean`, `running_var`) as `BatchNorm1d`/`BatchNorm2d`. In training,
+    with an initialized group of more than one rank, the mean and (biased) variance are over the union of the
+    ranks' batches (`SyncBatchNormOp`); in evaluation, or in a world of one, it is exactly `BatchNorm`.
+    Every rank must call it the same number of times, in the same order (its allreduces are collectives).
+    """
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 2 or x.shape[1] != self.dim:
+            raise ValueError(f"SyncBatchNorm({self.dim}) expects an input of shape (N, {self.dim}, ...), got {x.shape}")
+        if not self.training or get_world_size() == 1: return self._normalize(x)
+        op = SyncBatchNormOp(self.eps)
+        out = op(x, self.weight, self.bias)
+        m = self.momentum
+        # the same global statistics on every rank: the running averages stay equal across ranks
+        for buffer, stat in ((self.running_mean, op.mean), (self.running_var, op.var)):
+            buffer.cached_data = ((1 - m) * buffer.cached_data + m * stat).astype(buffer.dtype, copy=False)
+        return out
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module) -> Module:
+        """Replace every `BatchNorm1d`/`BatchNorm2d` in `module` by a `SyncBatchNorm` holding the same parameter and
+        buffer objects (an optimizer built before still updates them) and training flag. Returns `module`, or the new
+        layer when `module` itself is a batch norm. A module shared at two places stays shared."""
+        if not isinstance(module, Module): raise TypeError(f"convert_sync_batchnorm: expected a Module, got {type(module).__name__}")
+        return _convert(module, cls, {})
+
+def _convert(module, cls, memo: dict):
+    if id(module) in memo: return memo[id(module)]
+    if isinstance(module, BatchNorm1d) and not isinstance(module, cls):
+        new = cls.__new__(cls)
+        new.__dict__.update(module.__dict__)
+        for registry in ("_parameters", "_buffers", "_modules"): new.__dict__[registry] = OrderedDict(module.__dict__[registry])
+        new.__dict__["_non_persistent_buffers"] = set(module.__dict__["_non_persistent_buffers"])
+        memo[id(module)] = new
+        return new
+    memo[id(module)] = module
+    d = module.__dict__
+    for name, child in list(d["_modules"].items()):
+        if child is not None: d["_modules"][name] = _convert(child, cls, memo)
+    for name, value in list(d.items()):
+        if name not in _INTERNAL and isinstance(value, (list, tuple, dict)): d[name] = _convert_in(value, cls, memo)
+    return module
+
+def _convert_in(value, cls, memo):
+    "Modules inside (nested) lists, tuples and dicts, converted; lists and dicts in place, tuples rebuilt."
+    if isinstance(value, Module): return _convert(value, cls, memo)
+    if isinstance(value, list):
+        value[:] = [_convert_in(v, cls, memo) for v in value]; return value
+    if isinstance(value, dict):
+        for k in list(value): value[k] = _convert_in(value[k], cls, memo)
+        return value
+    if isinstance(value, tuple):
+        items = [_convert_in(v, cls, memo) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    return value
+
+# %% ../nbs/05b_distributed.ipynb #d15a0091
+import needle_nb.nn as _nn
+_nn.SyncBatchNorm = SyncBatchNorm
