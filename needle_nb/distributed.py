@@ -17,9 +17,9 @@ from .nn.module import Module, Parameter, Buffer, _INTERNAL
 from .nn.layers import BatchNorm1d
 
 # %% auto #0
-__all__ = ['init_process_group', 'is_initialized', 'get_rank', 'get_world_size', 'is_main_process', 'barrier',
+__all__ = ['parallel', 'init_process_group', 'is_initialized', 'get_rank', 'get_world_size', 'is_main_process', 'barrier',
            'destroy_process_group', 'ReduceOp', 'all_reduce', 'broadcast', 'all_gather', 'mpiexec_path', 'run_mpi',
-           'broadcast_parameters', 'SyncBatchNormOp', 'SyncBatchNormGrad', 'SyncBatchNorm']
+           'broadcast_parameters', 'SyncBatchNormOp', 'SyncBatchNormGrad', 'SyncBatchNorm', 'DistributedDataParallel']
 
 # %% ../nbs/05b_distributed.ipynb #d15a0007
 class _World:
@@ -221,8 +221,11 @@ def broadcast_parameters(module: Module, src: int = 0) -> Module:
     order; `DistributedDataParallel` checks that before calling this.
     """
     tensors = [t for _, t in _module_state(module)]
-    src = _check_src("broadcast_parameters", src)
-    if _WORLD is None or not tensors: return module
+    _broadcast_tensors(tensors, _check_src("broadcast_parameters", src))
+    return module
+
+def _broadcast_tensors(tensors: list, src: int) -> None:
+    if _WORLD is None or not tensors: return
     by_dtype = OrderedDict()
     for t in tensors: by_dtype.setdefault(np.dtype(t.dtype).str, []).append(t)
     for group in by_dtype.values():
@@ -233,7 +236,6 @@ def broadcast_parameters(module: Module, src: int = 0) -> Module:
             n = math.prod(t.shape)
             t.cached_data = _unstaged(t.cached_data, flat[offset:offset + n].reshape(t.shape).copy())
             offset += n
-    return module
 
 # %% ../nbs/05b_distributed.ipynb #d15a0021
 def _allreduce_sum(array):
@@ -376,6 +378,168 @@ def _convert_in(value, cls, memo):
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value
 
+# %% ../nbs/05b_distributed.ipynb #d15a0031
+class _Bucket:
+    "Parameters (one dtype) whose gradients travel in one message: their offsets in the flat buffer."
+    def __init__(self, index: int, params: list):
+        self.index, self.params = index, params
+        self.offsets, total = [], 0
+        for p in params:
+            n = math.prod(p.shape); self.offsets.append((total, n)); total += n
+        self.numel, self.dtype = total, np.dtype(params[0].dtype)
+        self.reset()
+    def reset(self):
+        self.pending, self.flat, self.request = len(self.params), None, None
+
+def _make_buckets(params: list, cap_bytes: float) -> list:
+    "Parameters in reverse order (last layers' gradients are ready first), cut into buckets of about `cap_bytes`."
+    buckets, current, size = [], [], 0
+    for p in reversed(params):
+        if current and (np.dtype(p.dtype) != np.dtype(current[0].dtype) or size >= cap_bytes):
+            buckets.append(_Bucket(len(buckets), current)); current, size = [], 0
+        current.append(p); size += math.prod(p.shape) * np.dtype(p.dtype).itemsize
+    if current: buckets.append(_Bucket(len(buckets), current))
+    return buckets
+
+def _describe(module: Module) -> list:
+    return [(kind, name, tuple(t.shape), str(np.dtype(t.dtype)))
+            for kind, items in (("parameter", module.named_parameters()), ("buffer", module.named_buffers()))
+            for name, t in items]
+
+def _check_same_model(module: Module) -> None:
+    "Every rank's (name, shape, dtype) list equals rank 0's, or the same RuntimeError on every rank."
+    if _WORLD is None or _WORLD.size == 1: return
+    described = _WORLD.comm.allgather(_describe(module))
+    first = described[0]
+    for rank, mine in enumerate(described[1:], start=1):
+        if mine == first: continue
+        i = next((i for i, (a, b) in enumerate(zip(first, mine)) if a != b), min(len(first), len(mine)))
+        show = lambda d: ("nothing (it has only %d parameters and buffers)" % len(d) if i >= len(d)
+                          else f"{d[i][0]} {d[i][1]!r} of shape {d[i][2]} and dtype {d[i][3]}")
+        raise RuntimeError(f"DistributedDataParallel: the model differs across ranks: entry {i} is {show(first)} on "
+                           f"rank 0 but {show(mine)} on rank {rank}; every rank must build the same model")
+
+class _Reducer:
+    """DDP's state, outside the Module's attribute search (it holds parameters that must not become state)."""
+    def __init__(self, params: list, cap_bytes: float):
+        self.buckets = _make_buckets(params, cap_bytes)
+        self.where = {}   # id(param) -> (bucket, position)
+        for b in self.buckets:
+            for j, p in enumerate(b.params): self.where[id(p)] = (b, j)
+        self.next = 0          # the next bucket to launch, in order
+        self.touched = False   # a synchronized backward has started marking gradients ready
+        self.ready = set()     # id(param) of the gradients this backward has marked ready
+        self.sync = True       # whether the current backward averages (fixed at forward time)
+        self.sums = {}         # id(param) -> (param, the running-sum gradient Tensor) under no_sync
+        self.handles = []
+
+    def hook(self, p: Tensor) -> None:
+        "Called by autograd once `p.grad` is final for this backward pass."
+        held = self.sums.get(id(p))
+        if held is not None:   # gradients accumulated under no_sync: add this backward's
+            p.grad = Tensor.make_const(held[1].cached_data + p.grad.cached_data)
+        if not self.sync:
+            self.sums[id(p)] = (p, p.grad); return
+        if held is not None: del self.sums[id(p)]
+        if _WORLD is None or _WORLD.size == 1: return
+        bucket, _ = self.where[id(p)]
+        self.touched = True
+        self.ready.add(id(p))
+        bucket.pending -= 1
+        while self.next < len(self.buckets) and self.buckets[self.next].pending == 0:
+            self.launch(self.buckets[self.next]); self.next += 1
+        if self.next == len(self.buckets): self.finish()
+
+    def launch(self, bucket: _Bucket) -> None:
+        flat = np.empty(bucket.numel, bucket.dtype)
+        for p, (offset, n) in zip(bucket.params, bucket.offsets):
+            flat[offset:offset + n] = to_host(p.grad.cached_data).reshape(-1)
+        bucket.flat = flat
+        bucket.request = _WORLD.comm.Iallreduce(_WORLD.MPI.IN_PLACE, flat, op=_WORLD.MPI.SUM)
+
+    def finish(self) -> None:
+        "Wait for every bucket's allreduce, write the averages into `.grad`, and start afresh."
+        _WORLD.MPI.Request.Waitall([b.request for b in self.buckets])
+        for b in self.buckets:
+            b.flat /= _WORLD.size
+            for p, (offset, n) in zip(b.params, b.offsets):
+                p.grad.cached_data = _unstaged(p.grad.cached_data, b.flat[offset:offset + n].reshape(p.shape))
+            b.reset()
+        self.next, self.touched = 0, False
+        self.ready.clear()
+
+    def abandon(self) -> list:
+        "After an incomplete backward: wait for what was launched, reset, and return the parameters never ready."
+        launched = [b.request for b in self.buckets[:self.next] if b.request is not None]
+        if launched: _WORLD.MPI.Request.Waitall(launched)
+        missing = [p for b in self.buckets for p in b.params if id(p) not in self.ready]
+        for b in self.buckets: b.reset()
+        self.next, self.touched = 0, False
+        self.ready.clear()
+        return missing
+
+# %% ../nbs/05b_distributed.ipynb #d15a0032
+class DistributedDataParallel(Module):
+    """Data-parallel training of `module`: gradients averaged over all ranks during `backward()`, in buckets.
+
+    Args:
+        module: the model, built the same way on every rank (checked: names, shapes, dtypes).
+        bucket_cap_mb: about how many megabytes of gradients travel in one non-blocking allreduce.
+        broadcast_buffers: in training, start each forward from rank 0's buffers (BatchNorm's running statistics).
+
+    After construction every rank holds rank 0's parameters and buffers. Build the optimizer on
+    `ddp.parameters()` (or `ddp.module.parameters()`: the same tensors). Forward is the module's forward.
+    In a world of one it is the module itself, plus `no_sync`'s gradient accumulation.
+    """
+    def __init__(self, module: Module, bucket_cap_mb: float = 25, broadcast_buffers: bool = True):
+        super().__init__()
+        if not isinstance(module, Module):
+            raise TypeError(f"DistributedDataParallel: expected a needle_nb Module, got {type(module).__name__}")
+        if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float, np.number)) or not bucket_cap_mb > 0:
+            raise ValueError(f"DistributedDataParallel: bucket_cap_mb must be a number > 0, got {bucket_cap_mb!r}")
+        _check_same_model(module)   # before any message that assumes equal shapes
+        broadcast_parameters(module, src=0)
+        self.module = module
+        self.bucket_cap_mb, self.broadcast_buffers = float(bucket_cap_mb), bool(broadcast_buffers)
+        params = [p for p in module.parameters() if p.requires_grad]
+        reducer = _Reducer(params, self.bucket_cap_mb * 2**20)
+        object.__setattr__(self, "_reducer", reducer)
+        self._require_sync = True
+        reducer.handles = [p.register_post_accumulate_grad_hook(reducer.hook) for p in params]
+
+    def extra_repr(self): return f"bucket_cap_mb={self.bucket_cap_mb:g}, world_size={get_world_size()}"
+
+    def forward(self, *args, **kwargs):
+        reducer = self._reducer
+        if reducer.touched:   # the previous backward did not reach every parameter
+            never = {id(p) for p in reducer.abandon()}
+            missing = [name for name, p in self.module.named_parameters() if id(p) in never]
+            raise RuntimeError(f"DistributedDataParallel: the previous backward gave no gradient to {missing}, so their "
+                               "buckets were never averaged; every parameter that requires a gradient must take part "
+                               "in the loss (or set its requires_grad=False before wrapping the model)")
+        # zero_grad (or any new .grad) since an accumulating backward ends that accumulation, as in PyTorch
+        for key, (p, held) in list(reducer.sums.items()):
+            if p.grad is not held: del reducer.sums[key]
+        reducer.sync = self._require_sync
+        if self.broadcast_buffers and self.training and get_world_size() > 1:
+            _broadcast_tensors(self.module.buffers(), 0)
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Inside: backward passes of forwards run here add up gradients locally, without communication.
+        The first backward after it averages the sum over the ranks (gradient accumulation)."""
+        before = self._require_sync
+        self._require_sync = False
+        try: yield
+        finally: self._require_sync = before
+
 # %% ../nbs/05b_distributed.ipynb #d15a0091
+import types as _types
 import needle_nb.nn as _nn
 _nn.SyncBatchNorm = SyncBatchNorm
+# nn.parallel.DistributedDataParallel, as torch.nn.parallel's: a module object made here (nbdev writes one file per
+# notebook), in sys.modules so `from needle_nb.nn.parallel import DistributedDataParallel` works once this is imported
+parallel = _types.ModuleType("needle_nb.nn.parallel", "PyTorch's home of DistributedDataParallel: needle_nb.distributed's.")
+parallel.DistributedDataParallel = DistributedDataParallel
+_nn.parallel = sys.modules["needle_nb.nn.parallel"] = parallel
