@@ -13,7 +13,7 @@ import numpy as np
 from .backend import to_host, array_module
 from .autograd import Tensor, TensorOp
 from .ops_norm import channel_layout
-from .nn.module import Module, Parameter, Buffer, _INTERNAL
+from .nn.module import Module, Parameter, Buffer, INTERNAL_NAMES
 from .nn.layers import BatchNorm1d
 
 # %% auto #0
@@ -362,7 +362,7 @@ def _convert(module, cls, memo: dict):
     for name, child in list(d["_modules"].items()):
         if child is not None: d["_modules"][name] = _convert(child, cls, memo)
     for name, value in list(d.items()):
-        if name not in _INTERNAL and isinstance(value, (list, tuple, dict)): d[name] = _convert_in(value, cls, memo)
+        if name not in INTERNAL_NAMES and isinstance(value, (list, tuple, dict)): d[name] = _convert_in(value, cls, memo)
     return module
 
 def _convert_in(value, cls, memo):

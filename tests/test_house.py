@@ -36,6 +36,7 @@ ORDER = [
     'apps.shakespeare', 'apps.char_lm',                        # 13_shakespeare, 13a_char_lm (lab)
     'apps.glorot', 'apps.he',                                  # 14, 15: the papers chapters (lab)
     '',                                                        # 99_namespace: needle_nb/__init__.py
+    'distributed',                                             # 05b_distributed: MPI, DDP, SyncBatchNorm; needle_nb never imports it
     'course',                                                  # 98_course: the course edition and grader (imports needle_nb in its grading process)
 ]
 LAB = 'apps'

