@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/distributed.html.md"""
 
 # %% ../nbs/05b_distributed.ipynb #d15a0004
 from __future__ import annotations
-import contextlib, math, os, shutil, subprocess, sys
+import contextlib, importlib.util, math, os, shutil, subprocess, sys
 from collections import OrderedDict
 from typing import Callable, Optional, Sequence
 import numpy as np
@@ -194,8 +194,8 @@ def run_mpi(script: str, nprocs: int, timeout: float = 60, *, cwd: Optional[str]
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("OMP_NUM_THREADS", "1"); run_env.setdefault("OPENBLAS_NUM_THREADS", "1")
     # the package the caller imports, wherever it lives (a checkout on PYTHONPATH or an install)
-    import needle_nb
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(needle_nb.__file__)))
+    # (found, not imported: this module sits below needle_nb's __init__)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(importlib.util.find_spec("needle_nb").origin)))
     run_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, run_env.get("PYTHONPATH")) if p)
     cmd = [exe, "-n", str(nprocs), sys.executable, "-m", "mpi4py", os.fspath(script)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,

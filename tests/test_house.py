@@ -30,13 +30,13 @@ ORDER = [
     'apps.sequence_studies',                                   # 04f_sequence_studies (lab: imports nn.sequence and below)
     'nn',                                                      # 04b_nn: nn/__init__.py re-exports them
     'optim',                                                   # 05_optim
+    'distributed',                                             # 05b_distributed: MPI, DDP, SyncBatchNorm (needle_nb's __init__ never imports it)
     'data.basic', 'data.vision', 'data.text',                  # 06_data, 06a_vision_data, 06b_text_data
     'data',                                                    # 06c_data: data/__init__.py re-exports them
     'apps.models', 'apps.simple_ml', 'apps.digits', 'apps.planar', 'apps.activation_stats',  # 07-10 (lab)
     'apps.shakespeare', 'apps.char_lm',                        # 13_shakespeare, 13a_char_lm (lab)
     'apps.glorot', 'apps.he',                                  # 14, 15: the papers chapters (lab)
     '',                                                        # 99_namespace: needle_nb/__init__.py
-    'distributed',                                             # 05b_distributed: MPI, DDP, SyncBatchNorm; needle_nb never imports it
     'course',                                                  # 98_course: the course edition and grader (imports needle_nb in its grading process)
 ]
 LAB = 'apps'

@@ -189,9 +189,13 @@ _re_marker = re.compile(r'^\s*### (BEGIN|END) SOLUTION\b.*$\n?', re.MULTILINE)
 BADGE = ' <span class="exercise-badge" title="a course exercise: needle-nb exercises writes it as a stub">exercise</span>'
 
 
-def add_badge(md):
-    "A `show_doc` section with the course's *exercise* badge after its first heading."
-    return re.sub(r'^(#{2,4} .*)$', lambda m: m.group(1) + BADGE, md, count=1, flags=re.MULTILINE)
+def add_badge(md, name):
+    """A `show_doc` section with the course's *exercise* badge after its first heading. The badge joins
+    the heading's text, so the heading's own id changes (`xavier_uniform-exercise`): an anchor with the
+    name's id (`xavier_uniform`, `ewisemul.gradient`, as nbdev's doc links write it) keeps links working."""
+    anchor = f'<a id="{name.lower()}"></a>'
+    md = re.sub(r'^(#{2,4} .*)$', lambda m: m.group(1) + BADGE, md, count=1, flags=re.MULTILINE)
+    return md if anchor in md else f'{anchor}\n\n{md}'
 
 
 def fix_notebook(nb, links=None, bare=frozenset(), exercises=frozenset()):
@@ -226,8 +230,9 @@ def fix_notebook(nb, links=None, bare=frozenset(), exercises=frozenset()):
             if name and name.startswith('_') and '.' not in name: continue  # a module's `__getattr__`: no API
             if md:
                 md = fix_show_doc(md, bare)
-                if name in exercises: md = add_badge(md)
-                new = nbformat.v4.new_markdown_cell(_anchor_headings(fix_markdown(md, links)))
+                md = _anchor_headings(fix_markdown(md, links))
+                if name in exercises: md = add_badge(md, name)
+                new = nbformat.v4.new_markdown_cell(md)
                 new.metadata['show_doc'] = source_line(md) or ()
                 cells.append(new)
             continue
