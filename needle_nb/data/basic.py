@@ -6,15 +6,15 @@ Docs: https://needle-nb.github.io/needle-nb/data.html.md"""
 
 # %% ../../nbs/06_data.ipynb #e9f37ec7
 from __future__ import annotations
-import gzip, struct, zlib
+import gzip, operator, struct, zlib
 from typing import List, Optional
 import numpy as np
 from ..backend import Device, default_device, resolve_device
 from ..autograd import Tensor
 
 # %% auto #0
-__all__ = ['Transform', 'RandomFlipHorizontal', 'RandomCrop', 'Dataset', 'NDArrayDataset', 'DataLoader', 'parse_mnist',
-           'MNISTDataset']
+__all__ = ['Transform', 'RandomFlipHorizontal', 'RandomCrop', 'Dataset', 'NDArrayDataset', 'check_batch_size', 'DataLoader',
+           'parse_mnist', 'MNISTDataset']
 
 # %% ../../nbs/06_data.ipynb #7c658c00
 class Transform:
@@ -110,6 +110,22 @@ def _as_batch_tensor(x, device: Device) -> Tensor:
         return Tensor.make_const(device.from_numpy(x), requires_grad=False)
     return Tensor(np.asarray(x), device=device, requires_grad=False)
 
+def check_batch_size(owner: str, batch_size) -> int:
+    """`batch_size` as an `int`: any integer with `__index__` (numpy's too) that is at least 1.
+
+    Raises:
+        ValueError: naming `owner` and `batch_size`, for a bool (`True` would pass for 1), a non-integer, or a
+            value below 1.
+    """
+    if isinstance(batch_size, (bool, np.bool_)):   # True would pass as 1: almost surely a misplaced flag
+        raise ValueError(f"{owner}: batch_size must be a positive integer, got the bool {batch_size!r}")
+    try: n = operator.index(batch_size)
+    except TypeError:
+        raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size!r} "
+                         f"({type(batch_size).__name__})") from None
+    if n < 1: raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size!r}")
+    return n
+
 class DataLoader:
     """Iterate over `dataset` in batches of tuples of tensors (needle's loader).
 
@@ -126,8 +142,7 @@ class DataLoader:
     """
     def __init__(self, dataset: Dataset, batch_size: Optional[int] = 1, shuffle: bool = False,
                  device: Optional[Device] = None):
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_batch_size("DataLoader", batch_size)
         try: len(dataset)
         except TypeError: raise TypeError(f"DataLoader: the dataset must have a length, got {type(dataset).__name__}") from None
         self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
