@@ -6,15 +6,16 @@ Docs: https://needle-nb.github.io/needle-nb/data.html.md"""
 
 # %% ../../nbs/06_data.ipynb #e9f37ec7
 from __future__ import annotations
-import gzip, struct, zlib
+import gzip, math, operator, struct, zlib
+from collections.abc import Iterable
 from typing import List, Optional
 import numpy as np
 from ..backend import Device, default_device, resolve_device
 from ..autograd import Tensor
 
 # %% auto #0
-__all__ = ['Transform', 'RandomFlipHorizontal', 'RandomCrop', 'Dataset', 'NDArrayDataset', 'DataLoader', 'parse_mnist',
-           'MNISTDataset']
+__all__ = ['Transform', 'RandomFlipHorizontal', 'RandomCrop', 'Dataset', 'NDArrayDataset', 'check_batch_size', 'DataLoader',
+           'DistributedSampler', 'parse_mnist', 'MNISTDataset']
 
 # %% ../../nbs/06_data.ipynb #7c658c00
 class Transform:
@@ -110,6 +111,22 @@ def _as_batch_tensor(x, device: Device) -> Tensor:
         return Tensor.make_const(device.from_numpy(x), requires_grad=False)
     return Tensor(np.asarray(x), device=device, requires_grad=False)
 
+def check_batch_size(owner: str, batch_size) -> int:
+    """`batch_size` as an `int`: any integer with `__index__` (numpy's too) that is at least 1.
+
+    Raises:
+        ValueError: naming `owner` and `batch_size`, for a bool (`True` would pass for 1), a non-integer, or a
+            value below 1.
+    """
+    if isinstance(batch_size, (bool, np.bool_)):   # True would pass as 1: almost surely a misplaced flag
+        raise ValueError(f"{owner}: batch_size must be a positive integer, got the bool {batch_size!r}")
+    try: n = operator.index(batch_size)
+    except TypeError:
+        raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size!r} "
+                         f"({type(batch_size).__name__})") from None
+    if n < 1: raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size!r}")
+    return n
+
 class DataLoader:
     """Iterate over `dataset` in batches of tuples of tensors (needle's loader).
 
@@ -118,6 +135,8 @@ class DataLoader:
         batch_size: examples per batch; the last batch holds the rest.
         shuffle: draw a new `np.random.permutation` order at the start of each epoch.
         device: where the batch tensors go (default: `default_device()`).
+        sampler: any iterable of indices into `dataset` (a list, a `DistributedSampler`), iterated anew at the start
+            of each epoch; the batches follow its order. Not with `shuffle=True` (a sampler decides the order).
 
     Example:
         >>> loader = DataLoader(NDArrayDataset(np.zeros((5, 2)), np.arange(5)), batch_size=2)
@@ -125,15 +144,20 @@ class DataLoader:
         [[0, 1], [2, 3], [4]]
     """
     def __init__(self, dataset: Dataset, batch_size: Optional[int] = 1, shuffle: bool = False,
-                 device: Optional[Device] = None):
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
+                 device: Optional[Device] = None, sampler: Optional[Iterable] = None):
+        batch_size = check_batch_size("DataLoader", batch_size)
         try: len(dataset)
         except TypeError: raise TypeError(f"DataLoader: the dataset must have a length, got {type(dataset).__name__}") from None
-        self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
+        if sampler is not None:
+            if shuffle: raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle (the sampler "
+                                         "decides the order; a DistributedSampler shuffles itself)")
+            if not isinstance(sampler, Iterable):
+                raise TypeError(f"DataLoader: sampler must be an iterable of indices, got {type(sampler).__name__}")
+        self.dataset, self.batch_size, self.shuffle, self.sampler = dataset, int(batch_size), shuffle, sampler
         self.device = resolve_device(device)
         self._iterator = None
-        if not self.shuffle: self.ordering = self._split(np.arange(len(dataset)))
+        # a sampler is read only when iterated (it may be one-shot, or change with set_epoch)
+        if not self.shuffle and sampler is None: self.ordering = self._split(np.arange(len(dataset)))
 
     def _split(self, indices: np.ndarray) -> list:
         if len(indices) == 0: return []
@@ -143,6 +167,7 @@ class DataLoader:
         "A new pass over the batches, with its own position: nested loops over one loader give all pairs."
         # exactly one permutation per epoch, drawn here (needle's draw order)
         if self.shuffle: self.ordering = self._split(np.random.permutation(len(self.dataset)))
+        elif self.sampler is not None: self.ordering = self._split(self._sampled_indices())
         self._iterator = _LoaderIterator(self, self.ordering)
         return self._iterator
 
@@ -152,12 +177,31 @@ class DataLoader:
             raise TypeError("DataLoader: call iter(loader) before next(loader) (a for loop does it for you)")
         return next(self._iterator)
 
+    def _sampled_indices(self) -> np.ndarray:
+        "One pass of the sampler, checked: integers in `0 … len(dataset)-1`."
+        indices = np.asarray(list(self.sampler))
+        if indices.size == 0: return np.zeros(0, np.intp)
+        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+            raise TypeError(f"DataLoader: the sampler must give integer indices, got {indices.dtype} of shape {indices.shape}")
+        n = len(self.dataset)
+        bad = np.flatnonzero((indices < 0) | (indices >= n))
+        if bad.size:
+            raise IndexError(f"DataLoader: the sampler gave index {indices[bad[0]]} (its item {bad[0]}), outside "
+                             f"0..{n - 1} for a dataset of {n}")
+        return indices
+
     def _batch(self, indices) -> tuple:
         batch = self.dataset[indices]
         if not isinstance(batch, (tuple, list)): batch = (batch,)
         return tuple(_as_batch_tensor(x, self.device) for x in batch)
 
-    def __len__(self) -> int: return -(-len(self.dataset) // self.batch_size)
+    def __len__(self) -> int:
+        "The number of batches of an epoch: of the dataset, or of `len(sampler)` indices with a sampler."
+        if self.sampler is None: return -(-len(self.dataset) // self.batch_size)
+        try: n = len(self.sampler)
+        except TypeError: raise TypeError(f"DataLoader: len(loader) needs a sampler with a length; "
+                                          f"{type(self.sampler).__name__} has none") from None
+        return -(-n // self.batch_size)
 
 class _LoaderIterator:
     "One pass over a `DataLoader`'s batches in a fixed order, with its own position."
@@ -168,6 +212,97 @@ class _LoaderIterator:
         indices = self.ordering[self.batch_idx]
         self.batch_idx += 1
         return self.loader._batch(indices)
+
+# %% ../../nbs/06_data.ipynb #d6010002
+def _integer(owner: str, name: str, value) -> int:
+    "`value` as an `int` (anything with `__index__` but a bool), else a `ValueError` naming `name`."
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{owner}: {name} must be an integer, got the bool {value!r}")
+    try: return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{owner}: {name} must be an integer, got {value!r} ({type(value).__name__})") from None
+
+class DistributedSampler:
+    """The indices of rank `rank`'s shard of `dataset`, as PyTorch's `torch.utils.data.DistributedSampler`.
+
+    Every rank orders all of `range(len(dataset))` the same way (shuffled by a generator seeded with
+    `seed + epoch`), pads the order by wrapping around to `total_size = num_samples * num_replicas`
+    (or, with `drop_last`, cuts it to that), and takes every `num_replicas`-th index from position `rank`:
+    `indices[rank:total_size:num_replicas]`. The shards are disjoint before the padding and all of length
+    `num_samples`, so every rank runs the same number of steps.
+
+    The shuffle is `np.random.default_rng(seed + epoch).permutation(len(dataset))`: numpy's own generator
+    (PyTorch draws with `torch.randperm` and a `torch.Generator`, so the orders differ from PyTorch's), a new one
+    each epoch; numpy's global generator is never touched. Pass it to `DataLoader(..., sampler=)`.
+
+    Args:
+        dataset: anything with a length.
+        num_replicas: the number of ranks (default `needle_nb.distributed.get_world_size()`).
+        rank: this process's rank, in `0 … num_replicas-1` (default `needle_nb.distributed.get_rank()`).
+        shuffle: permute the indices each epoch (else `0, 1, …` in order).
+        seed: the generator's seed, the same on every rank (an integer >= 0).
+        drop_last: cut the tail so the ranks share the data evenly, instead of padding it with repeats.
+
+    Attributes:
+        num_samples: indices per rank (`len(sampler)`): `ceil(N / num_replicas)`, or `floor(N / num_replicas)`
+            with `drop_last`; total_size: `num_samples * num_replicas`; epoch: as `set_epoch` set it.
+
+    Example:
+        >>> [list(DistributedSampler(range(10), num_replicas=3, rank=r, shuffle=False)) for r in range(3)]
+        [[0, 3, 6, 9], [1, 4, 7, 0], [2, 5, 8, 1]]
+    """
+    def __init__(self, dataset, num_replicas: Optional[int] = None, rank: Optional[int] = None,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        if num_replicas is None or rank is None:
+            # imported here: needle_nb.distributed adds SyncBatchNorm and nn.parallel to nn when imported, which a
+            # plain `import needle_nb` must not do (it never imports mpi4py either way)
+            from needle_nb import distributed
+            num_replicas = distributed.get_world_size() if num_replicas is None else num_replicas
+            rank = distributed.get_rank() if rank is None else rank
+        num_replicas = _integer("DistributedSampler", "num_replicas", num_replicas)
+        rank = _integer("DistributedSampler", "rank", rank)
+        if num_replicas < 1: raise ValueError(f"DistributedSampler: num_replicas must be at least 1, got {num_replicas}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"DistributedSampler: invalid rank {rank}, rank should be in the interval "
+                             f"[0, {num_replicas - 1}] (num_replicas={num_replicas})")
+        for name, flag in (("shuffle", shuffle), ("drop_last", drop_last)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"DistributedSampler: {name} must be a bool, got {flag!r}")
+        seed = _integer("DistributedSampler", "seed", seed)
+        if seed < 0: raise ValueError(f"DistributedSampler: seed must be an integer >= 0 (numpy's generators), got {seed}")
+        try: n = len(dataset)
+        except TypeError:
+            raise TypeError(f"DistributedSampler: the dataset must have a length, got {type(dataset).__name__}") from None
+        self.dataset, self.num_replicas, self.rank, self.epoch = dataset, num_replicas, rank, 0
+        self.shuffle, self.seed, self.drop_last, self._length = bool(shuffle), seed, bool(drop_last), n
+        if self.drop_last and n % num_replicas: self.num_samples = math.ceil((n - num_replicas) / num_replicas)
+        else: self.num_samples = math.ceil(n / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def indices(self) -> np.ndarray:
+        "This rank's shard for the current epoch, as an int64 array of length `num_samples`."
+        n = len(self.dataset)
+        if n != self._length:
+            raise RuntimeError(f"DistributedSampler: the dataset has {n} items but had {self._length} when the "
+                               f"sampler was made; make a new sampler")
+        order = np.random.default_rng(self.seed + self.epoch).permutation(n) if self.shuffle else np.arange(n)
+        # padding repeats the order from its start as often as needed (np.resize wraps around), as PyTorch's does
+        order = order[:self.total_size] if self.drop_last else np.resize(order, self.total_size)
+        return order[self.rank:self.total_size:self.num_replicas].astype(np.int64)
+
+    def __iter__(self): return iter(self.indices().tolist())
+
+    def __len__(self) -> int: return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        "Shuffle with `seed + epoch` from now on: call it with the epoch's number before each epoch, on every rank."
+        epoch = _integer("DistributedSampler.set_epoch", "epoch", epoch)
+        if epoch < 0: raise ValueError(f"DistributedSampler.set_epoch: epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def __repr__(self):
+        return (f"DistributedSampler(rank {self.rank} of {self.num_replicas}, {self.num_samples} of "
+                f"{self._length} indices, shuffle={self.shuffle}, seed={self.seed}, epoch={self.epoch})")
 
 # %% ../../nbs/06_data.ipynb #5ac7d32c
 def _open_maybe_gzip(filename):

@@ -6,13 +6,14 @@ Docs: https://needle-nb.github.io/needle-nb/text_data.html.md"""
 
 # %% ../../nbs/06b_text_data.ipynb #0ed60e7e
 from __future__ import annotations
-import os
+import io, itertools, os
 from typing import List, Optional
 import numpy as np
 from ..autograd import Tensor
+from .basic import check_batch_size
 
 # %% auto #0
-__all__ = ['EOS', 'Dictionary', 'Corpus', 'batchify', 'get_batch']
+__all__ = ['EOS', 'Dictionary', 'CorpusDecodeError', 'Corpus', 'batchify', 'get_batch']
 
 # %% ../../nbs/06b_text_data.ipynb #46000425
 class Dictionary:
@@ -42,6 +43,32 @@ class Dictionary:
 # %% ../../nbs/06b_text_data.ipynb #c23269dd
 EOS = "<eos>"
 
+class CorpusDecodeError(UnicodeDecodeError):
+    """Bytes of a corpus file that are not UTF-8: a `UnicodeDecodeError` (whose `object`, `start`, `end` are the
+    line's bytes and the bad ones' place in them) that also carries `path`, `line` (from 1) and `offset`, the bad
+    byte's position in the file; its message names all three."""
+    def __str__(self):
+        bad = self.object[self.start:self.end]
+        return (f"{getattr(self, 'path', '?')}: byte offset {getattr(self, 'offset', self.start)} "
+                f"(line {getattr(self, 'line', '?')}) is not UTF-8: {self.reason} {bad!r}; the corpus must be UTF-8 text")
+
+def _utf8_lines(path):
+    """The lines of `path` exactly as `open(path, encoding="utf-8")` yields them (universal newlines), decoded one
+    at a time from the bytes so that a byte that is not UTF-8 is reported with its offset in the file."""
+    offset, line = 0, 1
+    with open(path, "rb") as f:
+        for raw in f:   # up to b"\n", which no multi-byte UTF-8 character contains
+            try: text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                error = CorpusDecodeError(e.encoding, e.object, e.start, e.end, e.reason)
+                error.path, error.line, error.offset = os.fspath(path), line, offset + e.start
+                raise error from None
+            offset += len(raw)
+            # text mode also ends a line at a lone "\r" and turns "\r\n" into "\n"
+            parts = list(io.StringIO(text, newline=None)) if "\r" in text else [text]
+            line += len(parts)
+            yield from parts
+
 class Corpus:
     """`base_dir/train.txt` and `base_dir/test.txt` as flat lists of word ids sharing one `Dictionary`.
 
@@ -61,14 +88,17 @@ class Corpus:
         self.test = self.tokenize(os.path.join(base_dir, "test.txt"), max_lines)
 
     def tokenize(self, path, max_lines: Optional[int] = None) -> List[int]:
-        "The ids of the words of the first `max_lines` lines of `path` (`<eos>` after each line), added to the dictionary in reading order."
+        """The ids of the words of the first `max_lines` lines of `path` (`<eos>` after each line), added to the dictionary in reading order.
+
+        Raises:
+            CorpusDecodeError: bytes in those lines that are not UTF-8, naming the file, the byte offset and the
+                line; the dictionary is left as it was.
+        """
         if not os.path.exists(path): raise FileNotFoundError(f"Corpus: no file {path!r}")
-        ids = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f):
-                if max_lines is not None and n >= max_lines: break
-                ids.extend(self.dictionary.add_word(word) for word in line.split() + [EOS])
-        return ids
+        # every line is read before any word is added, so a bad file leaves the dictionary unchanged; islice stops
+        # without reading the line after the last one wanted
+        lines = [line.split() + [EOS] for line in itertools.islice(_utf8_lines(path), max_lines)]
+        return [self.dictionary.add_word(word) for words in lines for word in words]
 
     def __repr__(self):
         return f"Corpus({len(self.train)} train and {len(self.test)} test tokens, {len(self.dictionary)} words)"
@@ -80,8 +110,7 @@ def batchify(data, batch_size: int, device=None, dtype=None) -> np.ndarray:
     Column `j` holds `data[j*nbatch:(j+1)*nbatch]` with `nbatch = len(data) // batch_size`; the
     remainder is dropped. `device` and `dtype` are accepted for needle's signature and not applied.
     """
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batchify: batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_batch_size("batchify", batch_size)
     data = np.asarray(data)
     nbatch = len(data) // batch_size
     if nbatch == 0:

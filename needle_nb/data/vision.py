@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/vision_data.html.md"""
 
 # %% ../../nbs/06a_vision_data.ipynb #193b34b5
 from __future__ import annotations
-import codecs, hashlib, os, pickle, shutil, tempfile, urllib.request
+import codecs, hashlib, io, os, pickle, shutil, struct, tempfile, urllib.request
 from pathlib import Path
 from typing import List, Optional, Sequence
 import numpy as np
@@ -14,7 +14,7 @@ from .basic import Dataset, MNISTDataset
 
 # %% auto #0
 __all__ = ['CIFAR_PICKLE_GLOBALS', 'CIFAR10_TRAIN_BATCHES', 'CIFAR10_TEST_BATCHES', 'CIFAR10_CLASSES', 'MNIST_FILES',
-           'FASHION_MNIST_DEBIAN', 'RestrictedUnpickler', 'restricted_load', 'write_cifar10_batch',
+           'FASHION_MNIST_DEBIAN', 'RestrictedUnpickler', 'restricted_load', 'write_cifar10_batch', 'CorruptDataError',
            'read_cifar10_python_batch', 'read_cifar10_binary_batch', 'CIFAR10Dataset', 'md5sum', 'download_file',
            'MNIST', 'FashionMNIST']
 
@@ -123,24 +123,80 @@ CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST_BATCHES = ["test_batch"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
+class CorruptDataError(ValueError, pickle.UnpicklingError):
+    """A data file that is not what it should be (truncated, garbage, wrong keys, shapes or labels); the message names the file.
+
+    Both a `ValueError` (bad input) and a `pickle.UnpicklingError` (what a failed `pickle.load` raises), so
+    code catching either one catches it.
+    """
+
+# what the C unpickler raises on a truncated or garbage pickle: besides its own error and EOFError, whatever the
+# allowed globals raise on nonsense arguments (numpy's _reconstruct and dtype, _codecs.encode); MemoryError: a garbage
+# shape can ask numpy for an absurd array
+_UNPICKLE_ERRORS = (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, LookupError,
+                    AttributeError, OverflowError, MemoryError)
+
+def _load_python_batch(path):
+    "The object pickled in `path`, through the restricted unpickler; any failure is a `CorruptDataError` naming `path`."
+    raw = Path(path).read_bytes()   # from memory, a length field pointing past the end reads short instead of allocating
+    try: return restricted_load(io.BytesIO(raw))
+    except _UNPICKLE_ERRORS as e:
+        hint = "" if str(e).startswith("refusing") else "; a truncated download, or not a pickle"
+        raise CorruptDataError(f"{path}: not a readable CIFAR-10 python batch ({len(raw)} bytes): "
+                               f"{type(e).__name__}: {e}{hint}") from e
+
+def _check_labels(path, labels: np.ndarray):
+    "Refuse a label outside 0-9, naming the file and the first such record."
+    bad = np.flatnonzero((labels < 0) | (labels > 9))
+    if bad.size:
+        more = f" ({bad.size} records have one)" if bad.size > 1 else ""
+        raise CorruptDataError(f"{path}: record {bad[0]} has label {labels[bad[0]]}, outside 0-9{more}")
+
 def read_cifar10_python_batch(path) -> tuple[np.ndarray, np.ndarray]:
-    "`(data uint8 (n, 3072), labels int64 (n,))` of one python batch, through the restricted unpickler."
-    batch = restricted_load(path)
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels', got {keys})")
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ValueError(f"{path}: data {data.dtype} {data.shape} with {len(labels)} labels; expected uint8 (n, 3072) and n labels")
+    """`(data uint8 (n, 3072), labels int64 (n,))` of one python batch, through the restricted unpickler.
+
+    Raises:
+        CorruptDataError: naming the file: a truncated or garbage pickle, a refused global, a missing `b'data'` or
+            `b'labels'` key, a `b'data'` that is not uint8 `(n, 3072)`, labels not `n` integers, or a label outside 0-9
+            (with the record's index).
+    """
+    batch = _load_python_batch(path)
+    if not isinstance(batch, dict):
+        raise CorruptDataError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels', "
+                               f"got {type(batch).__name__})")
+    for key in (b"data", b"labels"):
+        if key not in batch:
+            raise CorruptDataError(f"{path}: not a CIFAR-10 batch: the dict lacks the key {key!r} "
+                                   f"(its keys: {', '.join(map(repr, batch))})")
+    data = batch[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise CorruptDataError(f"{path}: b'data' is {found}; expected uint8 of shape (n, 3072)")
+    try: labels = np.asarray(batch[b"labels"])
+    except ValueError as e: raise CorruptDataError(f"{path}: b'labels' is not a list of integers ({e})") from e
+    if labels.shape != (len(data),) or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise CorruptDataError(f"{path}: b'labels' is {labels.dtype} of shape {labels.shape}; expected "
+                               f"{len(data)} integers, one per row of b'data' {data.shape}")
+    labels = labels.astype(np.int64)
+    _check_labels(path, labels)
     return data, labels
 
 def read_cifar10_binary_batch(path) -> tuple[np.ndarray, np.ndarray]:
-    "`(data uint8 (n, 3072), labels int64 (n,))` of one binary batch: records of 1 label byte + 3,072 pixel bytes."
+    """`(data uint8 (n, 3072), labels int64 (n,))` of one binary batch: records of 1 label byte + 3,072 pixel bytes.
+
+    Raises:
+        CorruptDataError: naming the file: empty, not a whole number of records, or a label byte above 9 (with the
+            record's index).
+    """
     raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0: raise CorruptDataError(f"{path}: an empty file (0 bytes), not 3073-byte CIFAR-10 records")
     if raw.size % 3073:
-        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of 3073-byte CIFAR-10 records")
+        raise CorruptDataError(f"{path}: {raw.size} bytes is not a whole number of 3073-byte CIFAR-10 records "
+                               f"({raw.size // 3073} records and {raw.size % 3073} bytes over: truncated?)")
     records = raw.reshape(-1, 3073)
-    return records[:, 1:], records[:, 0].astype(np.int64)
+    labels = records[:, 0].astype(np.int64)
+    _check_labels(path, labels)
+    return records[:, 1:], labels
 
 class CIFAR10Dataset(Dataset):
     """CIFAR-10 from its extracted batches (needle's dataset): `dataset[i]` is `(image (3, 32, 32), label)`.
