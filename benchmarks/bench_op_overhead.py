@@ -4,8 +4,10 @@ At this size the arithmetic is nothing; what is timed is the framework's bookkee
 (building the output tensor, recording the graph node, freeing it again). Compared in one run:
 
 - numpy: `a + b` on plain arrays, untracked: the floor any numpy-backed framework pays;
-- needle_nb: `a + b` on tensors with `requires_grad=True` (the graph is recorded), and the same
-  add with nothing requiring a gradient (no graph), to show what recording costs;
+- needle_nb: `a + b` on tensors with `requires_grad=True` (the graph is recorded), the same under
+  `ndl.autograd.detect_anomaly()` (every output checked for NaN/inf, its creating line recorded: what
+  the anomaly mode costs when on; when off it is one flag read per op, the plain tracked row), and the
+  same add with nothing requiring a gradient (no graph), to show what recording costs;
 - PyTorch on the CPU with one thread, `requires_grad=True` (skipped when torch is not installed).
 
 Each framework runs `--number` adds per timing and is timed `--repeats` times after a warm-up,
@@ -39,6 +41,9 @@ def candidates(shape=(4, 4)):
     a, b = ndl.Tensor(a_np, requires_grad=True), ndl.Tensor(b_np, requires_grad=True)
     assert (a + b).op is not None and (a + b).dtype == np.float32      # really tracked, really float32
     out.append(("needle_nb (tracked)", lambda: a + b))
+    def anomaly_add(anomaly=ndl.autograd.detect_anomaly()):
+        with anomaly: return a + b
+    out.append(("needle_nb (tracked, detect_anomaly on)", anomaly_add))   # off is the row above: one flag read
     a_const, b_const = ndl.Tensor(a_np, requires_grad=False), ndl.Tensor(b_np, requires_grad=False)
     assert (a_const + b_const).op is None
     out.append(("needle_nb (untracked)", lambda: a_const + b_const))
@@ -72,11 +77,11 @@ def format_table(rows) -> str:
     medians = {name: median for name, median, _, _ in rows}
     numpy_median = medians["numpy (untracked)"]
     torch_median = next((m for name, m in medians.items() if name.startswith("torch")), None)
-    header = f"{'framework':<36} {'median µs/add':>13} {'min-max µs/add':>16} {'x numpy':>8} {'x torch':>8}"
+    header = f"{'framework':<40} {'median µs/add':>13} {'min-max µs/add':>16} {'x numpy':>8} {'x torch':>8}"
     lines = [header, "-" * len(header)]
     for name, median, low, high in rows:
         vs_torch = f"{median / torch_median:8.2f}" if torch_median else f"{'-':>8}"
-        lines.append(f"{name:<36} {median * 1e6:13.2f} {f'{low * 1e6:.2f}-{high * 1e6:.2f}':>16} "
+        lines.append(f"{name:<40} {median * 1e6:13.2f} {f'{low * 1e6:.2f}-{high * 1e6:.2f}':>16} "
                      f"{median / numpy_median:8.2f} {vs_torch}")
     return "\n".join(lines)
 
