@@ -462,7 +462,9 @@ def test_op_overhead_benchmark_runs(with_torch, monkeypatch, capsys):
     else: monkeypatch.setitem(sys.modules, "torch", None)     # `import torch` raises ImportError
     rows = _load_benchmark().main(["--quick", "--number", "20", "--repeats", "2"])
     names = [row[0] for row in rows]
-    assert names[:3] == ["numpy (untracked)", "needle_nb (tracked)", "needle_nb (untracked)"]
+    assert names[:4] == ["numpy (untracked)", "needle_nb (tracked)", "needle_nb (tracked, detect_anomaly on)",
+                         "needle_nb (untracked)"]
+    assert ndl.autograd._ANOMALY is False, "the benchmark leaves the anomaly mode off"
     assert any(name.startswith("torch") for name in names) == with_torch
     assert all(0 < low <= median <= high for _, median, low, high in rows)
     out = capsys.readouterr().out
