@@ -177,6 +177,12 @@ def kaiming_normal_draws(ndl):
     _seeded(9); out["fan_out"] = ndl.init.kaiming_normal(20, 50, mode="fan_out").numpy()
     return out
 
+# %% ../nbs/98_course.ipynb #d7e440a6
+# Checks of the exercises in 02_ops (ops.<Op>.compute, ops.<Op>.gradient) go here.
+
+# %% ../nbs/98_course.ipynb #f0237f3e
+# Checks of the exercises in the other chapters go here.
+
 # %% ../nbs/98_course.ipynb #faa0cd9c
 MANIFEST = "exercises.json"
 EDITION_TAG = "needle_nb course edition"

@@ -26,6 +26,12 @@ MUTANTS = {
                              ("high=bound", "high=2 * bound")],
     "init.kaiming_normal": [("std=std", "std=std / 2"), ("kaiming_std(fan, gain)", "kaiming_std(fan_in, gain)")],
 }
+# Further chapters keep their mutants in tests/course_mutants_<part>.py, each a dict MUTANTS of the same form.
+for _f in sorted(Path(__file__).parent.glob("course_mutants_*.py")):
+    _ns = {}
+    exec(compile(_f.read_text(), str(_f), "exec"), _ns)
+    assert not set(_ns["MUTANTS"]) & set(MUTANTS), f"{_f.name}: exercises listed twice"
+    MUTANTS.update(_ns["MUTANTS"])
 
 
 def fill(dest, replace=None):
