@@ -514,32 +514,39 @@ def _backward_pass(output_tensor: Tensor, out_grad: Tensor, anomaly: bool = Fals
 
 
 # %% ../nbs/01_autograd.ipynb #5a1f0c02
-def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor) -> tuple:
+def vjp(fn: Callable, inputs: Sequence[Tensor], out_grad: Tensor, create_graph: bool = True) -> tuple:
     """The vector-Jacobian product of `fn` at `inputs`: the gradients of `(fn(*inputs) * out_grad).sum()`.
 
-    Builds `fn(*inputs)` and back-propagates `out_grad` through the nodes between it and `inputs` (not
-    beyond), returning one tensor per input (`None` where it does not depend on it or does not require a
-    gradient). The results are graphs over `inputs`, differentiable again; no `.grad` is set.
+    Builds `fn(*inputs)` (recorded, whatever the caller's mode) and back-propagates `out_grad` through the
+    nodes between it and `inputs` (not beyond), returning one tensor per input (`None` where it does not depend
+    on it or does not require a gradient). With `create_graph=True` the results are graphs over `inputs`,
+    differentiable again; with `False` they are plain values, and the graph of `fn` is freed on return (what
+    activation checkpointing needs). No `.grad` is set.
     """
     global _GRAD_ENABLED
-    previous, _GRAD_ENABLED = _GRAD_ENABLED, True   # a graph whatever the caller's mode (a backward runs without)
-    try: return _vjp(fn, inputs, out_grad)
+    previous, _GRAD_ENABLED = _GRAD_ENABLED, True   # fn's graph whatever the caller's mode (a backward runs without)
+    try: return _vjp(fn, inputs, out_grad, bool(create_graph))
     finally: _GRAD_ENABLED = previous
 
-def _vjp(fn, inputs, out_grad):
+def _vjp(fn, inputs, out_grad, create_graph):
+    global _GRAD_ENABLED
     out = fn(*inputs)
+    _GRAD_ENABLED = create_graph   # the walk records the gradients only when asked (vjp restores the mode)
     target = {id(t): i for i, t in enumerate(inputs) if t.requires_grad}   # the others get None
-    reaches, order = {}, []
-    def visit(node):   # post-order of the nodes that depend on an input
+    # post-order of the nodes that depend on an input, by an explicit stack: a deep graph cannot reach the
+    # recursion limit, and no recursive closure holds the graph in a reference cycle after return
+    reaches, order, stack = {}, [], [(out, False)]
+    while stack:
+        node, expanded = stack.pop()
         key = id(node)
-        if key not in reaches:
-            hit = key in target
-            if not hit and node.op is not None:
-                for inp in node.inputs: hit = visit(inp) or hit
-            reaches[key] = hit
-            if hit and key not in target: order.append(node)
-        return reaches[key]
-    visit(out)
+        if key in reaches: continue
+        if key in target or node.op is None: reaches[key] = key in target; continue
+        if not expanded:   # first its inputs, left to right, then the node again
+            stack.append((node, True))
+            stack.extend((inp, False) for inp in reversed(node.inputs) if id(inp) not in reaches)
+            continue
+        reaches[key] = hit = any(reaches[id(inp)] for inp in node.inputs)
+        if hit: order.append(node)
     found = [[] for _ in inputs]
     pending = {id(out): [out_grad]}
     if id(out) in target: found[target[id(out)]].append(out_grad)
@@ -551,7 +558,6 @@ def _vjp(fn, inputs, out_grad):
             if id(inp) in target: found[target[id(inp)]].append(grad)
             else: pending.setdefault(id(inp), []).append(grad)
     return tuple(sum_node_list(g) if g else None for g in found)
-
 
 # %% ../nbs/01_autograd.ipynb #a7c3e002
 class RemovableHandle:
