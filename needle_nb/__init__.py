@@ -13,6 +13,7 @@ from .backend import *
 from .autograd import *
 from .ops import *
 from .ops_conv import *
-from . import backend, backend_ndarray, backend_selection, autograd, ops, init, nn, optim, data
+from . import backend, backend_ndarray, backend_selection, autograd, ops, init, nn, optim, checkpointing, data
+from .checkpointing import checkpoint, checkpoint_sequential   # torch.utils.checkpoint's two, as ndl.checkpoint(fn, *args)
 from .nn import save, load
 from .backend_selection import *   # last, as needle's: ndl.cpu, ndl.NDArray, ndl.BACKEND follow NEEDLE_BACKEND

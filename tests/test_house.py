@@ -31,6 +31,8 @@ ORDER = [
     'nn',                                                      # 04b_nn: nn/__init__.py re-exports them
     'optim',                                                   # 05_optim
     'distributed',                                             # 05b_distributed: MPI, DDP, SyncBatchNorm (needle_nb's __init__ never imports it)
+    'checkpointing',                                           # 05c_checkpointing: activation checkpointing
+    'apps.memory',                                             # 05d_memory_study (lab: memory of training, checkpointing measured)
     'data.basic', 'data.vision', 'data.text',                  # 06_data, 06a_vision_data, 06b_text_data
     'data',                                                    # 06c_data: data/__init__.py re-exports them
     'apps.models', 'apps.simple_ml', 'apps.digits', 'apps.planar', 'apps.activation_stats',  # 07-10 (lab)
