@@ -232,3 +232,29 @@ def test_bad_arguments_are_named():
     for bad in (0, -1, True, "25"):
         with pytest.raises(ValueError, match="bucket_cap_mb must be a number > 0"):
             dist.DistributedDataParallel(nn.Linear(2, 2), bucket_cap_mb=bad)
+
+
+def test_the_world_of_one_benchmark_runs_and_keeps_training_unchanged():
+    # benchmarks/bench_ddp.py --quick: it asserts that DDP and plain end with bit-equal parameters, and
+    # returns a ratio per workload (a measurement: its size is not asserted)
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ddp.py"
+    spec = importlib.util.spec_from_file_location("bench_ddp", path)
+    bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+    ratios = bench.main(["--quick", "--repeats", "2"])
+    assert len(ratios) == 2 and all(r > 0 for r in ratios.values())
+
+
+def test_the_lab_training_loop_prints_on_the_main_process_only(monkeypatch, capsys):
+    from needle_nb.apps import simple_ml
+    from needle_nb import data
+    rs = np.random.RandomState(0)
+    ds = data.NDArrayDataset(rs.rand(16, 4).astype("float32"), rs.randint(0, 2, 16))
+    def run():
+        np.random.seed(0)
+        simple_ml.train(nn.Sequential(nn.Linear(4, 2)), data.DataLoader(ds, batch_size=8), epochs=1, progress=True)
+        return capsys.readouterr().out
+    assert "train_err" in run()                      # rank 0 (a world of one): the table
+    monkeypatch.setattr(dist, "is_main_process", lambda: False)
+    assert run() == ""                               # any other rank: silent

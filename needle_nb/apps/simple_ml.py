@@ -116,12 +116,15 @@ def train(model: nn.Module, train_loader, test_loader=None, epochs: int = 10,
 
     Args:
         seed: seeds every generator once (`manual_seed`) before the first epoch; `None` does not.
-        progress: show a fastprogress bar over epochs and batches, with a table row per epoch.
+        progress: show a fastprogress bar over epochs and batches, with a table row per epoch; under
+            data-parallel training, on the main process only (`distributed.is_main_process()`).
 
     Returns:
         dict of per-epoch lists: `train_err`, `train_loss` and, with a `test_loader`, `test_err`, `test_loss`.
     """
     from fastprogress.fastprogress import master_bar, progress_bar, IN_NOTEBOOK
+    from needle_nb.distributed import is_main_process   # here: a plain import of the lab loads no MPI code
+    progress = progress and is_main_process()           # one bar and table for the job, not one per rank
     if seed is not None: manual_seed(seed)
     opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay, **opt_kwargs)
     keys = ["train_err", "train_loss"] + (["test_err", "test_loss"] if test_loader is not None else [])
