@@ -15,8 +15,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDITION_TAG', 'Exercise', 'public_module',
            'default_exp', 'find_exercises', 'strip_markers', 'check', 'xavier_uniform_draws', 'xavier_normal_draws',
-           'kaiming_uniform_draws', 'kaiming_normal_draws', 'book_notebooks', 'stub_cell', 'chapter_names',
-           'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
+           'kaiming_uniform_draws', 'kaiming_normal_draws', 'topo_sort_order', 'backward_accumulates', 'book_notebooks',
+           'stub_cell', 'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table',
+           'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -182,6 +183,98 @@ def kaiming_normal_draws(ndl):
 
 # %% ../nbs/98_course.ipynb #f0237f3e
 # Checks of the exercises in the other chapters go here.
+def _f64(ndl, a, requires_grad=True):
+    "A float64 tensor (finite differences need the precision)."
+    return ndl.Tensor(np.array(a, dtype=np.float64), dtype="float64", requires_grad=requires_grad)
+
+def _numeric_grads(fn, arrays, eps=1e-6) -> list:
+    "Central finite differences of the scalar `fn(*arrays)` (numpy arrays in, a float out) w.r.t. each array."
+    out = []
+    for k, a in enumerate(arrays):
+        g = np.zeros_like(a, dtype=np.float64)
+        for idx in np.ndindex(a.shape):
+            moved = []
+            for d in (eps, -eps):
+                b = [x.astype(np.float64) for x in arrays]
+                b[k][idx] += d
+                moved.append(fn(*b))
+            g[idx] = (moved[0] - moved[1]) / (2 * eps)
+        out.append(g)
+    return out
+
+def _assert_close(got, want, what, rtol=1e-5, atol=1e-6):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    assert np.allclose(got, want, rtol=rtol, atol=atol), \
+        f"{what}: differs from finite differences by up to {np.abs(got - want).max():.3g}"
+
+def _shared_graph(ndl):
+    "A small graph whose nodes are used more than once: `a` by two ops, `c` by three (once as both inputs)."
+    a, b = _f64(ndl, [[1.0, -2.0, 0.5], [0.3, 1.5, -1.0]]), _f64(ndl, [[0.7, 0.2, -1.1], [2.0, -0.4, 0.9]])
+    k = _f64(ndl, [[0.5, -0.5, 1.0], [1.0, 2.0, 0.1]], requires_grad=False)
+    c = ndl.ops.multiply(a, b)
+    d = ndl.ops.add(c, a)
+    e = ndl.ops.multiply(d, c)
+    f = ndl.ops.add(e, k)
+    s = ndl.ops.summation(f)
+    return dict(a=a, b=b, k=k, c=c, d=d, e=e, f=f, s=s)
+
+def _reachable(roots, only_requiring_grad) -> set:
+    seen, todo = set(), list(roots)
+    while todo:
+        n = todo.pop()
+        if id(n) in seen: continue
+        seen.add(id(n))
+        todo += [i for i in n.inputs if not only_requiring_grad or i.requires_grad]
+    return seen
+
+@check("autograd._topo_sort", exact=True)
+def topo_sort_order(ndl):
+    "needle's post-order DFS on a graph with shared nodes: every reachable node once, after its inputs, in needle's order."
+    g = _shared_graph(ndl)
+    names = list(g)
+    pos = {id(n): i for i, n in enumerate(g.values())}
+    out = {}
+    for case, roots, only in [("from_sum", [g["s"]], False), ("three_roots", [g["e"], g["s"], g["d"]], False),
+                              ("repeated_root", [g["c"], g["c"]], False), ("requiring_grad", [g["s"]], True)]:
+        order = ndl.autograd._topo_sort(roots, only_requiring_grad=True) if only else ndl.find_topo_sort(roots)
+        ids = [id(n) for n in order]
+        assert len(ids) == len(set(ids)), f"{case}: a node appears twice in the order"
+        assert set(ids) == _reachable(roots, only), f"{case}: the order does not hold exactly the reachable nodes"
+        done = set()
+        for n in order:
+            for i in n.inputs:
+                if id(i) in set(ids): assert id(i) in done, f"{case}: a node comes before one of its inputs"
+            done.add(id(n))
+        out[case] = np.array([pos[i] for i in ids])
+    return out
+
+@check("autograd._backward_pass", "autograd._backward_pass#2")
+def backward_accumulates(ndl):
+    "Gradients of a graph with shared nodes (a node used twice by one op too) against finite differences, in float64."
+    g = _shared_graph(ndl)
+    g["s"].backward()
+    def value(a, b):
+        c = a * b
+        return float(((c + a) * c + g["k"].numpy()).sum())
+    want = _numeric_grads(value, [g["a"].numpy(), g["b"].numpy()])
+    _assert_close(g["a"].grad.numpy(), want[0], "grad of a")
+    _assert_close(g["b"].grad.numpy(), want[1], "grad of b")
+    assert g["k"].grad is None, "a leaf that does not require a gradient got one"
+    # a matrix graph: x feeds two matmuls, h is used by three ops
+    rng = np.random.default_rng(0)
+    X, W, V = rng.standard_normal((3, 4)), rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
+    x, w, v = _f64(ndl, X), _f64(ndl, W), _f64(ndl, V)
+    h = ndl.ops.tanh(x @ w) * (x @ v)
+    loss = (h * h).sum() + ndl.ops.exp(h * 0.5).sum() + h.sum()
+    loss.backward()
+    def value2(X, W, V):
+        h = np.tanh(X @ W) * (X @ V)
+        return float((h * h).sum() + np.exp(h * 0.5).sum() + h.sum())
+    want = _numeric_grads(value2, [X, W, V])
+    for name, t, gw in zip("xwv", (x, w, v), want): _assert_close(t.grad.numpy(), gw, f"grad of {name}")
+    return {"a": g["a"].grad.numpy(), "b": g["b"].grad.numpy(), "c": g["c"].grad.numpy(), "d": g["d"].grad.numpy(),
+            "x": x.grad.numpy(), "w": w.grad.numpy(), "v": v.grad.numpy(), "h": h.grad.numpy()}
 
 # %% ../nbs/98_course.ipynb #faa0cd9c
 MANIFEST = "exercises.json"
