@@ -15,9 +15,10 @@ import numpy as np
 # %% auto #0
 __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDITION_TAG', 'Exercise', 'public_module',
            'default_exp', 'find_exercises', 'strip_markers', 'check', 'xavier_uniform_draws', 'xavier_normal_draws',
-           'kaiming_uniform_draws', 'kaiming_normal_draws', 'topo_sort_order', 'backward_accumulates', 'book_notebooks',
-           'stub_cell', 'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table',
-           'main']
+           'kaiming_uniform_draws', 'kaiming_normal_draws', 'topo_sort_order', 'backward_accumulates',
+           'parameter_discovery', 'module_discovery', 'train_eval_propagate', 'state_dict_keys',
+           'load_state_dict_keys_and_values', 'book_notebooks', 'stub_cell', 'chapter_names', 'make_edition',
+           'learner_regions', 'substitute', 'grade', 'format_table', 'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -275,6 +276,113 @@ def backward_accumulates(ndl):
     for name, t, gw in zip("xwv", (x, w, v), want): _assert_close(t.grad.numpy(), gw, f"grad of {name}")
     return {"a": g["a"].grad.numpy(), "b": g["b"].grad.numpy(), "c": g["c"].grad.numpy(), "d": g["d"].grad.numpy(),
             "x": x.grad.numpy(), "w": w.grad.numpy(), "v": v.grad.numpy(), "h": h.grad.numpy()}
+
+
+def _codes(names) -> np.ndarray:
+    "A list of strings as one integer array (the grader compares arrays of numbers): the code points, '|'-joined."
+    return np.array([ord(ch) for ch in "|".join(names)], dtype=np.int64)
+
+def _module_tree(ndl):
+    """A module tree that needs every kind of discovery: parameters and children in a list, a tuple and a
+    nested dict, a child used twice, a `None` parameter, a non-persistent buffer, and BatchNorm's buffers."""
+    nn = ndl.nn
+    class Leaf(nn.Module):
+        def __init__(self, n, seed):
+            super().__init__()
+            rng = np.random.default_rng(seed)
+            self.w = nn.Parameter(rng.standard_normal((n, 2)).astype(np.float32))
+            self.extra = [nn.Parameter(rng.standard_normal(n).astype(np.float32)),
+                          (nn.Parameter(rng.standard_normal(1).astype(np.float32)),)]
+            self.register_buffer("scratch", ndl.Tensor(np.ones(2, dtype=np.float32)), persistent=False)
+            self.register_buffer("count", nn.Buffer(np.full(1, seed, dtype=np.float32)))
+        def forward(self, x): return x @ self.w
+    class Tree(nn.Module):
+        def __init__(self):
+            super().__init__()
+            shared = Leaf(2, 7)
+            self.first = Leaf(3, 1)
+            self.blocks = [Leaf(2, 2), {"inner": {"deep": Leaf(1, 3)}, "p": nn.Parameter(np.zeros(4, dtype=np.float32))}]
+            self.pair = (shared, nn.Linear(2, 2, bias=False))
+            self.again = shared
+            self.norm = nn.BatchNorm1d(2)
+            self.drop = nn.Dropout(0.5)
+    np.random.seed(0)
+    return Tree()
+
+@check("nn._search", exact=True)
+def parameter_discovery(ndl):
+    "Parameters found in attributes, lists, tuples and nested dicts: names (needle's order) and values, each once."
+    model = _module_tree(ndl)
+    named = list(model.named_parameters())
+    found = []
+    ndl.nn.module._search({"a": [1, (ndl.nn.Parameter([1.0]), {"b": ndl.nn.Parameter([2.0])})], "c": "x"}, "top", found,
+                          ndl.nn.Parameter)
+    assert len(model.parameters()) == len(named) == len({id(p) for _, p in named}), "a parameter listed twice"
+    return {"names": _codes([n for n, _ in named]), "sizes": np.array([p.numpy().size for _, p in named]),
+            "values": np.concatenate([p.numpy().ravel() for _, p in named]),
+            "search": _codes([path for path, _ in found]), "search_values": np.array([float(p.numpy()[0]) for _, p in found])}
+
+@check("nn._named_modules", exact=True)
+def module_discovery(ndl):
+    "Every module once, depth-first with its dotted name, children in lists, tuples and dicts included."
+    model = _module_tree(ndl)
+    names = [n for n, _ in model.named_modules()]
+    assert len(names) == len({id(m) for m in model.modules()}), "a module listed twice"
+    prefixed = [n for n, _ in model.named_modules(prefix="model")]
+    return {"names": _codes(names), "prefixed": _codes(prefixed), "count": np.array(len(model.modules())),
+            "kinds": _codes([type(m).__name__ for m in model.modules()])}
+
+@check("nn.train", exact=True)
+def train_eval_propagate(ndl):
+    "`eval()` and `train()` reach every descendant (through lists, tuples and dicts) and return the module."
+    model = _module_tree(ndl)
+    flags = lambda: np.array([m.training for _, m in model.named_modules()])
+    out = {"start": flags()}
+    assert model.eval() is model, "eval() must return the module"
+    out["eval"] = flags()
+    assert model.train() is model, "train() must return the module"
+    out["train"] = flags()
+    model.train(0); out["train_0"] = flags()
+    assert all(type(m.training) is bool for m in model.modules()), "training must be a bool"
+    model.blocks[0].train(True); out["one_block"] = flags()
+    x = ndl.Tensor(np.ones((2, 3), dtype=np.float32))
+    model.train(); np.random.seed(1); out["dropout_train"] = model.drop(x).numpy()
+    model.eval(); out["dropout_eval"] = model.drop(x).numpy()
+    return out
+
+@check("nn._state_items", exact=True)
+def state_dict_keys(ndl):
+    "state_dict: parameters then persistent buffers, module by module, dotted names; the live tensors."
+    model = _module_tree(ndl)
+    state = model.state_dict()
+    assert state["first.w"] is model.first.w, "state_dict must hold the live parameters, not copies"
+    inner = ndl.nn.Sequential(ndl.nn.Linear(2, 3), ndl.nn.ReLU(), ndl.nn.BatchNorm1d(3))
+    return {"keys": _codes(list(state)), "values": np.concatenate([v.numpy().ravel() for v in state.values()]),
+            "prefixed": _codes(list(model.first.state_dict(prefix="m."))), "sequential": _codes(list(inner.state_dict()))}
+
+@check("nn.load_state_dict", "nn.load_state_dict#2", exact=True)
+def load_state_dict_keys_and_values(ndl):
+    "load_state_dict: missing and unexpected keys (strict=False), strict's refusal, and the values written."
+    model = _module_tree(ndl)
+    state = {k: v.numpy() + 1 for k, v in model.state_dict().items()}
+    state.pop("first.w"); state.pop("norm.running_var")
+    state["bogus"] = np.zeros(1); state["first.nope"] = np.zeros(2)
+    result = model.load_state_dict(state, strict=False)
+    out = {"missing": _codes(result.missing_keys), "unexpected": _codes(result.unexpected_keys),
+           "loaded": np.concatenate([v.numpy().ravel() for v in model.state_dict().values()])}
+    try:
+        model.load_state_dict(state)
+        raise AssertionError("load_state_dict(strict=True) accepted missing and unexpected keys")
+    except RuntimeError as e:
+        assert "bogus" in str(e) and "first.w" in str(e), "strict=True must name the missing and unexpected keys"
+    other = _module_tree(ndl)
+    for p in other.parameters(): p.cached_data = p.cached_data * 3
+    copy = _module_tree(ndl)
+    assert copy.load_state_dict(other.state_dict()) == ([], []), "a full state dict has no missing or unexpected keys"
+    out["copied"] = np.concatenate([v.numpy().ravel() for v in copy.state_dict().values()])
+    assert np.array_equal(out["copied"], np.concatenate([v.numpy().ravel() for v in other.state_dict().values()])), \
+        "load_state_dict did not copy the values"
+    return out
 
 # %% ../nbs/98_course.ipynb #faa0cd9c
 MANIFEST = "exercises.json"
