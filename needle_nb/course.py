@@ -17,8 +17,10 @@ __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDIT
            'default_exp', 'find_exercises', 'strip_markers', 'check', 'xavier_uniform_draws', 'xavier_normal_draws',
            'kaiming_uniform_draws', 'kaiming_normal_draws', 'topo_sort_order', 'backward_accumulates',
            'parameter_discovery', 'module_discovery', 'train_eval_propagate', 'state_dict_keys',
-           'load_state_dict_keys_and_values', 'book_notebooks', 'stub_cell', 'chapter_names', 'make_edition',
-           'learner_regions', 'substitute', 'grade', 'format_table', 'main']
+           'load_state_dict_keys_and_values', 'linear_init_draws', 'linear_forward', 'relu_forward',
+           'sequential_forward', 'residual_forward', 'dropout_draws', 'batchnorm_train_eval', 'layernorm_forward',
+           'softmax_loss', 'book_notebooks', 'stub_cell', 'chapter_names', 'make_edition', 'learner_regions',
+           'substitute', 'grade', 'format_table', 'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -207,7 +209,7 @@ def _assert_close(got, want, what, rtol=1e-5, atol=1e-6):
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
     assert np.allclose(got, want, rtol=rtol, atol=atol), \
-        f"{what}: differs from finite differences by up to {np.abs(got - want).max():.3g}"
+        f"{what}: off by up to {np.abs(got - want).max():.3g} from the expected values"
 
 def _shared_graph(ndl):
     "A small graph whose nodes are used more than once: `a` by two ops, `c` by three (once as both inputs)."
@@ -383,6 +385,155 @@ def load_state_dict_keys_and_values(ndl):
     assert np.array_equal(out["copied"], np.concatenate([v.numpy().ravel() for v in other.state_dict().values()])), \
         "load_state_dict did not copy the values"
     return out
+
+
+def _grads_of(ndl, make_loss, arrays) -> list:
+    "The gradients `backward` gives of `make_loss(*tensors)` at float64 `arrays`, checked against finite differences."
+    ts = [_f64(ndl, a) for a in arrays]
+    make_loss(*ts).backward()
+    got = [t.grad.numpy() for t in ts]
+    want = _numeric_grads(lambda *b: float(make_loss(*[_f64(ndl, x, False) for x in b]).numpy()), arrays)
+    for k, (g, w) in enumerate(zip(got, want)): _assert_close(g, w, f"gradient of input {k}")
+    return got
+
+@check("nn.Linear.__init__", exact=True)
+def linear_init_draws(ndl):
+    "needle's draws under a seed: weight (in, out) by kaiming_uniform, then the bias, (1, out)."
+    out = {}
+    for fi, fo in [(5, 3), (2, 7), (1, 1)]:
+        np.random.seed(fi); layer = ndl.nn.Linear(fi, fo)
+        out[f"w{fi}_{fo}"], out[f"b{fi}_{fo}"] = layer.weight.numpy(), layer.bias.numpy()
+    np.random.seed(4); layer = ndl.nn.Linear(4, 2, bias=False)
+    assert layer.bias is None and [n for n, _ in layer.named_parameters()] == ["weight"], "bias=False: no bias"
+    out["no_bias"] = layer.weight.numpy()
+    np.random.seed(5); out["float64"] = ndl.nn.Linear(3, 2, dtype="float64").weight.numpy()
+    return out
+
+def _linear_f64(ndl, fi, fo, bias=True, seed=0):
+    np.random.seed(seed)
+    layer = ndl.nn.Linear(fi, fo, bias=bias, dtype="float64")
+    return layer
+
+@check("nn.Linear.forward")
+def linear_forward(ndl):
+    "XW + b on a batch and on one 1-D row, without bias, and the gradients against finite differences."
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4, 5))
+    layer = _linear_f64(ndl, 5, 3)
+    W, b = layer.weight.numpy(), layer.bias.numpy()
+    def loss(x, w, bb):
+        layer.weight, layer.bias = w, bb
+        y = layer(x)
+        return (y * y).sum() + y.sum()
+    gx, gw, gb = _grads_of(ndl, loss, [X, W, b])
+    layer.weight, layer.bias = ndl.nn.Parameter(W, dtype="float64"), ndl.nn.Parameter(b, dtype="float64")
+    row = layer(_f64(ndl, X[0], False)).numpy()
+    assert row.shape == (3,), f"a 1-D input row gives a 1-D output, got shape {row.shape}"
+    plain = _linear_f64(ndl, 5, 2, bias=False, seed=3)
+    return {"y": layer(_f64(ndl, X, False)).numpy(), "row": row, "no_bias": plain(_f64(ndl, X, False)).numpy(),
+            "gx": gx, "gw": gw, "gb": gb}
+
+@check("nn.ReLU.forward")
+def relu_forward(ndl):
+    "max(x, 0) and its gradient (0 on the negative side) against finite differences."
+    X = np.array([[-1.5, 0.3, 2.0], [0.7, -0.2, -3.0]])
+    (g,) = _grads_of(ndl, lambda x: (ndl.nn.ReLU()(x) * _f64(ndl, [[1., 2., 3.], [4., 5., 6.]], False)).sum(), [X])
+    return {"y": ndl.nn.ReLU()(_f64(ndl, X, False)).numpy(), "grad": g}
+
+@check("nn.Sequential.forward")
+def sequential_forward(ndl):
+    "Children applied in order (Linear, ReLU, Linear, then a Residual) and the gradient through them."
+    np.random.seed(0)
+    model = ndl.nn.Sequential(ndl.nn.Linear(3, 4, dtype="float64"), ndl.nn.ReLU(), ndl.nn.Linear(4, 2, dtype="float64"),
+                              ndl.nn.Tanh())
+    X = np.random.default_rng(1).standard_normal((5, 3))
+    (g,) = _grads_of(ndl, lambda x: (model(x) * model(x)).sum(), [X])
+    assert len(ndl.nn.Sequential()(_f64(ndl, X, False)).shape) == 2, "an empty Sequential is the identity"
+    return {"y": model(_f64(ndl, X, False)).numpy(), "grad": g, "empty": ndl.nn.Sequential()(_f64(ndl, X, False)).numpy()}
+
+@check("nn.Residual.forward")
+def residual_forward(ndl):
+    "fn(x) + x, and its gradient (the skip adds the identity)."
+    np.random.seed(2)
+    block = ndl.nn.Residual(ndl.nn.Sequential(ndl.nn.Linear(3, 3, dtype="float64"), ndl.nn.Tanh()))
+    X = np.random.default_rng(2).standard_normal((4, 3))
+    (g,) = _grads_of(ndl, lambda x: (block(x) * block(x)).sum(), [X])
+    return {"y": block(_f64(ndl, X, False)).numpy(), "grad": g}
+
+@check("nn.Dropout.forward", exact=True)
+def dropout_draws(ndl):
+    "needle's mask under a seed (randb with keep-probability 1 - p), the 1/(1 - p) scale, and eval's identity."
+    x = ndl.Tensor(np.arange(1, 41, dtype=np.float32).reshape(5, 8))
+    out = {}
+    for p in (0.3, 0.5, 0.0, 1.0):
+        layer = ndl.nn.Dropout(p)
+        np.random.seed(3); out[f"train_{p}"] = layer(x).numpy()
+        layer.eval(); np.random.seed(3); out[f"eval_{p}"] = layer(x).numpy()
+    np.random.seed(3); ndl.nn.Dropout(0.3)(x); out["next_draw"] = np.random.rand(3)   # the mask is one draw
+    layer = ndl.nn.Dropout(0.25)
+    xg = ndl.Tensor(np.ones((3, 4), dtype=np.float32), requires_grad=True)
+    np.random.seed(4); layer(xg).sum().backward(); out["grad"] = xg.grad.numpy()
+    return out
+
+def _batchnorm_run(ndl, module, seed=0):
+    "Three training steps of `module` (float64) on seeded batches, then evaluation: outputs, gradients, running stats."
+    rng = np.random.default_rng(seed)
+    out = {}
+    module.weight.cached_data = module.weight.cached_data * 0 + rng.uniform(0.5, 1.5, module.weight.shape)
+    module.bias.cached_data = module.bias.cached_data * 0 + rng.uniform(-1, 1, module.bias.shape)
+    for step in range(3):
+        x = _f64(ndl, rng.standard_normal((6, module.dim)) * (step + 1) + step)
+        y = module(x)
+        (y * y * _f64(ndl, np.arange(6 * module.dim).reshape(6, module.dim) % 5, False)).sum().backward()
+        out[f"y{step}"], out[f"gx{step}"] = y.numpy(), x.grad.numpy()
+        out[f"mean{step}"], out[f"var{step}"] = module.running_mean.numpy(), module.running_var.numpy()
+    out["gw"], out["gb"] = module.weight.grad.numpy(), module.bias.grad.numpy()
+    module.eval()
+    out["eval"] = module(_f64(ndl, rng.standard_normal((4, module.dim)), False)).numpy()
+    return out
+
+@check("nn.BatchNorm1d._normalize", "nn.BatchNorm1d._normalize#2")
+def batchnorm_train_eval(ndl):
+    "BatchNorm1d: batch statistics and their gradients in training, running averages by momentum, running stats in eval."
+    out = _batchnorm_run(ndl, ndl.nn.BatchNorm1d(3, momentum=0.3, dtype="float64"))
+    out.update({f"eps_{k}": v for k, v in _batchnorm_run(ndl, ndl.nn.BatchNorm1d(2, eps=0.5, dtype="float64"), 1).items()})
+    # the training gradient against finite differences (one fresh module per evaluation: running stats move)
+    X = np.random.default_rng(5).standard_normal((5, 2))
+    def loss(x):
+        m = ndl.nn.BatchNorm1d(2, dtype="float64")
+        y = m(x)
+        return (y * _f64(ndl, [[1., 2.], [3., -1.], [0.5, 2.], [1., 1.], [-2., 0.3]], False)).sum()
+    (out["gx_fd"],) = _grads_of(ndl, loss, [X])
+    return out
+
+@check("nn.LayerNorm.forward")
+def layernorm_forward(ndl):
+    "LayerNorm1d rows normalized with the biased variance and eps, scaled and shifted; gradients by finite differences."
+    rng = np.random.default_rng(0)
+    layer = ndl.nn.LayerNorm1d(4, eps=0.1, dtype="float64")
+    W, B = rng.uniform(0.5, 1.5, 4), rng.uniform(-1, 1, 4)
+    X = rng.standard_normal((3, 4)) * np.array([[0.1], [1.0], [3.0]])
+    def loss(x, w, b):
+        layer.weight, layer.bias = w, b
+        y = layer(x)
+        return (y * y * _f64(ndl, np.arange(12.0).reshape(3, 4) % 3, False)).sum() + y.sum()
+    gx, gw, gb = _grads_of(ndl, loss, [X, W, B])
+    plain = ndl.nn.LayerNorm((2, 3), elementwise_affine=False, dtype="float64")
+    return {"y": layer(_f64(ndl, X, False)).numpy(), "gx": gx, "gw": gw, "gb": gb,
+            "plain": plain(_f64(ndl, rng.standard_normal((2, 2, 3)), False)).numpy()}
+
+@check("nn.CrossEntropyLoss.forward")
+def softmax_loss(ndl):
+    "SoftmaxLoss (mean of logsumexp(z) - z_y), the sum and per-row reductions, and the gradient of the logits."
+    rng = np.random.default_rng(0)
+    Z, y = rng.standard_normal((4, 5)) * 2, np.array([0, 3, 4, 3])
+    (g,) = _grads_of(ndl, lambda z: ndl.nn.SoftmaxLoss()(z, y), [Z])
+    z = _f64(ndl, Z, False)
+    want = np.log(np.exp(Z).sum(1)) - Z[np.arange(4), y]
+    _assert_close(ndl.nn.SoftmaxLoss()(z, y).numpy(), want.mean(), "the mean loss")
+    return {"mean": ndl.nn.SoftmaxLoss()(z, y).numpy(), "sum": ndl.nn.CrossEntropyLoss("sum")(z, y).numpy(),
+            "none": ndl.nn.CrossEntropyLoss("none")(z, y).numpy(), "grad": g,
+            "tensor_labels": ndl.nn.SoftmaxLoss()(z, ndl.Tensor(y.astype(np.float32))).numpy()}
 
 # %% ../nbs/98_course.ipynb #faa0cd9c
 MANIFEST = "exercises.json"
