@@ -19,8 +19,8 @@ __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDIT
            'parameter_discovery', 'module_discovery', 'train_eval_propagate', 'state_dict_keys',
            'load_state_dict_keys_and_values', 'linear_init_draws', 'linear_forward', 'relu_forward',
            'sequential_forward', 'residual_forward', 'dropout_draws', 'batchnorm_train_eval', 'layernorm_forward',
-           'softmax_loss', 'book_notebooks', 'stub_cell', 'chapter_names', 'make_edition', 'learner_regions',
-           'substitute', 'grade', 'format_table', 'main']
+           'softmax_loss', 'sgd_momentum_weight_decay', 'adam_bias_correction', 'book_notebooks', 'stub_cell',
+           'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -534,6 +534,50 @@ def softmax_loss(ndl):
     return {"mean": ndl.nn.SoftmaxLoss()(z, y).numpy(), "sum": ndl.nn.CrossEntropyLoss("sum")(z, y).numpy(),
             "none": ndl.nn.CrossEntropyLoss("none")(z, y).numpy(), "grad": g,
             "tensor_labels": ndl.nn.SoftmaxLoss()(z, ndl.Tensor(y.astype(np.float32))).numpy()}
+
+
+def _optimizer_run(ndl, make, steps=4, dtype="float32"):
+    "Parameters after `steps` steps of the optimizer `make(params)` on a fixed loss; one parameter has no gradient."
+    rng = np.random.default_rng(0)
+    params = [ndl.nn.Parameter(rng.standard_normal(s), dtype=dtype) for s in [(3, 2), (2,), (4,)]]
+    target = rng.standard_normal((3, 2))
+    opt = make(params)
+    out = {}
+    for t in range(steps):
+        opt.reset_grad()
+        loss = ((params[0] - ndl.Tensor(target, dtype=dtype)) ** 2).sum() + (params[1] * params[1] * params[1]).sum()
+        loss.backward()                                   # params[2] is not used: its .grad stays None
+        opt.step()
+        for i, p in enumerate(params): out[f"p{i}_step{t}"] = p.numpy()
+    assert np.array_equal(out[f"p2_step{steps - 1}"], out["p2_step0"]), "a parameter without gradient moved"
+    return out
+
+@check("optim.SGD.step")
+def sgd_momentum_weight_decay(ndl):
+    "needle's SGD: plain, with momentum (u = βu + (1-β)g), with L2 weight decay, and both; parameters after each step."
+    out = {}
+    for name, kw in [("plain", {}), ("momentum", {"momentum": 0.9}), ("decay", {"weight_decay": 0.1}),
+                     ("both", {"momentum": 0.5, "weight_decay": 0.01})]:
+        out.update({f"{name}_{k}": v for k, v in _optimizer_run(ndl, lambda ps: ndl.optim.SGD(ps, lr=0.1, **kw)).items()})
+    w = ndl.nn.Parameter(np.array([1.0], dtype=np.float32))
+    (w * w).sum().backward(); ndl.optim.SGD([w], lr=0.1, momentum=0.9).step()
+    _assert_close(w.numpy(), [1.0 - 0.1 * 0.1 * 2.0], "one momentum step: w - lr·(1-β)·g")
+    return out
+
+@check("optim.Adam.step", "optim.Adam.step#2")
+def adam_bias_correction(ndl):
+    "needle's Adam: the moments, the bias corrections of step t, eps and L2 weight decay; parameters after each step."
+    out = {}
+    for name, kw in [("default", {}), ("eps", {"eps": 0.1}), ("decay", {"weight_decay": 0.1, "beta1": 0.5}),
+                     ("betas", {"beta1": 0.8, "beta2": 0.9, "eps": 0.01})]:
+        out.update({f"{name}_{k}": v for k, v in _optimizer_run(ndl, lambda ps: ndl.optim.Adam(ps, lr=0.1, **kw), 5,
+                                                                  "float64").items()})
+    # the first step moves every weight by lr·g/(|g| + eps) (the bias corrections cancel the moments' decay)
+    w = ndl.nn.Parameter(np.array([1.0, -2.0]), dtype="float64")
+    (w * w).sum().backward(); ndl.optim.Adam([w], lr=0.1, eps=0.5).step()
+    _assert_close(w.numpy(), np.array([1.0, -2.0]) - 0.1 * np.array([2.0, -4.0]) / (np.array([2.0, 4.0]) + 0.5),
+                  "Adam's first step")
+    return out
 
 # %% ../nbs/98_course.ipynb #faa0cd9c
 MANIFEST = "exercises.json"

@@ -59,3 +59,14 @@ MUTANTS.update({
                                     ("(logits, y_one_hot", "(logits * 0.5, y_one_hot"),
                                     ("dtype=logits.dtype)", "dtype=logits.dtype) * 0.9")],
 })
+MUTANTS.update({
+    # 05_optim
+    "optim.SGD.step": [("grad + c_wd * w", "grad - c_wd * w"), ("u *= c_m", "u *= c_1m"),
+                       ("u = c_1m * grad", "u = grad"), ("update = u * c_lr", "update = grad * c_lr")],
+    "optim.Adam.step": [("1 - beta2 ** self.t", "1 - beta2"), ("(1 - beta1 ** self.t)", "(1 - beta1)"),
+                        ("eps * root_bc2", "eps")],
+    "optim.Adam.step#2": [("v += c_b2 * (grad * grad)", "v += c_b2 * grad"), ("m *= b1", "m *= c_b1"),
+                          ("m, v = c_b1 * grad, c_b2 * (grad * grad)", "m, v = grad, grad * grad"),
+                          ("denom += c_eps", "denom -= c_eps"),
+                          ("if weight_decay: grad = grad + c_wd * w", "pass")],
+})
