@@ -19,8 +19,9 @@ __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDIT
            'parameter_discovery', 'module_discovery', 'train_eval_propagate', 'state_dict_keys',
            'load_state_dict_keys_and_values', 'linear_init_draws', 'linear_forward', 'relu_forward',
            'sequential_forward', 'residual_forward', 'dropout_draws', 'batchnorm_train_eval', 'layernorm_forward',
-           'softmax_loss', 'sgd_momentum_weight_decay', 'adam_bias_correction', 'book_notebooks', 'stub_cell',
-           'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
+           'softmax_loss', 'sgd_momentum_weight_decay', 'adam_bias_correction', 'flip_draws', 'crop_draws',
+           'loader_batches', 'loader_shuffle', 'loader_iteration', 'book_notebooks', 'stub_cell', 'chapter_names',
+           'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -577,6 +578,94 @@ def adam_bias_correction(ndl):
     (w * w).sum().backward(); ndl.optim.Adam([w], lr=0.1, eps=0.5).step()
     _assert_close(w.numpy(), np.array([1.0, -2.0]) - 0.1 * np.array([2.0, -4.0]) / (np.array([2.0, 4.0]) + 0.5),
                   "Adam's first step")
+    return out
+
+
+def _image(seed=0, shape=(4, 5, 3)):
+    return np.random.default_rng(seed).integers(1, 100, shape).astype(np.float32)
+
+@check("data.RandomFlipHorizontal.__call__", exact=True)
+def flip_draws(ndl):
+    "needle's one draw per call (np.random.rand() < p) under a seed, the flip along W, and p = 0 and 1."
+    img, out = _image(), {}
+    for p in (0.5, 0.3, 0.0, 1.0):
+        flip = ndl.data.RandomFlipHorizontal(p)
+        np.random.seed(1)
+        out[f"p{p}"] = np.stack([flip(img) for _ in range(12)])
+        out[f"next_draw_{p}"] = np.random.rand(2)   # each call drew exactly once
+    assert np.array_equal(out["p1.0"][0], img[:, ::-1]), "a flip reverses the W axis of an (H, W, C) image"
+    return out
+
+@check("data.RandomCrop.__call__", exact=True)
+def crop_draws(ndl):
+    "needle's draw of the two shifts under a seed, the zero padding and the shifted window, for three paddings."
+    img, out = _image(1, (5, 6, 2)), {}
+    for padding in (2, 3, 1, 0):
+        crop = ndl.data.RandomCrop(padding)
+        np.random.seed(padding)
+        crops = np.stack([crop(img) for _ in range(10)])
+        assert crops.shape[1:] == img.shape, "a crop keeps the image's shape"
+        out[f"pad{padding}"], out[f"next_draw_{padding}"] = crops, np.random.rand(2)
+    np.random.seed(0)
+    shift_x, shift_y = np.random.randint(low=-2, high=3, size=2)
+    np.random.seed(0)
+    got = ndl.data.RandomCrop(2)(img)
+    padded = np.pad(img, ((2, 2), (2, 2), (0, 0)))
+    assert np.array_equal(got, padded[2 + shift_x:2 + shift_x + 5, 2 + shift_y:2 + shift_y + 6]), \
+        "the window starts at row padding + shift_x, column padding + shift_y"
+    return out
+
+def _loader_epochs(ndl, n=10, batch_size=3, epochs=2, **kw):
+    "The `y` of every batch of `epochs` passes (concatenated) and the batch sizes, for a dataset of `n` rows."
+    X = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(X, np.arange(n)), batch_size=batch_size, **kw)
+    ys, sizes = [], []
+    for _ in range(epochs):
+        for xb, yb in loader:
+            assert np.array_equal(xb.numpy(), X[yb.numpy()]), "a batch's rows do not match its labels"
+            ys.append(yb.numpy()); sizes.append(len(yb.numpy()))
+    return np.concatenate(ys) if ys else np.zeros(0, np.int64), np.array(sizes)
+
+def _loader_cases(ndl) -> dict:
+    out = {}
+    for name, n, bs, kw in [("ordered", 10, 3, {}), ("exact", 9, 3, {}), ("one_batch", 4, 10, {}), ("ones", 3, 1, {}),
+                            ("shuffled", 10, 3, {"shuffle": True}), ("shuffled_7", 7, 2, {"shuffle": True}),
+                            ("sampler", 10, 3, {"sampler": [4, 1, 1, 7, 0]}), ("empty", 0, 3, {})]:
+        np.random.seed(n + bs)
+        out[f"{name}_y"], out[f"{name}_sizes"] = _loader_epochs(ndl, n, bs, **kw)
+        out[f"{name}_next_draw"] = np.random.rand(2)   # shuffling draws one permutation per epoch, nothing else
+    return out
+
+@check("data.DataLoader._split", exact=True)
+def loader_batches(ndl):
+    "Batches of batch_size consecutive examples, the last one holding the rest; an empty dataset gives none."
+    out = _loader_cases(ndl)
+    assert list(out["ordered_sizes"]) == [3, 3, 3, 1] * 2, "10 examples in batches of 3: sizes 3, 3, 3, 1"
+    assert len(out["empty_sizes"]) == 0, "an empty dataset gives no batch"
+    return out
+
+@check("data.DataLoader.__iter__", exact=True)
+def loader_shuffle(ndl):
+    "needle's shuffle under a seed: one np.random.permutation per epoch, drawn when the pass starts; a sampler's order."
+    out = _loader_cases(ndl)
+    first, second = np.split(out["shuffled_y"], 2)
+    assert sorted(first) == list(range(10)) and not np.array_equal(first, second), "each epoch a new permutation"
+    return out
+
+@check("data._LoaderIterator.__next__", exact=True)
+def loader_iteration(ndl):
+    "Every batch once per pass, in order, then StopIteration; nested loops over one loader keep their own positions."
+    out = _loader_cases(ndl)
+    loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(np.arange(5.0)), batch_size=2)
+    pairs = [(int(a.numpy()[0]), int(b.numpy()[0])) for (a,) in loader for (b,) in loader]
+    assert len(pairs) == 9, f"nested loops over 3 batches give 9 pairs, got {len(pairs)}"
+    it = iter(loader)
+    got = [next(loader)[0].numpy() for _ in range(3)]
+    try:
+        next(loader)
+        raise AssertionError("next(loader) after the last batch must raise StopIteration")
+    except StopIteration: pass
+    out["pairs"], out["next"] = np.array(pairs), np.concatenate(got)
     return out
 
 # %% ../nbs/98_course.ipynb #faa0cd9c

@@ -70,3 +70,24 @@ MUTANTS.update({
                           ("denom += c_eps", "denom -= c_eps"),
                           ("if weight_decay: grad = grad + c_wd * w", "pass")],
 })
+MUTANTS.update({
+    # 06_data
+    "data.RandomFlipHorizontal.__call__": [("np.random.rand() < self.p", "np.random.rand() > self.p"),
+                                           ("img[:, ::-1, :]", "img[::-1, :, :]"),
+                                           ("flip_img = np.random.rand() < self.p", "flip_img = np.random.rand(2)[0] < self.p")],
+    "data.RandomCrop.__call__": [("high=self.padding + 1", "high=self.padding"),
+                                 ("pad + shift_x: pad + shift_x + H, pad + shift_y: pad + shift_y + W",
+                                  "pad + shift_y: pad + shift_y + H, pad + shift_x: pad + shift_x + W"),
+                                 ("low=-self.padding", "low=1 - self.padding"),
+                                 ("size=2)", "size=2)[::-1]")],
+    "data.DataLoader._split": [("len(indices), self.batch_size)", "len(indices) - 1, self.batch_size)"),
+                               ("range(self.batch_size,", "range(self.batch_size - 1,"),
+                               ("if len(indices) == 0: return []", "pass")],
+    "data.DataLoader.__iter__": [("np.random.permutation(len(self.dataset))", "np.arange(len(self.dataset))"),
+                                 ("self._split(np.random.permutation(len(self.dataset)))",
+                                  "self._split(np.random.permutation(len(self.dataset))[::-1])"),
+                                 ("elif self.sampler is not None:", "elif False:")],
+    "data._LoaderIterator.__next__": [(">= len(self.ordering)", "> len(self.ordering)"),
+                                      ("self.batch_idx += 1", "self.batch_idx += 2"),
+                                      ("indices = self.ordering[self.batch_idx]", "indices = self.ordering[-1 - self.batch_idx]")],
+})
