@@ -20,8 +20,9 @@ __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDIT
            'load_state_dict_keys_and_values', 'linear_init_draws', 'linear_forward', 'relu_forward',
            'sequential_forward', 'residual_forward', 'dropout_draws', 'batchnorm_train_eval', 'layernorm_forward',
            'softmax_loss', 'sgd_momentum_weight_decay', 'adam_bias_correction', 'flip_draws', 'crop_draws',
-           'loader_batches', 'loader_shuffle', 'loader_iteration', 'book_notebooks', 'stub_cell', 'chapter_names',
-           'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
+           'loader_batches', 'loader_shuffle', 'loader_iteration', 'conv_forward', 'conv_gradient', 'book_notebooks',
+           'stub_cell', 'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table',
+           'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -666,6 +667,63 @@ def loader_iteration(ndl):
         raise AssertionError("next(loader) after the last batch must raise StopIteration")
     except StopIteration: pass
     out["pairs"], out["next"] = np.array(pairs), np.concatenate(got)
+    return out
+
+
+def _naive_conv(A, B, stride, padding):
+    "The convolution by its definition, in float64 loops: NHWC `A`, `(KH, KW, C_in, C_out)` `B`, (h, w) pairs."
+    (s_h, s_w), (p_h, p_w) = stride, padding
+    A = np.pad(A, ((0, 0), (p_h, p_h), (p_w, p_w), (0, 0)))
+    KH, KW = B.shape[:2]
+    H_out, W_out = (A.shape[1] - KH) // s_h + 1, (A.shape[2] - KW) // s_w + 1
+    out = np.zeros((A.shape[0], H_out, W_out, B.shape[3]))
+    for i in range(H_out):
+        for j in range(W_out):
+            window = A[:, i * s_h:i * s_h + KH, j * s_w:j * s_w + KW, :]
+            out[:, i, j] = np.einsum("nuvc,uvco->no", window, B)
+    return out
+
+# (input shape, kernel shape, stride, padding): strides and paddings that differ along H and W, and C_out >= C_in so
+# that numpy's path is im2col (not the stride-1 shift-and-add)
+_CONV_CASES = [((2, 5, 6, 2), (3, 3, 2, 3), 1, 1), ((1, 7, 6, 3), (3, 2, 3, 4), 2, 0), ((2, 6, 7, 1), (2, 3, 1, 2), (1, 2), (1, 2)),
+               ((1, 5, 5, 2), (1, 1, 2, 2), 1, 0), ((1, 8, 9, 2), (3, 3, 2, 2), (3, 2), (2, 1))]
+
+def _pair_of(v): return (v, v) if isinstance(v, int) else v
+
+@check("ops_conv._im2col", "ops_conv._conv_forward_rows")
+def conv_forward(ndl):
+    "conv against its definition for strides, paddings and kernels that differ along H and W (float64)."
+    rng, out = np.random.default_rng(0), {}
+    for k, (a_shape, b_shape, s, p) in enumerate(_CONV_CASES):
+        A, B = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+        got = ndl.conv(_f64(ndl, A, False), _f64(ndl, B, False), stride=s, padding=p).numpy()
+        _assert_close(got, _naive_conv(A, B, _pair_of(s), _pair_of(p)), f"conv case {k}")
+        out[f"case{k}"] = got
+    windows = ndl.ops_conv._im2col(np.arange(2 * 5 * 6 * 1.0).reshape(2, 5, 6, 1), 2, 3, (2, 1))
+    out["windows"] = np.array(windows)
+    return out
+
+@check("ops_conv._im2col", "ops_conv.Conv.gradient")
+def conv_gradient(ndl):
+    "The input's and the kernel's gradients of conv against finite differences (float64), and twice differentiable."
+    rng, out = np.random.default_rng(1), {}
+    for k, (a_shape, b_shape, s, p) in enumerate(_CONV_CASES[:3] + _CONV_CASES[4:]):
+        A, B = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+        weights = rng.standard_normal(_naive_conv(A, B, _pair_of(s), _pair_of(p)).shape)
+        loss = lambda a, b: (ndl.conv(a, b, stride=s, padding=p) * _f64(ndl, weights, False)).sum()
+        ga, gb = _grads_of(ndl, loss, [A, B])
+        out[f"ga{k}"], out[f"gb{k}"] = ga, gb
+    # the gradient is a graph again (needle records it): d/dA of sum(grad_A^2)
+    A, B = rng.standard_normal((1, 4, 4, 1)), rng.standard_normal((2, 2, 1, 2))
+    b = _f64(ndl, B, False)
+    def second(a):
+        (g,) = ndl.vjp(lambda t: ndl.conv(t, b, stride=1, padding=1), [a], ndl.conv(a, b, stride=1, padding=1))
+        return (g * g).sum()
+    a = _f64(ndl, A)
+    second(a).backward()
+    want = _numeric_grads(lambda x: float(second(_f64(ndl, x)).numpy()), [A])[0]
+    _assert_close(a.grad.numpy(), want, "the gradient of a gradient")
+    out["second"] = a.grad.numpy()
     return out
 
 # %% ../nbs/98_course.ipynb #faa0cd9c

@@ -91,3 +91,14 @@ MUTANTS.update({
                                       ("self.batch_idx += 1", "self.batch_idx += 2"),
                                       ("indices = self.ordering[self.batch_idx]", "indices = self.ordering[-1 - self.batch_idx]")],
 })
+MUTANTS.update({
+    # 02a_conv_ops
+    "ops_conv._im2col": [("st_h * s_h", "st_h"), ("(H - kernel_h) // s_h + 1", "(H - kernel_h) // s_h"),
+                         ("st_h, st_w, st_c)", "st_w, st_h, st_c)"), ("(W - kernel_w) // s_w + 1", "(W - kernel_w) // s_h + 1")],
+    "ops_conv._conv_forward_rows": [("rows @ xp.reshape", "rows[::-1] @ xp.reshape"),
+                                    ("(s_h, s_w), (p_h, p_w))", "(s_w, s_h), (p_h, p_w))"),
+                                    ("(p_h, p_w))", "(p_w, p_h))")],
+    "ops_conv.Conv.gradient": [("(out_grad, b)", "(out_grad * 2, b)"), ("(a, out_grad)", "(a, -out_grad)"),
+                               ("ConvInputGrad(s, p, a.shape, layout)", "ConvInputGrad(s, 0, a.shape, layout)"),
+                               ("return grad_a, grad_b", "return grad_a, None")],
+})
