@@ -20,9 +20,10 @@ __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDIT
            'load_state_dict_keys_and_values', 'linear_init_draws', 'linear_forward', 'relu_forward',
            'sequential_forward', 'residual_forward', 'dropout_draws', 'batchnorm_train_eval', 'layernorm_forward',
            'softmax_loss', 'sgd_momentum_weight_decay', 'adam_bias_correction', 'flip_draws', 'crop_draws',
-           'loader_batches', 'loader_shuffle', 'loader_iteration', 'conv_forward', 'conv_gradient', 'book_notebooks',
-           'stub_cell', 'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table',
-           'main']
+           'loader_batches', 'loader_shuffle', 'loader_iteration', 'conv_forward', 'conv_gradient', 'lstm_cell_step',
+           'attention_heads', 'attention_layer_heads', 'ndarray_getitem_views', 'ndarray_broadcast_views',
+           'ndarray_permute_views', 'book_notebooks', 'stub_cell', 'chapter_names', 'make_edition', 'learner_regions',
+           'substitute', 'grade', 'format_table', 'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -724,6 +725,141 @@ def conv_gradient(ndl):
     want = _numeric_grads(lambda x: float(second(_f64(ndl, x)).numpy()), [A])[0]
     _assert_close(a.grad.numpy(), want, "the gradient of a gradient")
     out["second"] = a.grad.numpy()
+    return out
+
+
+def _np_sigmoid(z): return 1 / (1 + np.exp(-z))
+
+@check("nn.LSTMCell.forward")
+def lstm_cell_step(ndl):
+    "One LSTM step (gates i, f, g, o in blocks of the 4H axis) against numpy, and its gradients by finite differences."
+    np.random.seed(0)
+    cell = ndl.nn.LSTMCell(3, 2, dtype="float64")
+    rng = np.random.default_rng(0)
+    X, h0, c0 = rng.standard_normal((4, 3)), rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
+    W_ih, W_hh, b_ih, b_hh = (p.numpy() for p in (cell.W_ih, cell.W_hh, cell.bias_ih, cell.bias_hh))
+    z = X @ W_ih + h0 @ W_hh + b_ih + b_hh
+    i, f, g, o = _np_sigmoid(z[:, :2]), _np_sigmoid(z[:, 2:4]), np.tanh(z[:, 4:6]), _np_sigmoid(z[:, 6:])
+    c_want = f * c0 + i * g
+    h, c = cell(_f64(ndl, X, False), (_f64(ndl, h0, False), _f64(ndl, c0, False)))
+    _assert_close(c.numpy(), c_want, "c'"); _assert_close(h.numpy(), o * np.tanh(c_want), "h'")
+    weights = _f64(ndl, rng.standard_normal((4, 2)), False)
+    def loss(x, hh, cc, w_ih, w_hh):
+        cell.W_ih, cell.W_hh = w_ih, w_hh
+        h, c = cell(x, (hh, cc))
+        return (h * weights).sum() + (c * c).sum()
+    grads = _grads_of(ndl, loss, [X, h0, c0, W_ih, W_hh])
+    cell.W_ih, cell.W_hh = ndl.nn.Parameter(W_ih, dtype="float64"), ndl.nn.Parameter(W_hh, dtype="float64")
+    h_zero, c_zero = cell(_f64(ndl, X, False))
+    np.random.seed(1)
+    plain = ndl.nn.LSTMCell(3, 2, bias=False, dtype="float64")
+    h_plain, _ = plain(_f64(ndl, X, False), (_f64(ndl, h0, False), _f64(ndl, c0, False)))
+    return {"h": h.numpy(), "c": c.numpy(), "h_zero_state": h_zero.numpy(), "c_zero_state": c_zero.numpy(),
+            "no_bias": h_plain.numpy(), **{f"grad{k}": g for k, g in enumerate(grads)}}
+
+def _np_attention(q, k, v, causal):
+    logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        T_q, T_kv = q.shape[2], k.shape[2]
+        logits = np.where(np.triu(np.ones((T_q, T_kv), bool), T_kv - T_q + 1), -np.inf, logits)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)
+    return p @ v, p
+
+@check("nn.MultiHeadAttention.forward")
+def attention_heads(ndl):
+    "Scaled dot-product attention over heads, plain and causal (T_q < T_kv too), against numpy; gradients of q, k, v."
+    rng, out = np.random.default_rng(0), {}
+    for name, (T_q, T_kv), causal in [("plain", (3, 4), False), ("causal", (3, 3), True), ("causal_kv", (2, 4), True)]:
+        Q, K, V = rng.standard_normal((1, 2, T_q, 3)), rng.standard_normal((1, 2, T_kv, 3)), rng.standard_normal((1, 2, T_kv, 3))
+        attn = ndl.nn.MultiHeadAttention(causal=causal, dtype="float64")
+        y, probs = attn(_f64(ndl, Q, False), _f64(ndl, K, False), _f64(ndl, V, False))
+        y_want, p_want = _np_attention(Q, K, V, causal)
+        _assert_close(y.numpy(), y_want, f"{name}: the result"); _assert_close(probs.numpy(), p_want, f"{name}: probs")
+        weights = _f64(ndl, rng.standard_normal(y_want.shape), False)
+        grads = _grads_of(ndl, lambda q, k, v: (attn(q, k, v)[0] * weights).sum(), [Q, K, V])
+        out.update({f"{name}_y": y.numpy(), f"{name}_probs": probs.numpy(),
+                    **{f"{name}_grad_{n}": g for n, g in zip("qkv", grads)}})
+    return out
+
+@check("nn.AttentionLayer._heads")
+def attention_layer_heads(ndl):
+    "AttentionLayer: pre-norm and projection per input, heads split as (B, H, T, D), self- and cross-attention."
+    np.random.seed(0)
+    layer = ndl.nn.AttentionLayer(4, num_head=2, dim_head=3, k_features=5, causal=False, dtype="float64")
+    for norm in (layer.prenorm_q, layer.prenorm_k, layer.prenorm_v):
+        norm.bias = ndl.nn.Parameter(np.linspace(-1, 1, norm.dim), dtype="float64")
+    rng = np.random.default_rng(1)
+    Q, K, V = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 5)), rng.standard_normal((2, 5, 4))
+    heads = layer._heads(_f64(ndl, K, False), layer.prenorm_k, layer.k_projection)
+    assert heads.shape == (2, 2, 5, 3), f"heads of (B=2, T=5, F=5) with 2 heads of 3 are (2, 2, 5, 3), got {heads.shape}"
+    rows = (K.reshape(10, 5) - K.reshape(10, 5).mean(1, keepdims=True))
+    rows = rows / np.sqrt(rows.var(1, keepdims=True) + 1e-5) + np.linspace(-1, 1, 5)
+    want = (rows @ layer.k_projection.weight.numpy()).reshape(2, 5, 2, 3).transpose(0, 2, 1, 3)
+    _assert_close(heads.numpy(), want, "the heads of k")
+    np.random.seed(1)
+    own = ndl.nn.AttentionLayer(4, num_head=2, dim_head=3, causal=False, dtype="float64")
+    own.prenorm_q.bias = ndl.nn.Parameter(np.linspace(-1, 1, 4), dtype="float64")
+    (g_self,) = _grads_of(ndl, lambda q: (own(q) * own(q)).sum(), [Q])
+    np.random.seed(2)
+    causal = ndl.nn.AttentionLayer(4, num_head=2, dim_head=3, dtype="float64")
+    return {"heads": heads.numpy(), "self": own(_f64(ndl, Q, False)).numpy(), "grad_self": g_self,
+            "cross": layer(_f64(ndl, Q, False), _f64(ndl, K, False), _f64(ndl, V, False)).numpy(),
+            "causal": causal(_f64(ndl, Q, False)).numpy()}
+
+
+def _nd_view_report(ndl, view, base, want) -> dict:
+    "A view's shape, strides and offset, checked to share `base`'s buffer and to read numpy's values `want`."
+    assert view._handle is base._handle, "a view must share the buffer (no copy)"
+    got = view.numpy()
+    assert got.shape == want.shape and np.array_equal(got, want), f"the view of shape {got.shape} does not read numpy's values of shape {want.shape}"
+    return {"shape": np.array(view.shape), "strides": np.array(view.strides), "offset": np.array(view._offset), "values": got}
+
+def _nd_base(ndl, shape=(3, 4, 5)):
+    nd = ndl.backend_ndarray
+    x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    return x, nd.NDArray(x, device=nd.cpu())
+
+@check("backend_ndarray.__getitem__", exact=True)
+def ndarray_getitem_views(ndl):
+    "Indexing as a view: shape, strides and offset for ints (kept as length-1 axes), slices with steps, negatives."
+    x, a = _nd_base(ndl)
+    out = {}
+    cases = {"int": (1, slice(None), slice(None)), "steps": (slice(0, 3, 2), slice(1, 4), slice(None, None, 3)),
+             "negative": (-1, slice(-3, None), -2), "step_past_end": (slice(None), slice(1, None, 2), slice(0, 5, 4)),
+             "all_ints": (2, 3, 4)}
+    for name, idx in cases.items():
+        want = x[tuple(slice(i % n, i % n + 1) if isinstance(i, int) else i for i, n in zip(idx, x.shape))]
+        out.update({f"{name}_{k}": v for k, v in _nd_view_report(ndl, a[idx], a, want).items()})
+    v = a[1:, ::2, 1:4][0:2, 1, ::2]   # a view of a view
+    out.update({f"nested_{k}": val for k, val in _nd_view_report(ndl, v, a, x[1:, ::2, 1:4][0:2, 1:2, ::2]).items()})
+    return out
+
+@check("backend_ndarray.broadcast_to", exact=True)
+def ndarray_broadcast_views(ndl):
+    "broadcast_to as a view: stride 0 on grown axes and on new leading axes."
+    out = {}
+    for name, shape, target in [("rows", (1, 4), (3, 4)), ("cols", (3, 1), (3, 5)), ("lead", (4,), (2, 3, 4)),
+                                ("both", (2, 1, 3), (4, 2, 5, 3)), ("same", (2, 3), (2, 3))]:
+        x, a = _nd_base(ndl, shape)
+        out.update({f"{name}_{k}": v for k, v in _nd_view_report(ndl, a.broadcast_to(target), a, np.broadcast_to(x, target)).items()})
+    x, a = _nd_base(ndl, (3, 4, 5))
+    view = a[0:3:2, 1, :]                                  # broadcasting a strided view keeps its offset
+    out.update({f"strided_{k}": v for k, v in _nd_view_report(ndl, view.broadcast_to((2, 2, 1, 5)), a,
+                                                               np.broadcast_to(x[0:3:2, 1:2, :], (2, 2, 1, 5))).items()})
+    return out
+
+@check("backend_ndarray.permute", exact=True)
+def ndarray_permute_views(ndl):
+    "permute as a view: the shape and the strides reordered by the new axes."
+    x, a = _nd_base(ndl, (2, 3, 4))
+    out = {}
+    for axes in [(1, 0, 2), (2, 0, 1), (0, 1, 2), (2, 1, 0), (-1, 0, 1)]:
+        name = "_".join(str(ax % 3) for ax in axes)
+        out.update({f"p{name}_{k}": v for k, v in _nd_view_report(ndl, a.permute(axes), a, np.transpose(x, axes)).items()})
+    view = a[1, 1:, ::2]
+    out.update({f"strided_{k}": v for k, v in _nd_view_report(ndl, view.permute((2, 0, 1)), a,
+                                                               np.transpose(x[1:2, 1:, ::2], (2, 0, 1))).items()})
     return out
 
 # %% ../nbs/98_course.ipynb #faa0cd9c

@@ -102,3 +102,26 @@ MUTANTS.update({
                                ("ConvInputGrad(s, p, a.shape, layout)", "ConvInputGrad(s, 0, a.shape, layout)"),
                                ("return grad_a, grad_b", "return grad_a, None")],
 })
+MUTANTS.update({
+    # 04d_nn_sequence
+    "nn.LSTMCell.forward": [("ops.tanh(g)", "ops.sigmoid(g)"), ("c = f * c0 + i * g", "c = i * c0 + f * g"),
+                            ("o * ops.tanh(c)", "o * c"), ("(self.bias_ih + self.bias_hh)", "self.bias_ih"),
+                            ("h0 @ self.W_hh", "c0 @ self.W_hh"), ("(bs, 4, H)", "(bs, H, 4)")],
+    # 04e_nn_transformer
+    "nn.MultiHeadAttention.forward": [("/ math.sqrt(D)", "/ D"), ("self.matmul(q, k)", "self.matmul(k, q)"),
+                                      ("create_causal_mask(T_q, T_kv,", "create_causal_mask(T_kv, T_q,"),
+                                      ("logits = logits + Tensor.make_const(mask)", "logits = logits - Tensor.make_const(mask)"),
+                                      ("probs @ v, probs", "probs @ v, logits")],
+    "nn.AttentionLayer._heads": [("(B, T, self.num_head, self.dim_head)", "(B, T, self.dim_head, self.num_head)"),
+                                 ("prenorm(x.reshape((B * T, F)))", "x.reshape((B * T, F))"),
+                                 ("(1, 2))", "(0, 1))")],
+    # 00a_ndarray
+    "backend_ndarray.__getitem__": [("(stop - start + step - 1) // step", "(stop - start) // step"),
+                                    ("strides.append(stride * step)", "strides.append(stride)"),
+                                    ("offset += start * stride", "offset += start")],
+    "backend_ndarray.broadcast_to": [("(0,) * lead", "(1,) * lead"), ("s if n == m else 0", "s if n == m else 1"),
+                                     ("return self.as_strided(new_shape, strides)",
+                                      "return self.as_strided(new_shape, strides).compact()")],
+    "backend_ndarray.permute": [("self._strides[ax] for ax in axes", "self._strides[i] for i in range(self.ndim)"),
+                                ("self._shape[ax] for ax in axes", "self._shape[ax] for ax in sorted(axes)")],
+})
