@@ -327,15 +327,18 @@ def parameter_discovery(ndl):
             "values": np.concatenate([p.numpy().ravel() for _, p in named]),
             "search": _codes([path for path, _ in found]), "search_values": np.array([float(p.numpy()[0]) for _, p in found])}
 
-@check("nn._named_modules", exact=True)
+@check("nn._named_modules", "nn._named_modules#2", exact=True)
 def module_discovery(ndl):
     "Every module once, depth-first with its dotted name, children in lists, tuples and dicts included."
     model = _module_tree(ndl)
     names = [n for n, _ in model.named_modules()]
     assert len(names) == len({id(m) for m in model.modules()}), "a module listed twice"
     prefixed = [n for n, _ in model.named_modules(prefix="model")]
+    nn = ndl.nn
+    seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 3), nn.Residual(nn.Linear(3, 3))))
     return {"names": _codes(names), "prefixed": _codes(prefixed), "count": np.array(len(model.modules())),
-            "kinds": _codes([type(m).__name__ for m in model.modules()])}
+            "kinds": _codes([type(m).__name__ for m in model.modules()]),
+            "sequential": _codes([n for n, _ in seq.named_modules()])}
 
 @check("nn.train", exact=True)
 def train_eval_propagate(ndl):

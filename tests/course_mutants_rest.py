@@ -16,10 +16,13 @@ MUTANTS.update({
                    ('f"{prefix}.{i}"', 'f"{prefix}{i}"'),                                      # the dot lost
                    ("for key, item in value.items()", "for key, item in list(value.items())[:1]")],
     "nn._named_modules": [("memo.add(id(module))", "pass"),                                     # shared child twice
-                          ("_join(prefix, name)", "name"),                                      # no dotted path
-                          ("yield prefix, module", "pass")],
+                          ("yield prefix, module", "pass"),                                     # itself left out
+                          ("if id(module) in memo: return", "pass")],
+    "nn._named_modules#2": [("_join(prefix, name)", "name"),                                    # no dotted path
+                            ("if child is not None: yield from", "if child is not None and not name.isdigit(): yield from"),
+                            ("if child is not None: yield from", 'if child is not None and prefix == "": yield from')],
     "nn.train": [("bool(mode)", "True"), ('_named_modules(self, "", set())', '[("", self)]'),
-                 ("return self", "return None")],
+                 ('"training"', '"_training"')],
     "nn._state_items": [('name not in d["_non_persistent_buffers"]', "True"),
                         ('prefix + name + "."', "prefix + name"),
                         ('_own(module, "_buffers", Buffer)', "[]")],
