@@ -15,8 +15,15 @@ import numpy as np
 # %% auto #0
 __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDITION_TAG', 'Exercise', 'public_module',
            'default_exp', 'find_exercises', 'strip_markers', 'check', 'xavier_uniform_draws', 'xavier_normal_draws',
-           'kaiming_uniform_draws', 'kaiming_normal_draws', 'book_notebooks', 'stub_cell', 'chapter_names',
-           'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
+           'kaiming_uniform_draws', 'kaiming_normal_draws', 'topo_sort_order', 'backward_accumulates',
+           'parameter_discovery', 'module_discovery', 'train_eval_propagate', 'state_dict_keys',
+           'load_state_dict_keys_and_values', 'linear_init_draws', 'linear_forward', 'relu_forward',
+           'sequential_forward', 'residual_forward', 'dropout_draws', 'batchnorm_train_eval', 'layernorm_forward',
+           'softmax_loss', 'sgd_momentum_weight_decay', 'adam_bias_correction', 'flip_draws', 'crop_draws',
+           'loader_batches', 'loader_shuffle', 'loader_iteration', 'conv_forward', 'conv_gradient', 'lstm_cell_step',
+           'attention_heads', 'attention_layer_heads', 'ndarray_getitem_views', 'ndarray_broadcast_views',
+           'ndarray_permute_views', 'book_notebooks', 'stub_cell', 'chapter_names', 'make_edition', 'learner_regions',
+           'substitute', 'grade', 'format_table', 'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -182,6 +189,681 @@ def kaiming_normal_draws(ndl):
 
 # %% ../nbs/98_course.ipynb #f0237f3e
 # Checks of the exercises in the other chapters go here.
+def _f64(ndl, a, requires_grad=True):
+    "A float64 tensor (finite differences need the precision)."
+    return ndl.Tensor(np.array(a, dtype=np.float64), dtype="float64", requires_grad=requires_grad)
+
+def _numeric_grads(fn, arrays, eps=1e-6) -> list:
+    "Central finite differences of the scalar `fn(*arrays)` (numpy arrays in, a float out) w.r.t. each array."
+    out = []
+    for k, a in enumerate(arrays):
+        g = np.zeros_like(a, dtype=np.float64)
+        for idx in np.ndindex(a.shape):
+            moved = []
+            for d in (eps, -eps):
+                b = [x.astype(np.float64) for x in arrays]
+                b[k][idx] += d
+                moved.append(fn(*b))
+            g[idx] = (moved[0] - moved[1]) / (2 * eps)
+        out.append(g)
+    return out
+
+def _assert_close(got, want, what, rtol=1e-5, atol=1e-6):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    assert np.allclose(got, want, rtol=rtol, atol=atol), \
+        f"{what}: off by up to {np.abs(got - want).max():.3g} from the expected values"
+
+def _shared_graph(ndl):
+    "A small graph whose nodes are used more than once: `a` by two ops, `c` by three (once as both inputs)."
+    a, b = _f64(ndl, [[1.0, -2.0, 0.5], [0.3, 1.5, -1.0]]), _f64(ndl, [[0.7, 0.2, -1.1], [2.0, -0.4, 0.9]])
+    k = _f64(ndl, [[0.5, -0.5, 1.0], [1.0, 2.0, 0.1]], requires_grad=False)
+    c = ndl.ops.multiply(a, b)
+    d = ndl.ops.add(c, a)
+    e = ndl.ops.multiply(d, c)
+    f = ndl.ops.add(e, k)
+    s = ndl.ops.summation(f)
+    return dict(a=a, b=b, k=k, c=c, d=d, e=e, f=f, s=s)
+
+def _reachable(roots, only_requiring_grad) -> set:
+    seen, todo = set(), list(roots)
+    while todo:
+        n = todo.pop()
+        if id(n) in seen: continue
+        seen.add(id(n))
+        todo += [i for i in n.inputs if not only_requiring_grad or i.requires_grad]
+    return seen
+
+@check("autograd._topo_sort", exact=True)
+def topo_sort_order(ndl):
+    "needle's post-order DFS on a graph with shared nodes: every reachable node once, after its inputs, in needle's order."
+    g = _shared_graph(ndl)
+    names = list(g)
+    pos = {id(n): i for i, n in enumerate(g.values())}
+    out = {}
+    for case, roots, only in [("from_sum", [g["s"]], False), ("three_roots", [g["e"], g["s"], g["d"]], False),
+                              ("repeated_root", [g["c"], g["c"]], False), ("requiring_grad", [g["s"]], True)]:
+        order = ndl.autograd._topo_sort(roots, only_requiring_grad=True) if only else ndl.find_topo_sort(roots)
+        ids = [id(n) for n in order]
+        assert len(ids) == len(set(ids)), f"{case}: a node appears twice in the order"
+        assert set(ids) == _reachable(roots, only), f"{case}: the order does not hold exactly the reachable nodes"
+        done = set()
+        for n in order:
+            for i in n.inputs:
+                if id(i) in set(ids): assert id(i) in done, f"{case}: a node comes before one of its inputs"
+            done.add(id(n))
+        out[case] = np.array([pos[i] for i in ids])
+    return out
+
+@check("autograd._backward_pass", "autograd._backward_pass#2")
+def backward_accumulates(ndl):
+    "Gradients of a graph with shared nodes (a node used twice by one op too) against finite differences, in float64."
+    g = _shared_graph(ndl)
+    g["s"].backward()
+    def value(a, b):
+        c = a * b
+        return float(((c + a) * c + g["k"].numpy()).sum())
+    want = _numeric_grads(value, [g["a"].numpy(), g["b"].numpy()])
+    _assert_close(g["a"].grad.numpy(), want[0], "grad of a")
+    _assert_close(g["b"].grad.numpy(), want[1], "grad of b")
+    assert g["k"].grad is None, "a leaf that does not require a gradient got one"
+    # a matrix graph: x feeds two matmuls, h is used by three ops
+    rng = np.random.default_rng(0)
+    X, W, V = rng.standard_normal((3, 4)), rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
+    x, w, v = _f64(ndl, X), _f64(ndl, W), _f64(ndl, V)
+    h = ndl.ops.tanh(x @ w) * (x @ v)
+    loss = (h * h).sum() + ndl.ops.exp(h * 0.5).sum() + h.sum()
+    loss.backward()
+    def value2(X, W, V):
+        h = np.tanh(X @ W) * (X @ V)
+        return float((h * h).sum() + np.exp(h * 0.5).sum() + h.sum())
+    want = _numeric_grads(value2, [X, W, V])
+    for name, t, gw in zip("xwv", (x, w, v), want): _assert_close(t.grad.numpy(), gw, f"grad of {name}")
+    return {"a": g["a"].grad.numpy(), "b": g["b"].grad.numpy(), "c": g["c"].grad.numpy(), "d": g["d"].grad.numpy(),
+            "x": x.grad.numpy(), "w": w.grad.numpy(), "v": v.grad.numpy(), "h": h.grad.numpy()}
+
+
+def _codes(names) -> np.ndarray:
+    "A list of strings as one integer array (the grader compares arrays of numbers): the code points, '|'-joined."
+    return np.array([ord(ch) for ch in "|".join(names)], dtype=np.int64)
+
+def _module_tree(ndl):
+    """A module tree that needs every kind of discovery: parameters and children in a list, a tuple and a
+    nested dict, a child used twice, a `None` parameter, a non-persistent buffer, and BatchNorm's buffers."""
+    nn = ndl.nn
+    class Leaf(nn.Module):
+        def __init__(self, n, seed):
+            super().__init__()
+            rng = np.random.default_rng(seed)
+            self.w = nn.Parameter(rng.standard_normal((n, 2)).astype(np.float32))
+            self.extra = [nn.Parameter(rng.standard_normal(n).astype(np.float32)),
+                          (nn.Parameter(rng.standard_normal(1).astype(np.float32)),)]
+            self.register_buffer("scratch", ndl.Tensor(np.ones(2, dtype=np.float32)), persistent=False)
+            self.register_buffer("count", nn.Buffer(np.full(1, seed, dtype=np.float32)))
+        def forward(self, x): return x @ self.w
+    class Tree(nn.Module):
+        def __init__(self):
+            super().__init__()
+            shared = Leaf(2, 7)
+            self.first = Leaf(3, 1)
+            self.blocks = [Leaf(2, 2), {"inner": {"deep": Leaf(1, 3)}, "p": nn.Parameter(np.zeros(4, dtype=np.float32))}]
+            self.pair = (shared, nn.Linear(2, 2, bias=False))
+            self.again = shared
+            self.norm = nn.BatchNorm1d(2)
+            self.drop = nn.Dropout(0.5)
+    np.random.seed(0)
+    return Tree()
+
+@check("nn._search", exact=True)
+def parameter_discovery(ndl):
+    "Parameters found in attributes, lists, tuples and nested dicts: names (needle's order) and values, each once."
+    model = _module_tree(ndl)
+    named = list(model.named_parameters())
+    found = []
+    ndl.nn.module._search({"a": [1, (ndl.nn.Parameter([1.0]), {"b": ndl.nn.Parameter([2.0])})], "c": "x"}, "top", found,
+                          ndl.nn.Parameter)
+    assert len(model.parameters()) == len(named) == len({id(p) for _, p in named}), "a parameter listed twice"
+    return {"names": _codes([n for n, _ in named]), "sizes": np.array([p.numpy().size for _, p in named]),
+            "values": np.concatenate([p.numpy().ravel() for _, p in named]),
+            "search": _codes([path for path, _ in found]), "search_values": np.array([float(p.numpy()[0]) for _, p in found])}
+
+@check("nn._named_modules", "nn._named_modules#2", exact=True)
+def module_discovery(ndl):
+    "Every module once, depth-first with its dotted name, children in lists, tuples and dicts included."
+    model = _module_tree(ndl)
+    names = [n for n, _ in model.named_modules()]
+    assert len(names) == len({id(m) for m in model.modules()}), "a module listed twice"
+    prefixed = [n for n, _ in model.named_modules(prefix="model")]
+    nn = ndl.nn
+    seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 3), nn.Residual(nn.Linear(3, 3))))
+    return {"names": _codes(names), "prefixed": _codes(prefixed), "count": np.array(len(model.modules())),
+            "kinds": _codes([type(m).__name__ for m in model.modules()]),
+            "sequential": _codes([n for n, _ in seq.named_modules()])}
+
+@check("nn.train", exact=True)
+def train_eval_propagate(ndl):
+    "`eval()` and `train()` reach every descendant (through lists, tuples and dicts) and return the module."
+    model = _module_tree(ndl)
+    flags = lambda: np.array([m.training for _, m in model.named_modules()])
+    out = {"start": flags()}
+    assert model.eval() is model, "eval() must return the module"
+    out["eval"] = flags()
+    assert model.train() is model, "train() must return the module"
+    out["train"] = flags()
+    model.train(0); out["train_0"] = flags()
+    assert all(type(m.training) is bool for m in model.modules()), "training must be a bool"
+    model.blocks[0].train(True); out["one_block"] = flags()
+    x = ndl.Tensor(np.ones((2, 3), dtype=np.float32))
+    model.train(); np.random.seed(1); out["dropout_train"] = model.drop(x).numpy()
+    model.eval(); out["dropout_eval"] = model.drop(x).numpy()
+    return out
+
+@check("nn._state_items", exact=True)
+def state_dict_keys(ndl):
+    "state_dict: parameters then persistent buffers, module by module, dotted names; the live tensors."
+    model = _module_tree(ndl)
+    state = model.state_dict()
+    assert state["first.w"] is model.first.w, "state_dict must hold the live parameters, not copies"
+    inner = ndl.nn.Sequential(ndl.nn.Linear(2, 3), ndl.nn.ReLU(), ndl.nn.BatchNorm1d(3))
+    return {"keys": _codes(list(state)), "values": np.concatenate([v.numpy().ravel() for v in state.values()]),
+            "prefixed": _codes(list(model.first.state_dict(prefix="m."))), "sequential": _codes(list(inner.state_dict()))}
+
+@check("nn.load_state_dict", "nn.load_state_dict#2", exact=True)
+def load_state_dict_keys_and_values(ndl):
+    "load_state_dict: missing and unexpected keys (strict=False), strict's refusal, and the values written."
+    model = _module_tree(ndl)
+    state = {k: v.numpy() + 1 for k, v in model.state_dict().items()}
+    state.pop("first.w"); state.pop("norm.running_var")
+    state["bogus"] = np.zeros(1); state["first.nope"] = np.zeros(2)
+    result = model.load_state_dict(state, strict=False)
+    out = {"missing": _codes(result.missing_keys), "unexpected": _codes(result.unexpected_keys),
+           "loaded": np.concatenate([v.numpy().ravel() for v in model.state_dict().values()])}
+    try:
+        model.load_state_dict(state)
+        raise AssertionError("load_state_dict(strict=True) accepted missing and unexpected keys")
+    except RuntimeError as e:
+        assert "bogus" in str(e) and "first.w" in str(e), "strict=True must name the missing and unexpected keys"
+    other = _module_tree(ndl)
+    for p in other.parameters(): p.cached_data = p.cached_data * 3
+    copy = _module_tree(ndl)
+    assert copy.load_state_dict(other.state_dict()) == ([], []), "a full state dict has no missing or unexpected keys"
+    out["copied"] = np.concatenate([v.numpy().ravel() for v in copy.state_dict().values()])
+    assert np.array_equal(out["copied"], np.concatenate([v.numpy().ravel() for v in other.state_dict().values()])), \
+        "load_state_dict did not copy the values"
+    return out
+
+
+def _grads_of(ndl, make_loss, arrays) -> list:
+    "The gradients `backward` gives of `make_loss(*tensors)` at float64 `arrays`, checked against finite differences."
+    ts = [_f64(ndl, a) for a in arrays]
+    make_loss(*ts).backward()
+    got = [t.grad.numpy() for t in ts]
+    want = _numeric_grads(lambda *b: float(make_loss(*[_f64(ndl, x, False) for x in b]).numpy()), arrays)
+    for k, (g, w) in enumerate(zip(got, want)): _assert_close(g, w, f"gradient of input {k}")
+    return got
+
+@check("nn.Linear.__init__", exact=True)
+def linear_init_draws(ndl):
+    "needle's draws under a seed: weight (in, out) by kaiming_uniform, then the bias, (1, out)."
+    out = {}
+    for fi, fo in [(5, 3), (2, 7), (1, 1)]:
+        np.random.seed(fi); layer = ndl.nn.Linear(fi, fo)
+        out[f"w{fi}_{fo}"], out[f"b{fi}_{fo}"] = layer.weight.numpy(), layer.bias.numpy()
+    np.random.seed(4); layer = ndl.nn.Linear(4, 2, bias=False)
+    assert layer.bias is None and [n for n, _ in layer.named_parameters()] == ["weight"], "bias=False: no bias"
+    out["no_bias"] = layer.weight.numpy()
+    np.random.seed(5); out["float64"] = ndl.nn.Linear(3, 2, dtype="float64").weight.numpy()
+    return out
+
+def _linear_f64(ndl, fi, fo, bias=True, seed=0):
+    np.random.seed(seed)
+    layer = ndl.nn.Linear(fi, fo, bias=bias, dtype="float64")
+    return layer
+
+@check("nn.Linear.forward")
+def linear_forward(ndl):
+    "XW + b on a batch and on one 1-D row, without bias, and the gradients against finite differences."
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4, 5))
+    layer = _linear_f64(ndl, 5, 3)
+    W, b = layer.weight.numpy(), layer.bias.numpy()
+    def loss(x, w, bb):
+        layer.weight, layer.bias = w, bb
+        y = layer(x)
+        return (y * y).sum() + y.sum()
+    gx, gw, gb = _grads_of(ndl, loss, [X, W, b])
+    layer.weight, layer.bias = ndl.nn.Parameter(W, dtype="float64"), ndl.nn.Parameter(b, dtype="float64")
+    row = layer(_f64(ndl, X[0], False)).numpy()
+    assert row.shape == (3,), f"a 1-D input row gives a 1-D output, got shape {row.shape}"
+    plain = _linear_f64(ndl, 5, 2, bias=False, seed=3)
+    return {"y": layer(_f64(ndl, X, False)).numpy(), "row": row, "no_bias": plain(_f64(ndl, X, False)).numpy(),
+            "gx": gx, "gw": gw, "gb": gb}
+
+@check("nn.ReLU.forward")
+def relu_forward(ndl):
+    "max(x, 0) and its gradient (0 on the negative side) against finite differences."
+    X = np.array([[-1.5, 0.3, 2.0], [0.7, -0.2, -3.0]])
+    (g,) = _grads_of(ndl, lambda x: (ndl.nn.ReLU()(x) * _f64(ndl, [[1., 2., 3.], [4., 5., 6.]], False)).sum(), [X])
+    return {"y": ndl.nn.ReLU()(_f64(ndl, X, False)).numpy(), "grad": g}
+
+@check("nn.Sequential.forward")
+def sequential_forward(ndl):
+    "Children applied in order (Linear, ReLU, Linear, then a Residual) and the gradient through them."
+    np.random.seed(0)
+    model = ndl.nn.Sequential(ndl.nn.Linear(3, 4, dtype="float64"), ndl.nn.ReLU(), ndl.nn.Linear(4, 2, dtype="float64"),
+                              ndl.nn.Tanh())
+    X = np.random.default_rng(1).standard_normal((5, 3))
+    (g,) = _grads_of(ndl, lambda x: (model(x) * model(x)).sum(), [X])
+    assert len(ndl.nn.Sequential()(_f64(ndl, X, False)).shape) == 2, "an empty Sequential is the identity"
+    return {"y": model(_f64(ndl, X, False)).numpy(), "grad": g, "empty": ndl.nn.Sequential()(_f64(ndl, X, False)).numpy()}
+
+@check("nn.Residual.forward")
+def residual_forward(ndl):
+    "fn(x) + x, and its gradient (the skip adds the identity)."
+    np.random.seed(2)
+    block = ndl.nn.Residual(ndl.nn.Sequential(ndl.nn.Linear(3, 3, dtype="float64"), ndl.nn.Tanh()))
+    X = np.random.default_rng(2).standard_normal((4, 3))
+    (g,) = _grads_of(ndl, lambda x: (block(x) * block(x)).sum(), [X])
+    return {"y": block(_f64(ndl, X, False)).numpy(), "grad": g}
+
+@check("nn.Dropout.forward", exact=True)
+def dropout_draws(ndl):
+    "needle's mask under a seed (randb with keep-probability 1 - p), the 1/(1 - p) scale, and eval's identity."
+    x = ndl.Tensor(np.arange(1, 41, dtype=np.float32).reshape(5, 8))
+    out = {}
+    for p in (0.3, 0.5, 0.0, 1.0):
+        layer = ndl.nn.Dropout(p)
+        np.random.seed(3); out[f"train_{p}"] = layer(x).numpy()
+        layer.eval(); np.random.seed(3); out[f"eval_{p}"] = layer(x).numpy()
+    np.random.seed(3); ndl.nn.Dropout(0.3)(x); out["next_draw"] = np.random.rand(3)   # the mask is one draw
+    layer = ndl.nn.Dropout(0.25)
+    xg = ndl.Tensor(np.ones((3, 4), dtype=np.float32), requires_grad=True)
+    np.random.seed(4); layer(xg).sum().backward(); out["grad"] = xg.grad.numpy()
+    return out
+
+def _batchnorm_run(ndl, module, seed=0):
+    "Three training steps of `module` (float64) on seeded batches, then evaluation: outputs, gradients, running stats."
+    rng = np.random.default_rng(seed)
+    out = {}
+    module.weight.cached_data = module.weight.cached_data * 0 + rng.uniform(0.5, 1.5, module.weight.shape)
+    module.bias.cached_data = module.bias.cached_data * 0 + rng.uniform(-1, 1, module.bias.shape)
+    for step in range(3):
+        x = _f64(ndl, rng.standard_normal((6, module.dim)) * (step + 1) + step)
+        y = module(x)
+        (y * y * _f64(ndl, np.arange(6 * module.dim).reshape(6, module.dim) % 5, False)).sum().backward()
+        out[f"y{step}"], out[f"gx{step}"] = y.numpy(), x.grad.numpy()
+        out[f"mean{step}"], out[f"var{step}"] = module.running_mean.numpy(), module.running_var.numpy()
+    out["gw"], out["gb"] = module.weight.grad.numpy(), module.bias.grad.numpy()
+    module.eval()
+    out["eval"] = module(_f64(ndl, rng.standard_normal((4, module.dim)), False)).numpy()
+    return out
+
+@check("nn.BatchNorm1d._normalize", "nn.BatchNorm1d._normalize#2")
+def batchnorm_train_eval(ndl):
+    "BatchNorm1d: batch statistics and their gradients in training, running averages by momentum, running stats in eval."
+    out = _batchnorm_run(ndl, ndl.nn.BatchNorm1d(3, momentum=0.3, dtype="float64"))
+    out.update({f"eps_{k}": v for k, v in _batchnorm_run(ndl, ndl.nn.BatchNorm1d(2, eps=0.5, dtype="float64"), 1).items()})
+    # the training gradient against finite differences (one fresh module per evaluation: running stats move)
+    X = np.random.default_rng(5).standard_normal((5, 2))
+    def loss(x):
+        m = ndl.nn.BatchNorm1d(2, dtype="float64")
+        y = m(x)
+        return (y * _f64(ndl, [[1., 2.], [3., -1.], [0.5, 2.], [1., 1.], [-2., 0.3]], False)).sum()
+    (out["gx_fd"],) = _grads_of(ndl, loss, [X])
+    return out
+
+@check("nn.LayerNorm.forward")
+def layernorm_forward(ndl):
+    "LayerNorm1d rows normalized with the biased variance and eps, scaled and shifted; gradients by finite differences."
+    rng = np.random.default_rng(0)
+    layer = ndl.nn.LayerNorm1d(4, eps=0.1, dtype="float64")
+    W, B = rng.uniform(0.5, 1.5, 4), rng.uniform(-1, 1, 4)
+    X = rng.standard_normal((3, 4)) * np.array([[0.1], [1.0], [3.0]])
+    def loss(x, w, b):
+        layer.weight, layer.bias = w, b
+        y = layer(x)
+        return (y * y * _f64(ndl, np.arange(12.0).reshape(3, 4) % 3, False)).sum() + y.sum()
+    gx, gw, gb = _grads_of(ndl, loss, [X, W, B])
+    plain = ndl.nn.LayerNorm((2, 3), elementwise_affine=False, dtype="float64")
+    return {"y": layer(_f64(ndl, X, False)).numpy(), "gx": gx, "gw": gw, "gb": gb,
+            "plain": plain(_f64(ndl, rng.standard_normal((2, 2, 3)), False)).numpy()}
+
+@check("nn.CrossEntropyLoss.forward")
+def softmax_loss(ndl):
+    "SoftmaxLoss (mean of logsumexp(z) - z_y), the sum and per-row reductions, and the gradient of the logits."
+    rng = np.random.default_rng(0)
+    Z, y = rng.standard_normal((4, 5)) * 2, np.array([0, 3, 4, 3])
+    (g,) = _grads_of(ndl, lambda z: ndl.nn.SoftmaxLoss()(z, y), [Z])
+    z = _f64(ndl, Z, False)
+    want = np.log(np.exp(Z).sum(1)) - Z[np.arange(4), y]
+    _assert_close(ndl.nn.SoftmaxLoss()(z, y).numpy(), want.mean(), "the mean loss")
+    return {"mean": ndl.nn.SoftmaxLoss()(z, y).numpy(), "sum": ndl.nn.CrossEntropyLoss("sum")(z, y).numpy(),
+            "none": ndl.nn.CrossEntropyLoss("none")(z, y).numpy(), "grad": g,
+            "tensor_labels": ndl.nn.SoftmaxLoss()(z, ndl.Tensor(y.astype(np.float32))).numpy()}
+
+
+def _optimizer_run(ndl, make, steps=4, dtype="float32"):
+    "Parameters after `steps` steps of the optimizer `make(params)` on a fixed loss; one parameter has no gradient."
+    rng = np.random.default_rng(0)
+    params = [ndl.nn.Parameter(rng.standard_normal(s), dtype=dtype) for s in [(3, 2), (2,), (4,)]]
+    target = rng.standard_normal((3, 2))
+    opt = make(params)
+    out = {}
+    for t in range(steps):
+        opt.reset_grad()
+        loss = ((params[0] - ndl.Tensor(target, dtype=dtype)) ** 2).sum() + (params[1] * params[1] * params[1]).sum()
+        loss.backward()                                   # params[2] is not used: its .grad stays None
+        opt.step()
+        for i, p in enumerate(params): out[f"p{i}_step{t}"] = p.numpy()
+    assert np.array_equal(out[f"p2_step{steps - 1}"], out["p2_step0"]), "a parameter without gradient moved"
+    return out
+
+@check("optim.SGD.step")
+def sgd_momentum_weight_decay(ndl):
+    "needle's SGD: plain, with momentum (u = βu + (1-β)g), with L2 weight decay, and both; parameters after each step."
+    out = {}
+    for name, kw in [("plain", {}), ("momentum", {"momentum": 0.9}), ("decay", {"weight_decay": 0.1}),
+                     ("both", {"momentum": 0.5, "weight_decay": 0.01})]:
+        out.update({f"{name}_{k}": v for k, v in _optimizer_run(ndl, lambda ps: ndl.optim.SGD(ps, lr=0.1, **kw)).items()})
+    w = ndl.nn.Parameter(np.array([1.0], dtype=np.float32))
+    (w * w).sum().backward(); ndl.optim.SGD([w], lr=0.1, momentum=0.9).step()
+    _assert_close(w.numpy(), [1.0 - 0.1 * 0.1 * 2.0], "one momentum step: w - lr·(1-β)·g")
+    return out
+
+@check("optim.Adam.step", "optim.Adam.step#2")
+def adam_bias_correction(ndl):
+    "needle's Adam: the moments, the bias corrections of step t, eps and L2 weight decay; parameters after each step."
+    out = {}
+    for name, kw in [("default", {}), ("eps", {"eps": 0.1}), ("decay", {"weight_decay": 0.1, "beta1": 0.5}),
+                     ("betas", {"beta1": 0.8, "beta2": 0.9, "eps": 0.01})]:
+        out.update({f"{name}_{k}": v for k, v in _optimizer_run(ndl, lambda ps: ndl.optim.Adam(ps, lr=0.1, **kw), 5,
+                                                                  "float64").items()})
+    # the first step moves every weight by lr·g/(|g| + eps) (the bias corrections cancel the moments' decay)
+    w = ndl.nn.Parameter(np.array([1.0, -2.0]), dtype="float64")
+    (w * w).sum().backward(); ndl.optim.Adam([w], lr=0.1, eps=0.5).step()
+    _assert_close(w.numpy(), np.array([1.0, -2.0]) - 0.1 * np.array([2.0, -4.0]) / (np.array([2.0, 4.0]) + 0.5),
+                  "Adam's first step")
+    return out
+
+
+def _image(seed=0, shape=(4, 5, 3)):
+    return np.random.default_rng(seed).integers(1, 100, shape).astype(np.float32)
+
+@check("data.RandomFlipHorizontal.__call__", exact=True)
+def flip_draws(ndl):
+    "needle's one draw per call (np.random.rand() < p) under a seed, the flip along W, and p = 0 and 1."
+    img, out = _image(), {}
+    for p in (0.5, 0.3, 0.0, 1.0):
+        flip = ndl.data.RandomFlipHorizontal(p)
+        np.random.seed(1)
+        out[f"p{p}"] = np.stack([flip(img) for _ in range(12)])
+        out[f"next_draw_{p}"] = np.random.rand(2)   # each call drew exactly once
+    assert np.array_equal(out["p1.0"][0], img[:, ::-1]), "a flip reverses the W axis of an (H, W, C) image"
+    return out
+
+@check("data.RandomCrop.__call__", exact=True)
+def crop_draws(ndl):
+    "needle's draw of the two shifts under a seed, the zero padding and the shifted window, for three paddings."
+    img, out = _image(1, (5, 6, 2)), {}
+    for padding in (2, 3, 1, 0):
+        crop = ndl.data.RandomCrop(padding)
+        np.random.seed(padding)
+        crops = np.stack([crop(img) for _ in range(10)])
+        assert crops.shape[1:] == img.shape, "a crop keeps the image's shape"
+        out[f"pad{padding}"], out[f"next_draw_{padding}"] = crops, np.random.rand(2)
+    np.random.seed(0)
+    shift_x, shift_y = np.random.randint(low=-2, high=3, size=2)
+    np.random.seed(0)
+    got = ndl.data.RandomCrop(2)(img)
+    padded = np.pad(img, ((2, 2), (2, 2), (0, 0)))
+    assert np.array_equal(got, padded[2 + shift_x:2 + shift_x + 5, 2 + shift_y:2 + shift_y + 6]), \
+        "the window starts at row padding + shift_x, column padding + shift_y"
+    return out
+
+def _loader_epochs(ndl, n=10, batch_size=3, epochs=2, **kw):
+    "The `y` of every batch of `epochs` passes (concatenated) and the batch sizes, for a dataset of `n` rows."
+    X = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(X, np.arange(n)), batch_size=batch_size, **kw)
+    ys, sizes = [], []
+    for _ in range(epochs):
+        for xb, yb in loader:
+            assert np.array_equal(xb.numpy(), X[yb.numpy()]), "a batch's rows do not match its labels"
+            ys.append(yb.numpy()); sizes.append(len(yb.numpy()))
+    return np.concatenate(ys) if ys else np.zeros(0, np.int64), np.array(sizes)
+
+def _loader_cases(ndl) -> dict:
+    out = {}
+    for name, n, bs, kw in [("ordered", 10, 3, {}), ("exact", 9, 3, {}), ("one_batch", 4, 10, {}), ("ones", 3, 1, {}),
+                            ("shuffled", 10, 3, {"shuffle": True}), ("shuffled_7", 7, 2, {"shuffle": True}),
+                            ("sampler", 10, 3, {"sampler": [4, 1, 1, 7, 0]}), ("empty", 0, 3, {})]:
+        np.random.seed(n + bs)
+        out[f"{name}_y"], out[f"{name}_sizes"] = _loader_epochs(ndl, n, bs, **kw)
+        out[f"{name}_next_draw"] = np.random.rand(2)   # shuffling draws one permutation per epoch, nothing else
+    return out
+
+@check("data.DataLoader._split", exact=True)
+def loader_batches(ndl):
+    "Batches of batch_size consecutive examples, the last one holding the rest; an empty dataset gives none."
+    out = _loader_cases(ndl)
+    assert list(out["ordered_sizes"]) == [3, 3, 3, 1] * 2, "10 examples in batches of 3: sizes 3, 3, 3, 1"
+    assert len(out["empty_sizes"]) == 0, "an empty dataset gives no batch"
+    return out
+
+@check("data.DataLoader.__iter__", exact=True)
+def loader_shuffle(ndl):
+    "needle's shuffle under a seed: one np.random.permutation per epoch, drawn when the pass starts; a sampler's order."
+    out = _loader_cases(ndl)
+    first, second = np.split(out["shuffled_y"], 2)
+    assert sorted(first) == list(range(10)) and not np.array_equal(first, second), "each epoch a new permutation"
+    return out
+
+@check("data._LoaderIterator.__next__", exact=True)
+def loader_iteration(ndl):
+    "Every batch once per pass, in order, then StopIteration; nested loops over one loader keep their own positions."
+    out = _loader_cases(ndl)
+    loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(np.arange(5.0)), batch_size=2)
+    pairs = [(int(a.numpy()[0]), int(b.numpy()[0])) for (a,) in loader for (b,) in loader]
+    assert len(pairs) == 9, f"nested loops over 3 batches give 9 pairs, got {len(pairs)}"
+    it = iter(loader)
+    got = [next(loader)[0].numpy() for _ in range(3)]
+    try:
+        next(loader)
+        raise AssertionError("next(loader) after the last batch must raise StopIteration")
+    except StopIteration: pass
+    out["pairs"], out["next"] = np.array(pairs), np.concatenate(got)
+    return out
+
+
+def _naive_conv(A, B, stride, padding):
+    "The convolution by its definition, in float64 loops: NHWC `A`, `(KH, KW, C_in, C_out)` `B`, (h, w) pairs."
+    (s_h, s_w), (p_h, p_w) = stride, padding
+    A = np.pad(A, ((0, 0), (p_h, p_h), (p_w, p_w), (0, 0)))
+    KH, KW = B.shape[:2]
+    H_out, W_out = (A.shape[1] - KH) // s_h + 1, (A.shape[2] - KW) // s_w + 1
+    out = np.zeros((A.shape[0], H_out, W_out, B.shape[3]))
+    for i in range(H_out):
+        for j in range(W_out):
+            window = A[:, i * s_h:i * s_h + KH, j * s_w:j * s_w + KW, :]
+            out[:, i, j] = np.einsum("nuvc,uvco->no", window, B)
+    return out
+
+# (input shape, kernel shape, stride, padding): strides and paddings that differ along H and W, and C_out >= C_in so
+# that numpy's path is im2col (not the stride-1 shift-and-add)
+_CONV_CASES = [((2, 5, 6, 2), (3, 3, 2, 3), 1, 1), ((1, 7, 6, 3), (3, 2, 3, 4), 2, 0), ((2, 6, 7, 1), (2, 3, 1, 2), (1, 2), (1, 2)),
+               ((1, 5, 5, 2), (1, 1, 2, 2), 1, 0), ((1, 8, 9, 2), (3, 3, 2, 2), (3, 2), (2, 1))]
+
+def _pair_of(v): return (v, v) if isinstance(v, int) else v
+
+@check("ops_conv._im2col", "ops_conv._conv_forward_rows")
+def conv_forward(ndl):
+    "conv against its definition for strides, paddings and kernels that differ along H and W (float64)."
+    rng, out = np.random.default_rng(0), {}
+    for k, (a_shape, b_shape, s, p) in enumerate(_CONV_CASES):
+        A, B = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+        got = ndl.conv(_f64(ndl, A, False), _f64(ndl, B, False), stride=s, padding=p).numpy()
+        _assert_close(got, _naive_conv(A, B, _pair_of(s), _pair_of(p)), f"conv case {k}")
+        out[f"case{k}"] = got
+    windows = ndl.ops_conv._im2col(np.arange(2 * 5 * 6 * 1.0).reshape(2, 5, 6, 1), 2, 3, (2, 1))
+    out["windows"] = np.array(windows)
+    return out
+
+@check("ops_conv._im2col", "ops_conv.Conv.gradient")
+def conv_gradient(ndl):
+    "The input's and the kernel's gradients of conv against finite differences (float64), and twice differentiable."
+    rng, out = np.random.default_rng(1), {}
+    for k, (a_shape, b_shape, s, p) in enumerate(_CONV_CASES[:3] + _CONV_CASES[4:]):
+        A, B = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+        weights = rng.standard_normal(_naive_conv(A, B, _pair_of(s), _pair_of(p)).shape)
+        loss = lambda a, b: (ndl.conv(a, b, stride=s, padding=p) * _f64(ndl, weights, False)).sum()
+        ga, gb = _grads_of(ndl, loss, [A, B])
+        out[f"ga{k}"], out[f"gb{k}"] = ga, gb
+    # the gradient is a graph again (needle records it): d/dA of sum(grad_A^2)
+    A, B = rng.standard_normal((1, 4, 4, 1)), rng.standard_normal((2, 2, 1, 2))
+    b = _f64(ndl, B, False)
+    def second(a):
+        (g,) = ndl.vjp(lambda t: ndl.conv(t, b, stride=1, padding=1), [a], ndl.conv(a, b, stride=1, padding=1))
+        return (g * g).sum()
+    a = _f64(ndl, A)
+    second(a).backward()
+    want = _numeric_grads(lambda x: float(second(_f64(ndl, x)).numpy()), [A])[0]
+    _assert_close(a.grad.numpy(), want, "the gradient of a gradient")
+    out["second"] = a.grad.numpy()
+    return out
+
+
+def _np_sigmoid(z): return 1 / (1 + np.exp(-z))
+
+@check("nn.LSTMCell.forward")
+def lstm_cell_step(ndl):
+    "One LSTM step (gates i, f, g, o in blocks of the 4H axis) against numpy, and its gradients by finite differences."
+    np.random.seed(0)
+    cell = ndl.nn.LSTMCell(3, 2, dtype="float64")
+    rng = np.random.default_rng(0)
+    X, h0, c0 = rng.standard_normal((4, 3)), rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
+    W_ih, W_hh, b_ih, b_hh = (p.numpy() for p in (cell.W_ih, cell.W_hh, cell.bias_ih, cell.bias_hh))
+    z = X @ W_ih + h0 @ W_hh + b_ih + b_hh
+    i, f, g, o = _np_sigmoid(z[:, :2]), _np_sigmoid(z[:, 2:4]), np.tanh(z[:, 4:6]), _np_sigmoid(z[:, 6:])
+    c_want = f * c0 + i * g
+    h, c = cell(_f64(ndl, X, False), (_f64(ndl, h0, False), _f64(ndl, c0, False)))
+    _assert_close(c.numpy(), c_want, "c'"); _assert_close(h.numpy(), o * np.tanh(c_want), "h'")
+    weights = _f64(ndl, rng.standard_normal((4, 2)), False)
+    def loss(x, hh, cc, w_ih, w_hh):
+        cell.W_ih, cell.W_hh = w_ih, w_hh
+        h, c = cell(x, (hh, cc))
+        return (h * weights).sum() + (c * c).sum()
+    grads = _grads_of(ndl, loss, [X, h0, c0, W_ih, W_hh])
+    cell.W_ih, cell.W_hh = ndl.nn.Parameter(W_ih, dtype="float64"), ndl.nn.Parameter(W_hh, dtype="float64")
+    h_zero, c_zero = cell(_f64(ndl, X, False))
+    np.random.seed(1)
+    plain = ndl.nn.LSTMCell(3, 2, bias=False, dtype="float64")
+    h_plain, _ = plain(_f64(ndl, X, False), (_f64(ndl, h0, False), _f64(ndl, c0, False)))
+    return {"h": h.numpy(), "c": c.numpy(), "h_zero_state": h_zero.numpy(), "c_zero_state": c_zero.numpy(),
+            "no_bias": h_plain.numpy(), **{f"grad{k}": g for k, g in enumerate(grads)}}
+
+def _np_attention(q, k, v, causal):
+    logits = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    if causal:
+        T_q, T_kv = q.shape[2], k.shape[2]
+        logits = np.where(np.triu(np.ones((T_q, T_kv), bool), T_kv - T_q + 1), -np.inf, logits)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)
+    return p @ v, p
+
+@check("nn.MultiHeadAttention.forward")
+def attention_heads(ndl):
+    "Scaled dot-product attention over heads, plain and causal (T_q < T_kv too), against numpy; gradients of q, k, v."
+    rng, out = np.random.default_rng(0), {}
+    for name, (T_q, T_kv), causal in [("plain", (3, 4), False), ("causal", (3, 3), True), ("causal_kv", (2, 4), True)]:
+        Q, K, V = rng.standard_normal((1, 2, T_q, 3)), rng.standard_normal((1, 2, T_kv, 3)), rng.standard_normal((1, 2, T_kv, 3))
+        attn = ndl.nn.MultiHeadAttention(causal=causal, dtype="float64")
+        y, probs = attn(_f64(ndl, Q, False), _f64(ndl, K, False), _f64(ndl, V, False))
+        y_want, p_want = _np_attention(Q, K, V, causal)
+        _assert_close(y.numpy(), y_want, f"{name}: the result"); _assert_close(probs.numpy(), p_want, f"{name}: probs")
+        weights = _f64(ndl, rng.standard_normal(y_want.shape), False)
+        grads = _grads_of(ndl, lambda q, k, v: (attn(q, k, v)[0] * weights).sum(), [Q, K, V])
+        out.update({f"{name}_y": y.numpy(), f"{name}_probs": probs.numpy(),
+                    **{f"{name}_grad_{n}": g for n, g in zip("qkv", grads)}})
+    return out
+
+@check("nn.AttentionLayer._heads")
+def attention_layer_heads(ndl):
+    "AttentionLayer: pre-norm and projection per input, heads split as (B, H, T, D), self- and cross-attention."
+    np.random.seed(0)
+    layer = ndl.nn.AttentionLayer(4, num_head=2, dim_head=3, k_features=5, causal=False, dtype="float64")
+    for norm in (layer.prenorm_q, layer.prenorm_k, layer.prenorm_v):
+        norm.bias = ndl.nn.Parameter(np.linspace(-1, 1, norm.dim), dtype="float64")
+    rng = np.random.default_rng(1)
+    Q, K, V = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 5)), rng.standard_normal((2, 5, 4))
+    heads = layer._heads(_f64(ndl, K, False), layer.prenorm_k, layer.k_projection)
+    assert heads.shape == (2, 2, 5, 3), f"heads of (B=2, T=5, F=5) with 2 heads of 3 are (2, 2, 5, 3), got {heads.shape}"
+    rows = (K.reshape(10, 5) - K.reshape(10, 5).mean(1, keepdims=True))
+    rows = rows / np.sqrt(rows.var(1, keepdims=True) + 1e-5) + np.linspace(-1, 1, 5)
+    want = (rows @ layer.k_projection.weight.numpy()).reshape(2, 5, 2, 3).transpose(0, 2, 1, 3)
+    _assert_close(heads.numpy(), want, "the heads of k")
+    np.random.seed(1)
+    own = ndl.nn.AttentionLayer(4, num_head=2, dim_head=3, causal=False, dtype="float64")
+    own.prenorm_q.bias = ndl.nn.Parameter(np.linspace(-1, 1, 4), dtype="float64")
+    (g_self,) = _grads_of(ndl, lambda q: (own(q) * own(q)).sum(), [Q])
+    np.random.seed(2)
+    causal = ndl.nn.AttentionLayer(4, num_head=2, dim_head=3, dtype="float64")
+    return {"heads": heads.numpy(), "self": own(_f64(ndl, Q, False)).numpy(), "grad_self": g_self,
+            "cross": layer(_f64(ndl, Q, False), _f64(ndl, K, False), _f64(ndl, V, False)).numpy(),
+            "causal": causal(_f64(ndl, Q, False)).numpy()}
+
+
+def _nd_view_report(ndl, view, base, want) -> dict:
+    "A view's shape, strides and offset, checked to share `base`'s buffer and to read numpy's values `want`."
+    assert view._handle is base._handle, "a view must share the buffer (no copy)"
+    got = view.numpy()
+    assert got.shape == want.shape and np.array_equal(got, want), f"the view of shape {got.shape} does not read numpy's values of shape {want.shape}"
+    return {"shape": np.array(view.shape), "strides": np.array(view.strides), "offset": np.array(view._offset), "values": got}
+
+def _nd_base(ndl, shape=(3, 4, 5)):
+    nd = ndl.backend_ndarray
+    x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    return x, nd.NDArray(x, device=nd.cpu())
+
+@check("backend_ndarray.__getitem__", exact=True)
+def ndarray_getitem_views(ndl):
+    "Indexing as a view: shape, strides and offset for ints (kept as length-1 axes), slices with steps, negatives."
+    x, a = _nd_base(ndl)
+    out = {}
+    cases = {"int": (1, slice(None), slice(None)), "steps": (slice(0, 3, 2), slice(1, 4), slice(None, None, 3)),
+             "negative": (-1, slice(-3, None), -2), "step_past_end": (slice(None), slice(1, None, 2), slice(0, 5, 4)),
+             "all_ints": (2, 3, 4)}
+    for name, idx in cases.items():
+        want = x[tuple(slice(i % n, i % n + 1) if isinstance(i, int) else i for i, n in zip(idx, x.shape))]
+        out.update({f"{name}_{k}": v for k, v in _nd_view_report(ndl, a[idx], a, want).items()})
+    v = a[1:, ::2, 1:4][0:2, 1, ::2]   # a view of a view
+    out.update({f"nested_{k}": val for k, val in _nd_view_report(ndl, v, a, x[1:, ::2, 1:4][0:2, 1:2, ::2]).items()})
+    return out
+
+@check("backend_ndarray.broadcast_to", exact=True)
+def ndarray_broadcast_views(ndl):
+    "broadcast_to as a view: stride 0 on grown axes and on new leading axes."
+    out = {}
+    for name, shape, target in [("rows", (1, 4), (3, 4)), ("cols", (3, 1), (3, 5)), ("lead", (4,), (2, 3, 4)),
+                                ("both", (2, 1, 3), (4, 2, 5, 3)), ("same", (2, 3), (2, 3))]:
+        x, a = _nd_base(ndl, shape)
+        out.update({f"{name}_{k}": v for k, v in _nd_view_report(ndl, a.broadcast_to(target), a, np.broadcast_to(x, target)).items()})
+    x, a = _nd_base(ndl, (3, 4, 5))
+    view = a[0:3:2, 1, :]                                  # broadcasting a strided view keeps its offset
+    out.update({f"strided_{k}": v for k, v in _nd_view_report(ndl, view.broadcast_to((2, 2, 1, 5)), a,
+                                                               np.broadcast_to(x[0:3:2, 1:2, :], (2, 2, 1, 5))).items()})
+    return out
+
+@check("backend_ndarray.permute", exact=True)
+def ndarray_permute_views(ndl):
+    "permute as a view: the shape and the strides reordered by the new axes."
+    x, a = _nd_base(ndl, (2, 3, 4))
+    out = {}
+    for axes in [(1, 0, 2), (2, 0, 1), (0, 1, 2), (2, 1, 0), (-1, 0, 1)]:
+        name = "_".join(str(ax % 3) for ax in axes)
+        out.update({f"p{name}_{k}": v for k, v in _nd_view_report(ndl, a.permute(axes), a, np.transpose(x, axes)).items()})
+    view = a[1, 1:, ::2]
+    out.update({f"strided_{k}": v for k, v in _nd_view_report(ndl, view.permute((2, 0, 1)), a,
+                                                               np.transpose(x[1:2, 1:, ::2], (2, 0, 1))).items()})
+    return out
 
 # %% ../nbs/98_course.ipynb #faa0cd9c
 MANIFEST = "exercises.json"

@@ -173,7 +173,9 @@ SUMS = {'sum', '_sum', 'summation', 'logsumexp', 'logsoftmax', 'LogSumExp', 'Log
 def test_one_softmax_computation():
     """Exponentials normalised by a sum are computed in `ops.Softmax.compute` only (`LogSumExp.compute`
     takes the log of the sum, not a softmax); every other softmax calls the op."""
-    found = [(m, q, f) for m, q, f in functions() if 'exp' in calls(f) and calls(f) & SUMS]
+    # the course's checks (needle_nb.course) are independent references in numpy: they must not call the op
+    # a learner is writing, so they are exempt
+    found = [(m, q, f) for m, q, f in functions() if 'exp' in calls(f) and calls(f) & SUMS and m != 'course']
     assert sorted(where(found)) == ['ops.LogSumExp.compute', 'ops.Softmax.compute'], where(found)
     helpers = [(m, q, f) for m, q, f in functions() if q.split('.')[-1] == 'softmax' and (m, q) != ('ops', 'softmax')]
     for m, q, f in helpers + [(m, q, f) for m, q, f in functions() if q == 'Softmax.forward' and m != 'ops']:

@@ -34,7 +34,8 @@ class Flatten(Module):
 
 class ReLU(Module):
     "$\\max(x, 0)$ elementwise."
-    def forward(self, x: Tensor) -> Tensor: return ops.relu(x)
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.relu(x)
 
 class Tanh(Module):
     "$\\tanh x$ elementwise."
@@ -173,7 +174,8 @@ class Residual(Module):
     def __init__(self, fn: Module):
         super().__init__()
         self.fn = fn
-    def forward(self, x: Tensor) -> Tensor: return self.fn(x) + x
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x) + x
 
 # %% ../../nbs/04a_nn_layers.ipynb #b1a7d370
 class ModuleList(Module):
