@@ -15,8 +15,11 @@ import numpy as np
 # %% auto #0
 __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDITION_TAG', 'Exercise', 'public_module',
            'default_exp', 'find_exercises', 'strip_markers', 'check', 'xavier_uniform_draws', 'xavier_normal_draws',
-           'kaiming_uniform_draws', 'kaiming_normal_draws', 'book_notebooks', 'stub_cell', 'chapter_names',
-           'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
+           'kaiming_uniform_draws', 'kaiming_normal_draws', 'ewise_add_values', 'add_scalar_values', 'ewise_mul_values',
+           'mul_scalar_values', 'ewise_pow_values', 'power_scalar_values', 'ewise_div_values', 'divide_scalar_values',
+           'negate_values', 'transpose_values', 'reshape_values', 'broadcast_to_values', 'summation_values',
+           'matmul_values', 'log_values', 'exp_values', 'relu_values', 'tanh_values', 'book_notebooks', 'stub_cell',
+           'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -179,6 +182,161 @@ def kaiming_normal_draws(ndl):
 
 # %% ../nbs/98_course.ipynb #d7e440a6
 # Checks of the exercises in 02_ops (ops.<Op>.compute, ops.<Op>.gradient) go here.
+def _uniform(seed, shape, low=-2.0, high=2.0):
+    "Fixed float64 inputs of `shape` from their own generator (numpy's global RNG is left alone)."
+    return np.random.default_rng(seed).uniform(low, high, shape)
+
+def _op_cases(ndl, cases, fd: bool = True) -> dict:
+    """Run each case `(name, f, arrays)`: `f` applies the op under test once to float64 tensors of `arrays`,
+    so its output node is that op's. Returns the forward value (`name_out`) and the gradients the op's own
+    `gradient` gives for a random adjoint (`name_grad<i>`); with `fd`, asserts they equal central finite
+    differences, so a wrong gradient fails even where the reference shares its mistake's shape."""
+    out = {}
+    for name, f, arrays in cases:
+        xs = [ndl.Tensor(np.asarray(a, dtype=np.float64), dtype="float64", requires_grad=True) for a in arrays]
+        y = f(*xs)
+        out[f"{name}_out"] = y.numpy()
+        if fd:
+            try: grads = ndl.ops.gradient_check(f, *xs, tol=1e-5)
+            except AssertionError as e: raise AssertionError(f"{name}: {e}") from None
+        else:
+            adjoint = ndl.Tensor(np.random.default_rng(1).standard_normal(y.shape), dtype="float64")
+            grads = [g.numpy() for g in y.op.gradient_as_tuple(adjoint, y)]
+        for i, g in enumerate(grads): out[f"{name}_grad{i}"] = g
+    return out
+
+_u = _uniform
+_BINARY_SHAPES = [("same", (3, 4), (3, 4)), ("row", (2, 3, 4), (4,)), ("outer", (3, 1), (1, 4)), ("vec", (5,), (5,))]
+
+def _binary_cases(op, low=-2.0, high=2.0, blow=None, bhigh=None):
+    "`op` on the pairs of `_BINARY_SHAPES`: equal shapes, a broadcast row, an outer broadcast, vectors."
+    return [(n, op, [_u(10 + i, sa, low, high), _u(20 + i, sb, low if blow is None else blow, high if bhigh is None else bhigh)])
+            for i, (n, sa, sb) in enumerate(_BINARY_SHAPES)]
+
+def _unary_cases(op, low=-2.0, high=2.0):
+    "`op` on a vector, a matrix, a 3-d array and a 0-d array."
+    return [(f"s{len(s)}", op, [_u(30 + len(s), s, low, high)]) for s in [(7,), (3, 4), (2, 3, 4), ()]]
+
+@check("ops.EWiseAdd.compute", "ops.EWiseAdd.gradient")
+def ewise_add_values(ndl):
+    "`a + b` and its adjoints, with broadcasting, against finite differences."
+    return _op_cases(ndl, _binary_cases(ndl.ops.add))
+
+@check("ops.AddScalar.compute", "ops.AddScalar.gradient")
+def add_scalar_values(ndl):
+    "`a + c` for c = 1.5 and -3, and its adjoint."
+    return _op_cases(ndl, [("c0", lambda a: ndl.ops.add_scalar(a, 1.5), [_u(1, (3, 4))]),
+                           ("c1", lambda a: ndl.ops.add_scalar(a, -3.0), [_u(2, (2, 3, 4))]),
+                           ("c1v", lambda a: ndl.ops.add_scalar(a, -3.0), [_u(3, (5,))])])
+
+@check("ops.EWiseMul.compute", "ops.EWiseMul.gradient")
+def ewise_mul_values(ndl):
+    "`a ⊙ b` and its adjoints, with broadcasting, against finite differences."
+    return _op_cases(ndl, _binary_cases(ndl.ops.multiply))
+
+@check("ops.MulScalar.compute", "ops.MulScalar.gradient")
+def mul_scalar_values(ndl):
+    "`c·a` for c = 1.5 and -0.5, and its adjoint."
+    return _op_cases(ndl, [("c0", lambda a: ndl.ops.mul_scalar(a, 1.5), [_u(1, (3, 4))]),
+                           ("c1", lambda a: ndl.ops.mul_scalar(a, -0.5), [_u(2, (2, 3, 4))])])
+
+@check("ops.EWisePow.compute", "ops.EWisePow.gradient", "ops.EWisePow.gradient#2")
+def ewise_pow_values(ndl):
+    "`a ** b` for positive `a`, its adjoints against finite differences, and PyTorch's zeros at the edges."
+    out = _op_cases(ndl, _binary_cases(ndl.ops.power, 0.5, 2.0, -1.5, 1.5))
+    edge = [("edge", ndl.ops.power, [[0.0, 0.0, 2.0, 0.5, 0.0], [0.0, 2.0, 0.0, -1.0, 1.5]])]
+    out.update(_op_cases(ndl, edge, fd=False))
+    assert np.isfinite(out["edge_grad0"]).all() and np.isfinite(out["edge_grad1"]).all(), "a^b: NaN at the edges"
+    return out
+
+@check("ops.PowerScalar.compute", "ops.PowerScalar.gradient")
+def power_scalar_values(ndl):
+    "`a ** c` for c = 2, 3, 0.5, -1 and 0, and its adjoint."
+    cases = [(f"c{i}", lambda a, c=c: ndl.ops.power_scalar(a, c), [_u(40 + i, (3, 4), 0.5, 2.0)])
+             for i, c in enumerate([2, 3, 0.5, -1, 0])]
+    return _op_cases(ndl, cases + [("neg", lambda a: ndl.ops.power_scalar(a, 3), [_u(50, (2, 3), -2.0, -0.5)])])
+
+@check("ops.EWiseDiv.compute", "ops.EWiseDiv.gradient")
+def ewise_div_values(ndl):
+    "`a / b` with `b` away from 0, and its adjoints, with broadcasting."
+    return _op_cases(ndl, _binary_cases(ndl.ops.divide, -2.0, 2.0, 0.5, 2.0))
+
+@check("ops.DivScalar.compute", "ops.DivScalar.gradient")
+def divide_scalar_values(ndl):
+    "`a / c` for c = 4 and -0.5, and its adjoint."
+    return _op_cases(ndl, [("c0", lambda a: ndl.ops.divide_scalar(a, 4.0), [_u(1, (3, 4))]),
+                           ("c1", lambda a: ndl.ops.divide_scalar(a, -0.5), [_u(2, (2, 3, 4))])])
+
+@check("ops.Negate.compute", "ops.Negate.gradient")
+def negate_values(ndl):
+    "`-a` and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.negate))
+
+@check("ops.Transpose.compute", "ops.Transpose.gradient")
+def transpose_values(ndl):
+    "Swaps: the last two axes by default (2-d, 3-d, 4-d), and given pairs, negative ones included."
+    T = ndl.ops.transpose
+    return _op_cases(ndl, [("d2", T, [_u(1, (3, 4))]), ("d3", T, [_u(2, (2, 3, 4))]), ("d4", T, [_u(3, (2, 3, 4, 5))]),
+                           ("a02", lambda a: T(a, (0, 2)), [_u(4, (2, 3, 4))]),
+                           ("a10", lambda a: T(a, (1, 0)), [_u(5, (3, 4))]),
+                           ("an", lambda a: T(a, (-3, -1)), [_u(6, (2, 3, 4, 5))])])
+
+@check("ops.Reshape.compute", "ops.Reshape.gradient")
+def reshape_values(ndl):
+    "Reshapes that keep C order: merging, splitting, to 1-d, with -1, and from and to 0-d."
+    R = ndl.ops.reshape
+    shapes = [((2, 3, 4), (6, 4)), ((12,), (3, 4)), ((3, 4), (4, 3)), ((2, 3), (6,)), ((2, 3, 4), (-1, 2)),
+              ((1,), ()), ((), (1, 1))]
+    return _op_cases(ndl, [(f"r{i}", lambda a, t=t: R(a, t), [_u(60 + i, s)]) for i, (s, t) in enumerate(shapes)])
+
+@check("ops.BroadcastTo.compute", "ops.BroadcastTo.gradient")
+def broadcast_to_values(ndl):
+    "Broadcasts that add leading axes, stretch 1-axes, both at once, and from 0-d; adjoints sum them back."
+    B = ndl.ops.broadcast_to
+    shapes = [((4,), (3, 4)), ((3, 1), (3, 4)), ((1,), (2, 3)), ((2, 1, 4), (5, 2, 3, 4)), ((1, 1), (2, 3)),
+              ((), (2, 2)), ((3, 4), (3, 4))]
+    return _op_cases(ndl, [(f"b{i}", lambda a, t=t: B(a, t), [_u(70 + i, s)]) for i, (s, t) in enumerate(shapes)])
+
+@check("ops.Summation.compute", "ops.Summation.gradient")
+def summation_values(ndl):
+    "Sums over all axes (None), one axis, a tuple of axes, a negative axis; adjoints broadcast them back."
+    S = ndl.ops.summation
+    cases = [(None, (3, 4)), (1, (3, 4)), (0, (5,)), ((0, 2), (2, 3, 4)), ((-1,), (2, 3, 4)), ((0, 1, 2), (2, 3, 4)),
+             (None, (2, 3, 4)), ((1,), (2, 3, 4))]
+    return _op_cases(ndl, [(f"s{i}", lambda a, ax=ax: S(a, ax), [_u(80 + i, s)]) for i, (ax, s) in enumerate(cases)])
+
+@check("ops.MatMul.compute", "ops.MatMul.gradient", "ops.MatMul.gradient#2")
+def matmul_values(ndl):
+    "`a @ b`: 2-d, batched and broadcast batches, 1-d operands, and the transpose flags; adjoints against finite differences."
+    M, MM = ndl.ops.matmul, ndl.ops.MatMul
+    pairs = [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((4,), (4, 3)), ((3, 4), (4,)),
+             ((2, 1, 3, 4), (5, 4, 2)), ((3, 3), (3, 3))]
+    cases = [(f"m{i}", M, [_u(90 + i, sa), _u(100 + i, sb)]) for i, (sa, sb) in enumerate(pairs)]
+    cases += [("ta", MM(transpose_a=True), [_u(110, (4, 3)), _u(111, (4, 5))]),
+              ("tb", MM(transpose_b=True), [_u(112, (3, 4)), _u(113, (5, 4))]),
+              ("tab", MM(True, True), [_u(114, (2, 4, 3)), _u(115, (5, 4))])]
+    return _op_cases(ndl, cases)
+
+@check("ops.Log.compute", "ops.Log.gradient")
+def log_values(ndl):
+    "`ln a` for positive `a`, and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.log, 0.2, 3.0))
+
+@check("ops.Exp.compute", "ops.Exp.gradient")
+def exp_values(ndl):
+    "`e^a` and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.exp))
+
+@check("ops.ReLU.compute", "ops.ReLU.gradient")
+def relu_values(ndl):
+    "`max(a, 0)` on both signs (no entry at the kink), and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.relu) + [("neg", ndl.ops.relu, [_u(39, (3, 4), -2.0, -0.1)])])
+
+@check("ops.Tanh.compute", "ops.Tanh.gradient")
+def tanh_values(ndl):
+    "`tanh a` and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.tanh, -3.0, 3.0))
+
 
 # %% ../nbs/98_course.ipynb #f0237f3e
 # Checks of the exercises in the other chapters go here.
