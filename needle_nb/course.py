@@ -15,11 +15,12 @@ import numpy as np
 # %% auto #0
 __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDITION_TAG', 'Exercise', 'public_module',
            'default_exp', 'find_exercises', 'strip_markers', 'check', 'xavier_uniform_draws', 'xavier_normal_draws',
-           'kaiming_uniform_draws', 'kaiming_normal_draws', 'ewise_add_values', 'add_scalar_values', 'ewise_mul_values',
-           'mul_scalar_values', 'ewise_pow_values', 'power_scalar_values', 'ewise_div_values', 'divide_scalar_values',
-           'negate_values', 'transpose_values', 'reshape_values', 'broadcast_to_values', 'summation_values',
-           'matmul_values', 'log_values', 'exp_values', 'relu_values', 'tanh_values', 'book_notebooks', 'stub_cell',
-           'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade', 'format_table', 'main']
+           'kaiming_uniform_draws', 'kaiming_normal_draws', 'ewise_add_values', 'add_scalar_values', 'ewise_sub_values',
+           'ewise_mul_values', 'mul_scalar_values', 'ewise_pow_values', 'power_scalar_values', 'ewise_div_values',
+           'divide_scalar_values', 'negate_values', 'transpose_values', 'reshape_values', 'broadcast_to_values',
+           'summation_values', 'matmul_values', 'log_values', 'exp_values', 'relu_values', 'tanh_values',
+           'book_notebooks', 'stub_cell', 'chapter_names', 'make_edition', 'learner_regions', 'substitute', 'grade',
+           'format_table', 'main']
 
 # %% ../nbs/98_course.ipynb #0f6a2cfd
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -228,6 +229,11 @@ def add_scalar_values(ndl):
     return _op_cases(ndl, [("c0", lambda a: ndl.ops.add_scalar(a, 1.5), [_u(1, (3, 4))]),
                            ("c1", lambda a: ndl.ops.add_scalar(a, -3.0), [_u(2, (2, 3, 4))]),
                            ("c1v", lambda a: ndl.ops.add_scalar(a, -3.0), [_u(3, (5,))])])
+
+@check("ops.EWiseSub.compute", "ops.EWiseSub.gradient")
+def ewise_sub_values(ndl):
+    "`a - b` (one node, `subtract`) and its adjoints, with broadcasting, against finite differences."
+    return _op_cases(ndl, _binary_cases(ndl.ops.subtract))
 
 @check("ops.EWiseMul.compute", "ops.EWiseMul.gradient")
 def ewise_mul_values(ndl):
@@ -444,11 +450,14 @@ def substitute(pkg: Path, exercise: Exercise, lines: list):
     if at is None: raise RuntimeError(f"{exercise.id}: the reference lines are not in {path.name}; re-run nbdev-export")
     text[at:at + n] = lines
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    for pyc in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"): pyc.unlink()   # never a stale compile
 
 def _copy_package(root: Path) -> Path:
     import needle_nb
     src = Path(needle_nb.__file__).parent
-    shutil.copytree(src, root / "needle_nb", ignore=shutil.ignore_patterns("__pycache__", "checkpoints"))
+    # the compiled modules come along (copytree keeps mtimes, so they stay valid): a learner's process compiles
+    # only the module `substitute` rewrote
+    shutil.copytree(src, root / "needle_nb", ignore=shutil.ignore_patterns("checkpoints"))
     return root / "needle_nb"
 
 def _run_checks(ids: list, out_dir: str):
@@ -469,6 +478,21 @@ def _run_checks(ids: list, out_dir: str):
                 report[key] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300] + where}
     (Path(out_dir) / "report.json").write_text(json.dumps(report))
 
+def _read_report(out: Path, log: str) -> dict:
+    "The report a grading process left in `out`, its arrays loaded; else its error (the last line of `log`)."
+    report_file = out / "report.json"
+    if not report_file.exists():
+        lines = [l for l in log.strip().splitlines() if l.strip()]
+        return {"__process__": {"error": (lines[-1] if lines else "the grading process ended without a report")[:300]}}
+    report = json.loads(report_file.read_text())
+    for k, v in report.items():
+        if "file" in v:
+            with np.load(out / v["file"], allow_pickle=False) as z: v["arrays"] = {n: z[n] for n in z.files}
+    return report
+
+def _timeout_report(timeout) -> dict:
+    return {"__process__": {"error": f"timeout: still running after {timeout:g} s (an infinite loop?)"}}
+
 def _run_package(root: Path, ids: list, timeout: float) -> dict:
     "Run `ids`' checks in a fresh Python importing needle_nb from `root`: {check key: arrays or error}."
     out = Path(tempfile.mkdtemp(dir=root))
@@ -478,16 +502,120 @@ def _run_package(root: Path, ids: list, timeout: float) -> dict:
         proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"__process__": {"error": f"timeout: still running after {timeout:g} s (an infinite loop?)"}}
-    report_file = out / "report.json"
-    if not report_file.exists():
-        lines = [l for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()]
-        return {"__process__": {"error": (lines[-1] if lines else f"exit code {proc.returncode}")[:300]}}
-    report = json.loads(report_file.read_text())
-    for k, v in report.items():
-        if "file" in v:
-            with np.load(out / v["file"], allow_pickle=False) as z: v["arrays"] = {n: z[n] for n in z.files}
-    return report
+        return _timeout_report(timeout)
+    return _read_report(out, proc.stderr or proc.stdout or f"exit code {proc.returncode}")
+
+def _zygote():
+    """The forking server (`_Forker`): import needle_nb once, so that numpy and every other dependency are
+    loaded, forget needle_nb, then fork one child per request line `{"root", "ids", "out"}` read on stdin.
+    The child imports needle_nb afresh from its `root` and runs the checks; the server answers `pid N` and,
+    when the child ends, `done N STATUS`."""
+    import importlib, select, traceback
+    import needle_nb
+    ref = str(Path(needle_nb.__file__).resolve().parent.parent)
+    for k in [k for k in sys.modules if k == "needle_nb" or k.startswith("needle_nb.")]: del sys.modules[k]
+    reply = lambda msg: (sys.stdout.write(msg + "\n"), sys.stdout.flush())
+    reply("ready")
+    running, pending = set(), b""
+    while True:
+        readable, _, _ = select.select([0], [], [], 0.005 if running else None)
+        while running:
+            try: pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError: running.clear(); break
+            if pid == 0: break
+            running.discard(pid)
+            reply(f"done {pid} {os.waitstatus_to_exitcode(status)}")
+        if not readable: continue
+        chunk = os.read(0, 65536)
+        if not chunk: break   # the grader closed our stdin: finished
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            job = json.loads(line)
+            pid = os.fork()
+            if pid == 0:   # the child: a fresh needle_nb from the job's root
+                code = 1
+                try:
+                    os.setsid()   # its own process group: a timeout kills whatever it started too
+                    fd = os.open(os.path.join(job["out"], "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                    os.dup2(fd, 1); os.dup2(fd, 2)
+                    null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0)
+                    sys.path[:] = [job["root"] if p in (ref, "") else p for p in sys.path]
+                    if job["root"] not in sys.path: sys.path.insert(0, job["root"])
+                    os.environ["PYTHONPATH"] = job["root"]
+                    os.chdir(job["root"])
+                    importlib.invalidate_caches()
+                    import needle_nb.course as c
+                    c._run_checks(job["ids"], job["out"])
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    try: sys.stdout.flush(); sys.stderr.flush()
+                    finally: os._exit(code)
+            running.add(pid)
+            reply(f"pid {pid}")
+
+class _Forker:
+    """Grading processes forked from one server (`_zygote`) that has imported needle_nb's dependencies: a
+    fresh process per package, as `_run_package` starts, without paying Python's and numpy's start each time."""
+    def __init__(self, ref_root: Path):
+        import threading
+        env = dict(os.environ, PYTHONPATH=str(ref_root), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        self.proc = subprocess.Popen([sys.executable, "-c", "import needle_nb.course as c; c._zygote()"],
+                                     cwd=ref_root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        if self.proc.stdout.readline().strip() != b"ready":
+            self.proc.kill(); raise RuntimeError("the grader's forking server did not start")
+        self.cond, self.send = threading.Condition(), threading.Lock()
+        self.pids, self.done, self.closed = [], {}, False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            kind, *rest = line.split()
+            with self.cond:
+                if kind == b"pid": self.pids.append(int(rest[0]))
+                elif kind == b"done": self.done[int(rest[0])] = int(rest[1])
+                self.cond.notify_all()
+        with self.cond:
+            self.closed = True; self.cond.notify_all()
+
+    def run(self, root: Path, ids: list, timeout: float) -> dict:
+        "As `_run_package`: the checks of `ids` in a fresh process whose needle_nb is `root`'s."
+        import signal
+        out = Path(tempfile.mkdtemp(dir=root))
+        with self.send:   # requests and their `pid` answers come in order
+            with self.cond: n = len(self.pids)
+            self.proc.stdin.write((json.dumps({"root": str(root), "ids": ids, "out": str(out)}) + "\n").encode())
+            self.proc.stdin.flush()
+            with self.cond:
+                self.cond.wait_for(lambda: len(self.pids) > n or self.closed)
+                if len(self.pids) <= n: return {"__process__": {"error": "the grader's forking server ended"}}
+                pid = self.pids[n]
+        with self.cond:
+            ended = self.cond.wait_for(lambda: pid in self.done or self.closed, timeout)
+        if not ended or pid not in self.done:
+            try: os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+            with self.cond: self.cond.wait_for(lambda: pid in self.done or self.closed, 30)
+            if not ended: return _timeout_report(timeout)
+        log = out / "log.txt"
+        return _read_report(out, log.read_text(errors="replace") if log.exists() else "")
+
+    def close(self):
+        try:
+            self.proc.stdin.close(); self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired): self.proc.kill()
+
+def _can_fork() -> bool:
+    "Fork a server of grading processes on Linux (elsewhere, or with NEEDLE_NB_GRADE_FORK=0, one Python each)."
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get("NEEDLE_NB_GRADE_FORK", "1") != "0"
+
+def _workers(n_jobs: int, workers=None) -> int:
+    "How many grading processes run at once: `workers`, else NEEDLE_NB_GRADE_WORKERS, else the CPU count."
+    w = workers or int(os.environ.get("NEEDLE_NB_GRADE_WORKERS", "0") or 0) or os.cpu_count() or 1
+    return max(1, min(int(w), n_jobs))
 
 def _compare(ref: dict, got: dict, exact: bool) -> Optional[str]:
     "None if `got` computes what `ref` does, else the first difference in one line."
@@ -519,9 +647,11 @@ def _learner_lines(dest: Path, ex: Exercise, all_of_cell: list) -> list:
                          f"expected {len(all_of_cell)} (keep the marker lines)")
     return regions[k]
 
-def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None) -> list:
+def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None, workers=None) -> list:
     """Grade the edition in `dest`: a list of {id, chapter, result ('pass'/'fail'), message, points}.
-    Also writes `dest/grades.json`."""
+    Also writes `dest/grades.json`. Each exercise (or, `together`, all of them) runs in a process of its own,
+    `workers` of them at once (default: the CPU count)."""
+    from concurrent.futures import ThreadPoolExecutor
     dest, nbs = Path(dest), Path(nbs) if nbs else book_notebooks()
     manifest = json.loads((dest / MANIFEST).read_text())
     entries = manifest["exercises"]
@@ -533,32 +663,45 @@ def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None)
     exercises = {e["id"]: _exercise(e, nbs) for e in manifest["exercises"]}
     same_cell = {}
     for ex in exercises.values(): same_cell.setdefault((ex.notebook, ex.cell_id), []).append(ex)
+    groups = [entries] if together else [[e] for e in entries]
     work = Path(tempfile.mkdtemp(prefix="needle_nb_grade_"))
+    forker = None
     try:
         ref_root = work / "reference"; _copy_package(ref_root)
-        reference = _run_package(ref_root, [e["id"] for e in entries], timeout)
-        groups = [entries] if together else [[e] for e in entries]
-        results = []
-        for gi, group in enumerate(groups):
+        forker = _Forker(ref_root) if _can_fork() else None
+        run = forker.run if forker else _run_package
+
+        def learner(gi, group):
+            "Copy the package, put this group's learner regions in, run its checks: (problems, report)."
             root = work / f"learner{gi}"; pkg = _copy_package(root)
             problems = {}
             for e in group:
                 ex = exercises[e["id"]]
                 try: substitute(pkg, ex, _learner_lines(dest, ex, same_cell[(ex.notebook, ex.cell_id)]))
                 except (ValueError, RuntimeError) as err: problems[e["id"]] = str(err)
-            got = _run_package(root, [e["id"] for e in group if e["id"] not in problems], timeout)
-            for e in group:
-                msg = problems.get(e["id"])
-                if msg is None and "__process__" in got: msg = got["__process__"]["error"]
-                if msg is None:
-                    for name, _, exact, _ in CHECKS[e["id"]]:
-                        key = f"{e['id']}::{name}"
-                        msg = _compare(reference[key], got.get(key, {"error": "not run"}), exact)
-                        if msg: msg = f"{name}: {msg}"; break
-                results.append({"id": e["id"], "chapter": e["chapter"], "result": "fail" if msg else "pass",
-                                "message": msg or "", "points": 0 if msg else e["points"]})
-            shutil.rmtree(root, ignore_errors=True)
+            try: return problems, run(root, [e["id"] for e in group if e["id"] not in problems], timeout)
+            finally: shutil.rmtree(root, ignore_errors=True)
+
+        with ThreadPoolExecutor(_workers(len(groups) + 1, workers)) as pool:
+            ref_job = pool.submit(run, ref_root, [e["id"] for e in entries], timeout)
+            jobs = [pool.submit(learner, gi, group) for gi, group in enumerate(groups)]
+            reference = ref_job.result()
+            results = []
+            for group, job in zip(groups, jobs):
+                problems, got = job.result()
+                for e in group:
+                    msg = problems.get(e["id"])
+                    if msg is None and "__process__" in got: msg = got["__process__"]["error"]
+                    if msg is None:
+                        for name, _, exact, _ in CHECKS[e["id"]]:
+                            key = f"{e['id']}::{name}"
+                            msg = _compare(reference.get(key, reference.get("__process__", {"error": "not run"})),
+                                           got.get(key, {"error": "not run"}), exact)
+                            if msg: msg = f"{name}: {msg}"; break
+                    results.append({"id": e["id"], "chapter": e["chapter"], "result": "fail" if msg else "pass",
+                                    "message": msg or "", "points": 0 if msg else e["points"]})
     finally:
+        if forker: forker.close()
         shutil.rmtree(work, ignore_errors=True)
     (dest / "grades.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
@@ -583,6 +726,7 @@ def main(argv=None) -> int:
     gr.add_argument("dest"); gr.add_argument("ids", nargs="*", help="exercise ids (default: all)")
     gr.add_argument("--together", action="store_true", help="grade the learner's code alone, end to end")
     gr.add_argument("--timeout", type=float, default=60, help="seconds per exercise (default 60)")
+    gr.add_argument("--workers", type=int, help="grading processes at once (default: the CPU count)")
     gr.add_argument("--nbs", help="the book's nbs/ folder (default: the clone's)")
     args = parser.parse_args(argv)
     try:
@@ -591,7 +735,7 @@ def main(argv=None) -> int:
             print(f"wrote {len(m['exercises'])} exercises into {args.dest}" +
                   (f" (kept the learner's {', '.join(m['kept'])})" if m["kept"] else ""))
             return 0
-        results = grade(args.dest, args.ids, args.together, args.timeout, args.nbs)
+        results = grade(args.dest, args.ids, args.together, args.timeout, args.nbs, args.workers)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"needle-nb: {e}", file=sys.stderr); return 2
     print(format_table(results))
