@@ -631,8 +631,11 @@ def _compare(ref: dict, got: dict, exact: bool) -> Optional[str]:
             return f"{k}: differs from the reference (largest difference {np.nanmax(d):.3g}{', bit-exact required' if exact else ''})"
     return None
 
-def _exercise(entry: dict, nbs: Path) -> Exercise:
-    found = [e for e in find_exercises(nbs / entry["notebook"]) if e.id == entry["id"]]
+def _exercise(entry: dict, nbs: Path, parsed: Optional[dict] = None) -> Exercise:
+    "The manifest `entry`'s exercise as the book marks it now (`parsed`: notebook -> its exercises, filled as read)."
+    parsed = {} if parsed is None else parsed
+    if entry["notebook"] not in parsed: parsed[entry["notebook"]] = find_exercises(nbs / entry["notebook"])
+    found = [e for e in parsed[entry["notebook"]] if e.id == entry["id"]]
     if not found: raise ValueError(f"exercise {entry['id']} is in the manifest but no longer in {entry['notebook']}")
     return found[0]
 
@@ -660,7 +663,8 @@ def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None,
         unknown = [i for i in ids if i not in known]
         if unknown: raise ValueError(f"unknown exercise(s) {unknown}; the edition has {sorted(known)}")
         entries = [e for e in entries if e["id"] in ids]
-    exercises = {e["id"]: _exercise(e, nbs) for e in manifest["exercises"]}
+    parsed = {}   # each notebook parsed once
+    exercises = {e["id"]: _exercise(e, nbs, parsed) for e in manifest["exercises"]}
     same_cell = {}
     for ex in exercises.values(): same_cell.setdefault((ex.notebook, ex.cell_id), []).append(ex)
     groups = [entries] if together else [[e] for e in entries]
