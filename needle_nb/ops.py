@@ -832,7 +832,7 @@ class LogSumExp(TensorOp):
     "log Σ exp(z) over `axes` (all by default), shifted by the maximum so no exponent exceeds 0; `axes` are removed. Local derivative: softmax(z) over `axes`."
     def __init__(self, axes: Optional[tuple] = None): self.axes = axes
     def compute(self, Z, parts: bool = False):
-        """LSE of the array `Z`; with `parts=True`, the pieces `(m, z - m, log Σ e^(z-m))` with the reduced
+        """Forward: `log Σ e^z` over `axes`, the LSE of the array `Z`; with `parts=True`, the pieces `(m, z - m, log Σ e^(z-m))` with the reduced
         axes kept, from which log-softmax and the fused loss compute at the scale of `z - m` (as PyTorch)."""
         xp = array_module(Z)
         axes = _normalize_axes(self.axes, Z.ndim)

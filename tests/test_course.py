@@ -308,3 +308,22 @@ def test_jupyter_lab_serves_the_edition_and_its_kernel_imports_needle_nb(edition
         proc.terminate()
         try: proc.wait(timeout=20)
         except subprocess.TimeoutExpired: proc.kill()
+
+
+def test_every_op_documents_its_forward_and_its_adjoints():
+    "Issue #25: each op's `compute` and `gradient` say what they compute (not the generic `Op` docstring)."
+    from needle_nb import autograd, ops, ops_conv, ops_norm
+    base = {"compute": autograd.Op.compute, "gradient": autograd.Op.gradient}
+    prefix = {"compute": "Forward", "gradient": "Adjoint"}
+    seen = []
+    for mod in (ops, ops_conv, ops_norm):
+        for name, cls in vars(mod).items():
+            if not (isinstance(cls, type) and issubclass(cls, autograd.Op) and cls.__module__ == mod.__name__): continue
+            methods = {m: getattr(cls, m) for m in base}
+            if name.startswith("_") and all(methods[m] is base[m] for m in base): continue   # a shared base (`_Pool`)
+            for m, fn in methods.items():
+                doc = fn.__doc__ or ""   # not inspect.getdoc: that falls back to the base class's
+                assert fn is not base[m] and doc.strip() and doc != base[m].__doc__, f"{mod.__name__}.{name}.{m} has no docstring"
+                assert doc.startswith(prefix[m]), f"{mod.__name__}.{name}.{m}: {doc[:60]!r} should start with {prefix[m]!r}"
+            seen.append(name)
+    assert {"EWiseMul", "MatMul", "Summation", "Conv", "MaxPool", "BatchNorm"} <= set(seen) and len(seen) >= 45, seen
