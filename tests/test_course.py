@@ -327,3 +327,23 @@ def test_every_op_documents_its_forward_and_its_adjoints():
                 assert doc.startswith(prefix[m]), f"{mod.__name__}.{name}.{m}: {doc[:60]!r} should start with {prefix[m]!r}"
             seen.append(name)
     assert {"EWiseMul", "MatMul", "Summation", "Conv", "MaxPool", "BatchNorm"} <= set(seen) and len(seen) >= 45, seen
+
+
+def test_the_grader_without_fork_gives_the_same_results(filled, monkeypatch):
+    "Where the grader cannot fork (not Linux, or NEEDLE_NB_GRADE_FORK=0), one Python per package: same results."
+    loop, broken = ALL[0], ALL[1]
+    for e, lines in [(loop, f"{loop.indent}while True: pass"), (broken, f"{broken.indent}return (((")]:
+        path = filled / e.notebook
+        nb = json.loads(path.read_text())
+        cell = next(c for c in nb["cells"] if c["id"] == e.cell_id)
+        cell["source"] = "".join(cell["source"]).replace("\n".join(e.reference), lines)
+        path.write_text(json.dumps(nb))
+    ids = list(dict.fromkeys(sample(loop) + sample(broken)))
+    forked = course.grade(filled, ids, timeout=3)
+    monkeypatch.setenv("NEEDLE_NB_GRADE_FORK", "0")
+    assert not course._can_fork()
+    plain = course.grade(filled, ids, timeout=3, workers=1)
+    assert plain == forked
+    by_id = {r["id"]: r for r in plain}
+    assert "timeout" in by_id[loop.id]["message"] and "SyntaxError" in by_id[broken.id]["message"]
+    assert all(r["result"] == "pass" for i, r in by_id.items() if i not in (loop.id, broken.id)) and len(by_id) >= 4
