@@ -510,11 +510,13 @@ def _zygote():
     loaded, forget needle_nb, then fork one child per request line `{"root", "ids", "out"}` read on stdin.
     The child imports needle_nb afresh from its `root` and runs the checks; the server answers `pid N` and,
     when the child ends, `done N STATUS`."""
-    import importlib, select, traceback
+    import importlib, select, threading, traceback
     import needle_nb
     ref = str(Path(needle_nb.__file__).resolve().parent.parent)
     for k in [k for k in sys.modules if k == "needle_nb" or k.startswith("needle_nb.")]: del sys.modules[k]
     reply = lambda msg: (sys.stdout.write(msg + "\n"), sys.stdout.flush())
+    # a fork copies one thread only, and a CUDA context not at all: then the grader starts a Python per package
+    if threading.active_count() > 1 or "cupy" in sys.modules: return reply("unsafe")
     reply("ready")
     running, pending = set(), b""
     while True:
@@ -566,7 +568,8 @@ class _Forker:
                                      cwd=ref_root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
         if self.proc.stdout.readline().strip() != b"ready":
-            self.proc.kill(); raise RuntimeError("the grader's forking server did not start")
+            self.proc.kill(); self.proc.wait()
+            raise RuntimeError("the grader's forking server did not start")
         self.cond, self.send = threading.Condition(), threading.Lock()
         self.pids, self.done, self.closed = [], {}, False
         threading.Thread(target=self._read, daemon=True).start()
@@ -672,7 +675,8 @@ def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None,
     forker = None
     try:
         ref_root = work / "reference"; _copy_package(ref_root)
-        forker = _Forker(ref_root) if _can_fork() else None
+        try: forker = _Forker(ref_root) if _can_fork() else None
+        except (RuntimeError, OSError): forker = None   # then a fresh Python per package
         run = forker.run if forker else _run_package
 
         def learner(gi, group):
@@ -686,10 +690,10 @@ def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None,
             try: return problems, run(root, [e["id"] for e in group if e["id"] not in problems], timeout)
             finally: shutil.rmtree(root, ignore_errors=True)
 
-        with ThreadPoolExecutor(_workers(len(groups) + 1, workers)) as pool:
-            ref_job = pool.submit(run, ref_root, [e["id"] for e in entries], timeout)
+        # the reference runs first, alone: no learner code runs before its results are in
+        reference = run(ref_root, [e["id"] for e in entries], timeout)
+        with ThreadPoolExecutor(_workers(len(groups), workers)) as pool:
             jobs = [pool.submit(learner, gi, group) for gi, group in enumerate(groups)]
-            reference = ref_job.result()
             results = []
             for group, job in zip(groups, jobs):
                 problems, got = job.result()
