@@ -199,7 +199,8 @@ def _op_cases(ndl, cases, fd: bool = True) -> dict:
         out[f"{name}_out"] = y.numpy()
         if fd:
             try: grads = ndl.ops.gradient_check(f, *xs, tol=1e-5)
-            except AssertionError as e: raise AssertionError(f"{name}: {e}") from None
+            except AssertionError as e:   # a wrong forward (its differences) or a wrong gradient
+                raise AssertionError(f"{name}: the op's gradient and its forward's finite differences disagree: {e}") from None
         else:
             adjoint = ndl.Tensor(np.random.default_rng(1).standard_normal(y.shape), dtype="float64")
             grads = [g.numpy() for g in y.op.gradient_as_tuple(adjoint, y)]
