@@ -191,7 +191,7 @@ def _op_cases(ndl, cases, fd: bool = True) -> dict:
     """Run each case `(name, f, arrays)`: `f` applies the op under test once to float64 tensors of `arrays`,
     so its output node is that op's. Returns the forward value (`name_out`) and the gradients the op's own
     `gradient` gives for a random adjoint (`name_grad<i>`); with `fd`, asserts they equal central finite
-    differences, so a wrong gradient fails even where the reference shares its mistake's shape."""
+    differences of the forward, so a wrong gradient fails in the check itself, whatever the reference returns."""
     out = {}
     for name, f, arrays in cases:
         xs = [ndl.Tensor(np.asarray(a, dtype=np.float64), dtype="float64", requires_grad=True) for a in arrays]
@@ -208,10 +208,11 @@ def _op_cases(ndl, cases, fd: bool = True) -> dict:
     return out
 
 _u = _uniform
-_BINARY_SHAPES = [("same", (3, 4), (3, 4)), ("row", (2, 3, 4), (4,)), ("outer", (3, 1), (1, 4)), ("vec", (5,), (5,))]
+_BINARY_SHAPES = [("same", (3, 4), (3, 4)), ("row", (2, 3, 4), (4,)), ("outer", (3, 1), (1, 4)), ("vec", (5,), (5,)),
+                  ("scalar", (), (3,))]
 
 def _binary_cases(op, low=-2.0, high=2.0, blow=None, bhigh=None):
-    "`op` on the pairs of `_BINARY_SHAPES`: equal shapes, a broadcast row, an outer broadcast, vectors."
+    "`op` on the pairs of `_BINARY_SHAPES`: equal shapes, a broadcast row, an outer broadcast, vectors, a 0-d `a`."
     return [(n, op, [_u(10 + i, sa, low, high), _u(20 + i, sb, low if blow is None else blow, high if bhigh is None else bhigh)])
             for i, (n, sa, sb) in enumerate(_BINARY_SHAPES)]
 
