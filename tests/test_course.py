@@ -162,30 +162,28 @@ def test_one_unfinished_exercise_fails_alone(edition, tmp_path):
     assert results.pop(first.id) == "fail" and set(results.values()) == {"pass"} and len(results) >= 2
 
 
-def test_an_infinite_loop_meets_the_timeout_and_fails_alone(filled):
+def learner_edition(edition, dest, lines):
+    "A copy of `edition` in `dest`, filled with the reference but for `lines` (id -> the learner's lines)."
+    shutil.copytree(edition, dest)
+    fill(dest, lines)
+    return dest
+
+
+def test_an_infinite_loop_meets_the_timeout_and_fails_alone(edition, tmp_path):
     e = ALL[0]
-    fill_path = filled / e.notebook
-    nb = json.loads(fill_path.read_text())
-    cell = next(c for c in nb["cells"] if c["id"] == e.cell_id)
-    src = "".join(cell["source"])
-    cell["source"] = src.replace("\n".join(e.reference), f"{e.indent}while True: pass")
-    fill_path.write_text(json.dumps(nb))
+    dest = learner_edition(edition, tmp_path / "loop", {e.id: [f"{e.indent}while True: pass"]})
     t = time.perf_counter()
-    results = course.grade(filled, sample(e), timeout=8)
+    results = course.grade(dest, sample(e), timeout=8)
     assert time.perf_counter() - t < 120
     by_id = {r["id"]: r for r in results}
     assert by_id[e.id]["result"] == "fail" and "timeout" in by_id[e.id]["message"]
     assert all(r["result"] == "pass" for i, r in by_id.items() if i != e.id)
 
 
-def test_a_syntax_error_fails_that_exercise_alone(filled):
+def test_a_syntax_error_fails_that_exercise_alone(edition, tmp_path):
     e = ALL[1]
-    path = filled / e.notebook
-    nb = json.loads(path.read_text())
-    cell = next(c for c in nb["cells"] if c["id"] == e.cell_id)
-    cell["source"] = "".join(cell["source"]).replace("\n".join(e.reference), f"{e.indent}return (((")
-    path.write_text(json.dumps(nb))
-    by_id = {r["id"]: r for r in course.grade(filled, sample(e), timeout=120)}
+    dest = learner_edition(edition, tmp_path / "syntax", {e.id: [f"{e.indent}return ((("]})
+    by_id = {r["id"]: r for r in course.grade(dest, sample(e), timeout=120)}
     assert by_id[e.id]["result"] == "fail" and "SyntaxError" in by_id[e.id]["message"]
     assert all(r["result"] == "pass" for i, r in by_id.items() if i != e.id)
 
@@ -329,20 +327,16 @@ def test_every_op_documents_its_forward_and_its_adjoints():
     assert {"EWiseMul", "MatMul", "Summation", "Conv", "MaxPool", "BatchNorm"} <= set(seen) and len(seen) >= 45, seen
 
 
-def test_the_grader_without_fork_gives_the_same_results(filled, monkeypatch):
+def test_the_grader_without_fork_gives_the_same_results(edition, tmp_path, monkeypatch):
     "Where the grader cannot fork (not Linux, or NEEDLE_NB_GRADE_FORK=0), one Python per package: same results."
     loop, broken = ALL[0], ALL[1]
-    for e, lines in [(loop, f"{loop.indent}while True: pass"), (broken, f"{broken.indent}return (((")]:
-        path = filled / e.notebook
-        nb = json.loads(path.read_text())
-        cell = next(c for c in nb["cells"] if c["id"] == e.cell_id)
-        cell["source"] = "".join(cell["source"]).replace("\n".join(e.reference), lines)
-        path.write_text(json.dumps(nb))
+    dest = learner_edition(edition, tmp_path / "nofork", {loop.id: [f"{loop.indent}while True: pass"],
+                                                          broken.id: [f"{broken.indent}return ((("]})
     ids = list(dict.fromkeys(sample(loop) + sample(broken)))
-    forked = course.grade(filled, ids, timeout=3)
+    forked = course.grade(dest, ids, timeout=3)
     monkeypatch.setenv("NEEDLE_NB_GRADE_FORK", "0")
     assert not course._can_fork()
-    plain = course.grade(filled, ids, timeout=3, workers=1)
+    plain = course.grade(dest, ids, timeout=3, workers=1)
     assert plain == forked
     by_id = {r["id"]: r for r in plain}
     assert "timeout" in by_id[loop.id]["message"] and "SyntaxError" in by_id[broken.id]["message"]
