@@ -578,10 +578,11 @@ class _Forker:
 
     def _read(self):
         for line in self.proc.stdout:
-            kind, *rest = line.split()
+            words = line.split()   # anything but the server's own answers (a child's early traceback) is skipped
             with self.cond:
-                if kind == b"pid": self.pids.append(int(rest[0]))
-                elif kind == b"done": self.done[int(rest[0])] = int(rest[1])
+                if len(words) == 2 and words[0] == b"pid" and words[1].isdigit(): self.pids.append(int(words[1]))
+                elif len(words) == 3 and words[0] == b"done" and words[1].isdigit():
+                    self.done[int(words[1])] = int(words[2]) if words[2].lstrip(b"-").isdigit() else 1
                 self.cond.notify_all()
         with self.cond:
             self.closed = True; self.cond.notify_all()
