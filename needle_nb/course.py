@@ -15,9 +15,12 @@ import numpy as np
 # %% auto #0
 __all__ = ['BEGIN', 'END', 'YOUR_BEGIN', 'YOUR_END', 'CHECKS', 'MANIFEST', 'EDITION_TAG', 'Exercise', 'public_module',
            'default_exp', 'find_exercises', 'strip_markers', 'check', 'xavier_uniform_draws', 'xavier_normal_draws',
-           'kaiming_uniform_draws', 'kaiming_normal_draws', 'topo_sort_order', 'backward_accumulates',
-           'parameter_discovery', 'module_discovery', 'train_eval_propagate', 'state_dict_keys',
-           'load_state_dict_keys_and_values', 'linear_init_draws', 'linear_forward', 'relu_forward',
+           'kaiming_uniform_draws', 'kaiming_normal_draws', 'ewise_add_values', 'add_scalar_values', 'ewise_sub_values',
+           'ewise_mul_values', 'mul_scalar_values', 'ewise_pow_values', 'power_scalar_values', 'ewise_div_values',
+           'divide_scalar_values', 'negate_values', 'transpose_values', 'reshape_values', 'broadcast_to_values',
+           'summation_values', 'matmul_values', 'log_values', 'exp_values', 'relu_values', 'tanh_values',
+           'topo_sort_order', 'backward_accumulates', 'parameter_discovery', 'module_discovery', 'train_eval_propagate',
+           'state_dict_keys', 'load_state_dict_keys_and_values', 'linear_init_draws', 'linear_forward', 'relu_forward',
            'sequential_forward', 'residual_forward', 'dropout_draws', 'batchnorm_train_eval', 'layernorm_forward',
            'softmax_loss', 'sgd_momentum_weight_decay', 'adam_bias_correction', 'flip_draws', 'crop_draws',
            'loader_batches', 'loader_shuffle', 'loader_iteration', 'conv_forward', 'conv_gradient', 'lstm_cell_step',
@@ -186,6 +189,168 @@ def kaiming_normal_draws(ndl):
 
 # %% ../nbs/98_course.ipynb #d7e440a6
 # Checks of the exercises in 02_ops (ops.<Op>.compute, ops.<Op>.gradient) go here.
+def _uniform(seed, shape, low=-2.0, high=2.0):
+    "Fixed float64 inputs of `shape` from their own generator (numpy's global RNG is left alone)."
+    return np.random.default_rng(seed).uniform(low, high, shape)
+
+def _op_cases(ndl, cases, fd: bool = True) -> dict:
+    """Run each case `(name, f, arrays)`: `f` applies the op under test once to float64 tensors of `arrays`,
+    so its output node is that op's. Returns the forward value (`name_out`) and the gradients the op's own
+    `gradient` gives for a random adjoint (`name_grad<i>`); with `fd`, asserts they equal central finite
+    differences of the forward, so a wrong gradient fails in the check itself, whatever the reference returns."""
+    out = {}
+    for name, f, arrays in cases:
+        xs = [ndl.Tensor(np.asarray(a, dtype=np.float64), dtype="float64", requires_grad=True) for a in arrays]
+        y = f(*xs)
+        out[f"{name}_out"] = y.numpy()
+        if fd:
+            try: grads = ndl.ops.gradient_check(f, *xs, tol=1e-5)
+            except AssertionError as e:   # a wrong forward (its differences) or a wrong gradient
+                raise AssertionError(f"{name}: the op's gradient and its forward's finite differences disagree: {e}") from None
+        else:
+            adjoint = ndl.Tensor(np.random.default_rng(1).standard_normal(y.shape), dtype="float64")
+            grads = [g.numpy() for g in y.op.gradient_as_tuple(adjoint, y)]
+        for i, g in enumerate(grads): out[f"{name}_grad{i}"] = g
+    return out
+
+_u = _uniform
+_BINARY_SHAPES = [("same", (3, 4), (3, 4)), ("row", (2, 3, 4), (4,)), ("outer", (3, 1), (1, 4)), ("vec", (5,), (5,)),
+                  ("scalar", (), (3,))]
+
+def _binary_cases(op, low=-2.0, high=2.0, blow=None, bhigh=None):
+    "`op` on the pairs of `_BINARY_SHAPES`: equal shapes, a broadcast row, an outer broadcast, vectors, a 0-d `a`."
+    return [(n, op, [_u(10 + i, sa, low, high), _u(20 + i, sb, low if blow is None else blow, high if bhigh is None else bhigh)])
+            for i, (n, sa, sb) in enumerate(_BINARY_SHAPES)]
+
+def _unary_cases(op, low=-2.0, high=2.0):
+    "`op` on a vector, a matrix, a 3-d array and a 0-d array."
+    return [(f"s{len(s)}", op, [_u(30 + len(s), s, low, high)]) for s in [(7,), (3, 4), (2, 3, 4), ()]]
+
+@check("ops.EWiseAdd.compute", "ops.EWiseAdd.gradient")
+def ewise_add_values(ndl):
+    "`a + b` and its adjoints, with broadcasting, against finite differences."
+    return _op_cases(ndl, _binary_cases(ndl.ops.add))
+
+@check("ops.AddScalar.compute", "ops.AddScalar.gradient")
+def add_scalar_values(ndl):
+    "`a + c` for c = 1.5 and -3, and its adjoint."
+    return _op_cases(ndl, [("c0", lambda a: ndl.ops.add_scalar(a, 1.5), [_u(1, (3, 4))]),
+                           ("c1", lambda a: ndl.ops.add_scalar(a, -3.0), [_u(2, (2, 3, 4))]),
+                           ("c1v", lambda a: ndl.ops.add_scalar(a, -3.0), [_u(3, (5,))])])
+
+@check("ops.EWiseSub.compute", "ops.EWiseSub.gradient")
+def ewise_sub_values(ndl):
+    "`a - b` (one node, `subtract`) and its adjoints, with broadcasting, against finite differences."
+    return _op_cases(ndl, _binary_cases(ndl.ops.subtract))
+
+@check("ops.EWiseMul.compute", "ops.EWiseMul.gradient")
+def ewise_mul_values(ndl):
+    "`a ⊙ b` and its adjoints, with broadcasting, against finite differences."
+    return _op_cases(ndl, _binary_cases(ndl.ops.multiply))
+
+@check("ops.MulScalar.compute", "ops.MulScalar.gradient")
+def mul_scalar_values(ndl):
+    "`c·a` for c = 1.5 and -0.5, and its adjoint."
+    return _op_cases(ndl, [("c0", lambda a: ndl.ops.mul_scalar(a, 1.5), [_u(1, (3, 4))]),
+                           ("c1", lambda a: ndl.ops.mul_scalar(a, -0.5), [_u(2, (2, 3, 4))])])
+
+@check("ops.EWisePow.compute", "ops.EWisePow.gradient", "ops.EWisePow.gradient#2")
+def ewise_pow_values(ndl):
+    "`a ** b` for positive `a`, its adjoints against finite differences, and PyTorch's zeros at the edges."
+    out = _op_cases(ndl, _binary_cases(ndl.ops.power, 0.5, 2.0, -1.5, 1.5))
+    edge = [("edge", ndl.ops.power, [[0.0, 0.0, 2.0, 0.5, 0.0], [0.0, 2.0, 0.0, -1.0, 1.5]])]
+    out.update(_op_cases(ndl, edge, fd=False))
+    assert np.isfinite(out["edge_grad0"]).all() and np.isfinite(out["edge_grad1"]).all(), "a^b: NaN at the edges"
+    return out
+
+@check("ops.PowerScalar.compute", "ops.PowerScalar.gradient")
+def power_scalar_values(ndl):
+    "`a ** c` for c = 2, 3, 0.5, -1 and 0, and its adjoint."
+    cases = [(f"c{i}", lambda a, c=c: ndl.ops.power_scalar(a, c), [_u(40 + i, (3, 4), 0.5, 2.0)])
+             for i, c in enumerate([2, 3, 0.5, -1, 0])]
+    return _op_cases(ndl, cases + [("neg", lambda a: ndl.ops.power_scalar(a, 3), [_u(50, (2, 3), -2.0, -0.5)])])
+
+@check("ops.EWiseDiv.compute", "ops.EWiseDiv.gradient")
+def ewise_div_values(ndl):
+    "`a / b` with `b` away from 0, and its adjoints, with broadcasting."
+    return _op_cases(ndl, _binary_cases(ndl.ops.divide, -2.0, 2.0, 0.5, 2.0))
+
+@check("ops.DivScalar.compute", "ops.DivScalar.gradient")
+def divide_scalar_values(ndl):
+    "`a / c` for c = 4 and -0.5, and its adjoint."
+    return _op_cases(ndl, [("c0", lambda a: ndl.ops.divide_scalar(a, 4.0), [_u(1, (3, 4))]),
+                           ("c1", lambda a: ndl.ops.divide_scalar(a, -0.5), [_u(2, (2, 3, 4))])])
+
+@check("ops.Negate.compute", "ops.Negate.gradient")
+def negate_values(ndl):
+    "`-a` and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.negate))
+
+@check("ops.Transpose.compute", "ops.Transpose.gradient")
+def transpose_values(ndl):
+    "Swaps: the last two axes by default (2-d, 3-d, 4-d), and given pairs, negative ones included."
+    T = ndl.ops.transpose
+    return _op_cases(ndl, [("d2", T, [_u(1, (3, 4))]), ("d3", T, [_u(2, (2, 3, 4))]), ("d4", T, [_u(3, (2, 3, 4, 5))]),
+                           ("a02", lambda a: T(a, (0, 2)), [_u(4, (2, 3, 4))]),
+                           ("a10", lambda a: T(a, (1, 0)), [_u(5, (3, 4))]),
+                           ("an", lambda a: T(a, (-3, -1)), [_u(6, (2, 3, 4, 5))])])
+
+@check("ops.Reshape.compute", "ops.Reshape.gradient")
+def reshape_values(ndl):
+    "Reshapes that keep C order: merging, splitting, to 1-d, with -1, and from and to 0-d."
+    R = ndl.ops.reshape
+    shapes = [((2, 3, 4), (6, 4)), ((12,), (3, 4)), ((3, 4), (4, 3)), ((2, 3), (6,)), ((2, 3, 4), (-1, 2)),
+              ((1,), ()), ((), (1, 1))]
+    return _op_cases(ndl, [(f"r{i}", lambda a, t=t: R(a, t), [_u(60 + i, s)]) for i, (s, t) in enumerate(shapes)])
+
+@check("ops.BroadcastTo.compute", "ops.BroadcastTo.gradient")
+def broadcast_to_values(ndl):
+    "Broadcasts that add leading axes, stretch 1-axes, both at once, and from 0-d; adjoints sum them back."
+    B = ndl.ops.broadcast_to
+    shapes = [((4,), (3, 4)), ((3, 1), (3, 4)), ((1,), (2, 3)), ((2, 1, 4), (5, 2, 3, 4)), ((1, 1), (2, 3)),
+              ((), (2, 2)), ((3, 4), (3, 4))]
+    return _op_cases(ndl, [(f"b{i}", lambda a, t=t: B(a, t), [_u(70 + i, s)]) for i, (s, t) in enumerate(shapes)])
+
+@check("ops.Summation.compute", "ops.Summation.gradient")
+def summation_values(ndl):
+    "Sums over all axes (None), one axis, a tuple of axes, a negative axis; adjoints broadcast them back."
+    S = ndl.ops.summation
+    cases = [(None, (3, 4)), (1, (3, 4)), (0, (5,)), ((0, 2), (2, 3, 4)), ((-1,), (2, 3, 4)), ((0, 1, 2), (2, 3, 4)),
+             (None, (2, 3, 4)), ((1,), (2, 3, 4))]
+    return _op_cases(ndl, [(f"s{i}", lambda a, ax=ax: S(a, ax), [_u(80 + i, s)]) for i, (ax, s) in enumerate(cases)])
+
+@check("ops.MatMul.compute", "ops.MatMul.gradient", "ops.MatMul.gradient#2")
+def matmul_values(ndl):
+    "`a @ b`: 2-d, batched and broadcast batches, 1-d operands, and the transpose flags; adjoints against finite differences."
+    M, MM = ndl.ops.matmul, ndl.ops.MatMul
+    pairs = [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((4,), (4, 3)), ((3, 4), (4,)),
+             ((2, 1, 3, 4), (5, 4, 2)), ((3, 3), (3, 3))]
+    cases = [(f"m{i}", M, [_u(90 + i, sa), _u(100 + i, sb)]) for i, (sa, sb) in enumerate(pairs)]
+    cases += [("ta", MM(transpose_a=True), [_u(110, (4, 3)), _u(111, (4, 5))]),
+              ("tb", MM(transpose_b=True), [_u(112, (3, 4)), _u(113, (5, 4))]),
+              ("tab", MM(True, True), [_u(114, (2, 4, 3)), _u(115, (5, 4))])]
+    return _op_cases(ndl, cases)
+
+@check("ops.Log.compute", "ops.Log.gradient")
+def log_values(ndl):
+    "`ln a` for positive `a`, and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.log, 0.2, 3.0))
+
+@check("ops.Exp.compute", "ops.Exp.gradient")
+def exp_values(ndl):
+    "`e^a` and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.exp))
+
+@check("ops.ReLU.compute", "ops.ReLU.gradient")
+def relu_values(ndl):
+    "`max(a, 0)` on both signs (no entry at the kink), and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.relu) + [("neg", ndl.ops.relu, [_u(39, (3, 4), -2.0, -0.1)])])
+
+@check("ops.Tanh.compute", "ops.Tanh.gradient")
+def tanh_values(ndl):
+    "`tanh a` and its adjoint."
+    return _op_cases(ndl, _unary_cases(ndl.ops.tanh, -3.0, 3.0))
+
 
 # %% ../nbs/98_course.ipynb #f0237f3e
 # Checks of the exercises in the other chapters go here.
@@ -968,11 +1133,14 @@ def substitute(pkg: Path, exercise: Exercise, lines: list):
     if at is None: raise RuntimeError(f"{exercise.id}: the reference lines are not in {path.name}; re-run nbdev-export")
     text[at:at + n] = lines
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    for pyc in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"): pyc.unlink()   # never a stale compile
 
 def _copy_package(root: Path) -> Path:
     import needle_nb
     src = Path(needle_nb.__file__).parent
-    shutil.copytree(src, root / "needle_nb", ignore=shutil.ignore_patterns("__pycache__", "checkpoints"))
+    # the compiled modules come along (copytree keeps mtimes, so they stay valid): a learner's process compiles
+    # only the module `substitute` rewrote
+    shutil.copytree(src, root / "needle_nb", ignore=shutil.ignore_patterns("checkpoints"))
     return root / "needle_nb"
 
 def _run_checks(ids: list, out_dir: str):
@@ -993,6 +1161,21 @@ def _run_checks(ids: list, out_dir: str):
                 report[key] = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300] + where}
     (Path(out_dir) / "report.json").write_text(json.dumps(report))
 
+def _read_report(out: Path, log: str) -> dict:
+    "The report a grading process left in `out`, its arrays loaded; else its error (the last line of `log`)."
+    report_file = out / "report.json"
+    if not report_file.exists():
+        lines = [l for l in log.strip().splitlines() if l.strip()]
+        return {"__process__": {"error": (lines[-1] if lines else "the grading process ended without a report")[:300]}}
+    report = json.loads(report_file.read_text())
+    for k, v in report.items():
+        if "file" in v:
+            with np.load(out / v["file"], allow_pickle=False) as z: v["arrays"] = {n: z[n] for n in z.files}
+    return report
+
+def _timeout_report(timeout) -> dict:
+    return {"__process__": {"error": f"timeout: still running after {timeout:g} s (an infinite loop?)"}}
+
 def _run_package(root: Path, ids: list, timeout: float) -> dict:
     "Run `ids`' checks in a fresh Python importing needle_nb from `root`: {check key: arrays or error}."
     out = Path(tempfile.mkdtemp(dir=root))
@@ -1002,16 +1185,124 @@ def _run_package(root: Path, ids: list, timeout: float) -> dict:
         proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"__process__": {"error": f"timeout: still running after {timeout:g} s (an infinite loop?)"}}
-    report_file = out / "report.json"
-    if not report_file.exists():
-        lines = [l for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()]
-        return {"__process__": {"error": (lines[-1] if lines else f"exit code {proc.returncode}")[:300]}}
-    report = json.loads(report_file.read_text())
-    for k, v in report.items():
-        if "file" in v:
-            with np.load(out / v["file"], allow_pickle=False) as z: v["arrays"] = {n: z[n] for n in z.files}
-    return report
+        return _timeout_report(timeout)
+    return _read_report(out, proc.stderr or proc.stdout or f"exit code {proc.returncode}")
+
+def _zygote():
+    """The forking server (`_Forker`): import needle_nb once, so that numpy and every other dependency are
+    loaded, forget needle_nb, then fork one child per request line `{"root", "ids", "out"}` read on stdin.
+    The child imports needle_nb afresh from its `root` and runs the checks; the server answers `pid N` and,
+    when the child ends, `done N STATUS`."""
+    import importlib, select, threading, traceback
+    import needle_nb
+    ref = str(Path(needle_nb.__file__).resolve().parent.parent)
+    for k in [k for k in sys.modules if k == "needle_nb" or k.startswith("needle_nb.")]: del sys.modules[k]
+    reply = lambda msg: (sys.stdout.write(msg + "\n"), sys.stdout.flush())
+    # a fork copies one thread only, and a CUDA context not at all: then the grader starts a Python per package
+    if threading.active_count() > 1 or "cupy" in sys.modules: return reply("unsafe")
+    reply("ready")
+    running, pending = set(), b""
+    while True:
+        readable, _, _ = select.select([0], [], [], 0.005 if running else None)
+        while running:
+            try: pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError: running.clear(); break
+            if pid == 0: break
+            running.discard(pid)
+            reply(f"done {pid} {os.waitstatus_to_exitcode(status)}")
+        if not readable: continue
+        chunk = os.read(0, 65536)
+        if not chunk: break   # the grader closed our stdin: finished
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            job = json.loads(line)
+            pid = os.fork()
+            if pid == 0:   # the child: a fresh needle_nb from the job's root
+                code = 1
+                try:
+                    os.setsid()   # its own process group: a timeout kills whatever it started too
+                    fd = os.open(os.path.join(job["out"], "log.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                    os.dup2(fd, 1); os.dup2(fd, 2)
+                    null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0)
+                    sys.path[:] = [job["root"] if p in (ref, "") else p for p in sys.path]
+                    if job["root"] not in sys.path: sys.path.insert(0, job["root"])
+                    os.environ["PYTHONPATH"] = job["root"]
+                    os.chdir(job["root"])
+                    importlib.invalidate_caches()
+                    import needle_nb.course as c
+                    c._run_checks(job["ids"], job["out"])
+                    code = 0
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    try: sys.stdout.flush(); sys.stderr.flush()
+                    finally: os._exit(code)
+            running.add(pid)
+            reply(f"pid {pid}")
+
+class _Forker:
+    """Grading processes forked from one server (`_zygote`) that has imported needle_nb's dependencies: a
+    fresh process per package, as `_run_package` starts, without paying Python's and numpy's start each time."""
+    def __init__(self, ref_root: Path):
+        import threading
+        env = dict(os.environ, PYTHONPATH=str(ref_root), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        self.proc = subprocess.Popen([sys.executable, "-c", "import needle_nb.course as c; c._zygote()"],
+                                     cwd=ref_root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        if self.proc.stdout.readline().strip() != b"ready":
+            self.proc.kill(); self.proc.wait()
+            raise RuntimeError("the grader's forking server did not start")
+        self.cond, self.send = threading.Condition(), threading.Lock()
+        self.pids, self.done, self.closed = [], {}, False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            words = line.split()   # anything but the server's own answers (a child's early traceback) is skipped
+            with self.cond:
+                if len(words) == 2 and words[0] == b"pid" and words[1].isdigit(): self.pids.append(int(words[1]))
+                elif len(words) == 3 and words[0] == b"done" and words[1].isdigit():
+                    self.done[int(words[1])] = int(words[2]) if words[2].lstrip(b"-").isdigit() else 1
+                self.cond.notify_all()
+        with self.cond:
+            self.closed = True; self.cond.notify_all()
+
+    def run(self, root: Path, ids: list, timeout: float) -> dict:
+        "As `_run_package`: the checks of `ids` in a fresh process whose needle_nb is `root`'s."
+        import signal
+        out = Path(tempfile.mkdtemp(dir=root))
+        with self.send:   # requests and their `pid` answers come in order
+            with self.cond: n = len(self.pids)
+            self.proc.stdin.write((json.dumps({"root": str(root), "ids": ids, "out": str(out)}) + "\n").encode())
+            self.proc.stdin.flush()
+            with self.cond:
+                self.cond.wait_for(lambda: len(self.pids) > n or self.closed)
+                if len(self.pids) <= n: return {"__process__": {"error": "the grader's forking server ended"}}
+                pid = self.pids[n]
+        with self.cond:
+            ended = self.cond.wait_for(lambda: pid in self.done or self.closed, timeout)
+        if not ended or pid not in self.done:
+            try: os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+            with self.cond: self.cond.wait_for(lambda: pid in self.done or self.closed, 30)
+            if not ended: return _timeout_report(timeout)
+        log = out / "log.txt"
+        return _read_report(out, log.read_text(errors="replace") if log.exists() else "")
+
+    def close(self):
+        try:
+            self.proc.stdin.close(); self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired): self.proc.kill()
+
+def _can_fork() -> bool:
+    "Fork a server of grading processes on Linux (elsewhere, or with NEEDLE_NB_GRADE_FORK=0, one Python each)."
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and os.environ.get("NEEDLE_NB_GRADE_FORK", "1") != "0"
+
+def _workers(n_jobs: int, workers=None) -> int:
+    "How many grading processes run at once: `workers`, else NEEDLE_NB_GRADE_WORKERS, else the CPU count."
+    w = workers or int(os.environ.get("NEEDLE_NB_GRADE_WORKERS", "0") or 0) or os.cpu_count() or 1
+    return max(1, min(int(w), n_jobs))
 
 def _compare(ref: dict, got: dict, exact: bool) -> Optional[str]:
     "None if `got` computes what `ref` does, else the first difference in one line."
@@ -1027,8 +1318,11 @@ def _compare(ref: dict, got: dict, exact: bool) -> Optional[str]:
             return f"{k}: differs from the reference (largest difference {np.nanmax(d):.3g}{', bit-exact required' if exact else ''})"
     return None
 
-def _exercise(entry: dict, nbs: Path) -> Exercise:
-    found = [e for e in find_exercises(nbs / entry["notebook"]) if e.id == entry["id"]]
+def _exercise(entry: dict, nbs: Path, parsed: Optional[dict] = None) -> Exercise:
+    "The manifest `entry`'s exercise as the book marks it now (`parsed`: notebook -> its exercises, filled as read)."
+    parsed = {} if parsed is None else parsed
+    if entry["notebook"] not in parsed: parsed[entry["notebook"]] = find_exercises(nbs / entry["notebook"])
+    found = [e for e in parsed[entry["notebook"]] if e.id == entry["id"]]
     if not found: raise ValueError(f"exercise {entry['id']} is in the manifest but no longer in {entry['notebook']}")
     return found[0]
 
@@ -1043,9 +1337,11 @@ def _learner_lines(dest: Path, ex: Exercise, all_of_cell: list) -> list:
                          f"expected {len(all_of_cell)} (keep the marker lines)")
     return regions[k]
 
-def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None) -> list:
+def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None, workers=None) -> list:
     """Grade the edition in `dest`: a list of {id, chapter, result ('pass'/'fail'), message, points}.
-    Also writes `dest/grades.json`."""
+    Also writes `dest/grades.json`. Each exercise (or, `together`, all of them) runs in a process of its own,
+    `workers` of them at once (default: the CPU count)."""
+    from concurrent.futures import ThreadPoolExecutor
     dest, nbs = Path(dest), Path(nbs) if nbs else book_notebooks()
     manifest = json.loads((dest / MANIFEST).read_text())
     entries = manifest["exercises"]
@@ -1054,35 +1350,50 @@ def grade(dest, ids=None, together: bool = False, timeout: float = 60, nbs=None)
         unknown = [i for i in ids if i not in known]
         if unknown: raise ValueError(f"unknown exercise(s) {unknown}; the edition has {sorted(known)}")
         entries = [e for e in entries if e["id"] in ids]
-    exercises = {e["id"]: _exercise(e, nbs) for e in manifest["exercises"]}
+    parsed = {}   # each notebook parsed once
+    exercises = {e["id"]: _exercise(e, nbs, parsed) for e in manifest["exercises"]}
     same_cell = {}
     for ex in exercises.values(): same_cell.setdefault((ex.notebook, ex.cell_id), []).append(ex)
+    groups = [entries] if together else [[e] for e in entries]
     work = Path(tempfile.mkdtemp(prefix="needle_nb_grade_"))
+    forker = None
     try:
         ref_root = work / "reference"; _copy_package(ref_root)
-        reference = _run_package(ref_root, [e["id"] for e in entries], timeout)
-        groups = [entries] if together else [[e] for e in entries]
-        results = []
-        for gi, group in enumerate(groups):
+        try: forker = _Forker(ref_root) if _can_fork() else None
+        except (RuntimeError, OSError): forker = None   # then a fresh Python per package
+        run = forker.run if forker else _run_package
+
+        def learner(gi, group):
+            "Copy the package, put this group's learner regions in, run its checks: (problems, report)."
             root = work / f"learner{gi}"; pkg = _copy_package(root)
             problems = {}
             for e in group:
                 ex = exercises[e["id"]]
                 try: substitute(pkg, ex, _learner_lines(dest, ex, same_cell[(ex.notebook, ex.cell_id)]))
                 except (ValueError, RuntimeError) as err: problems[e["id"]] = str(err)
-            got = _run_package(root, [e["id"] for e in group if e["id"] not in problems], timeout)
-            for e in group:
-                msg = problems.get(e["id"])
-                if msg is None and "__process__" in got: msg = got["__process__"]["error"]
-                if msg is None:
-                    for name, _, exact, _ in CHECKS[e["id"]]:
-                        key = f"{e['id']}::{name}"
-                        msg = _compare(reference[key], got.get(key, {"error": "not run"}), exact)
-                        if msg: msg = f"{name}: {msg}"; break
-                results.append({"id": e["id"], "chapter": e["chapter"], "result": "fail" if msg else "pass",
-                                "message": msg or "", "points": 0 if msg else e["points"]})
-            shutil.rmtree(root, ignore_errors=True)
+            try: return problems, run(root, [e["id"] for e in group if e["id"] not in problems], timeout)
+            finally: shutil.rmtree(root, ignore_errors=True)
+
+        # the reference runs first, alone: no learner code runs before its results are in
+        reference = run(ref_root, [e["id"] for e in entries], timeout)
+        with ThreadPoolExecutor(_workers(len(groups), workers)) as pool:
+            jobs = [pool.submit(learner, gi, group) for gi, group in enumerate(groups)]
+            results = []
+            for group, job in zip(groups, jobs):
+                problems, got = job.result()
+                for e in group:
+                    msg = problems.get(e["id"])
+                    if msg is None and "__process__" in got: msg = got["__process__"]["error"]
+                    if msg is None:
+                        for name, _, exact, _ in CHECKS[e["id"]]:
+                            key = f"{e['id']}::{name}"
+                            msg = _compare(reference.get(key, reference.get("__process__", {"error": "not run"})),
+                                           got.get(key, {"error": "not run"}), exact)
+                            if msg: msg = f"{name}: {msg}"; break
+                    results.append({"id": e["id"], "chapter": e["chapter"], "result": "fail" if msg else "pass",
+                                    "message": msg or "", "points": 0 if msg else e["points"]})
     finally:
+        if forker: forker.close()
         shutil.rmtree(work, ignore_errors=True)
     (dest / "grades.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
@@ -1107,6 +1418,7 @@ def main(argv=None) -> int:
     gr.add_argument("dest"); gr.add_argument("ids", nargs="*", help="exercise ids (default: all)")
     gr.add_argument("--together", action="store_true", help="grade the learner's code alone, end to end")
     gr.add_argument("--timeout", type=float, default=60, help="seconds per exercise (default 60)")
+    gr.add_argument("--workers", type=int, help="grading processes at once (default: the CPU count)")
     gr.add_argument("--nbs", help="the book's nbs/ folder (default: the clone's)")
     args = parser.parse_args(argv)
     try:
@@ -1115,7 +1427,7 @@ def main(argv=None) -> int:
             print(f"wrote {len(m['exercises'])} exercises into {args.dest}" +
                   (f" (kept the learner's {', '.join(m['kept'])})" if m["kept"] else ""))
             return 0
-        results = grade(args.dest, args.ids, args.together, args.timeout, args.nbs)
+        results = grade(args.dest, args.ids, args.together, args.timeout, args.nbs, args.workers)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"needle-nb: {e}", file=sys.stderr); return 2
     print(format_table(results))

@@ -109,8 +109,11 @@ def gradient_check(f, *args, tol: float = 1e-6, backward: bool = False, eps: flo
 # %% ../nbs/02_ops.ipynb #b73ebccf
 class EWiseAdd(TensorOp):
     "`a + b` elementwise, numpy broadcasting. Local derivatives: ∂/∂a = 1, ∂/∂b = 1 (each gradient summed back to its input's shape)."
-    def compute(self, a, b): return a + b
+    def compute(self, a, b):
+        "Forward: `a + b`."
+        return a + b
     def gradient(self, out_grad, node):
+        "Adjoints: `out_grad`, `out_grad` (∂/∂a = ∂/∂b = 1), each summed back to its input's shape."
         a, b = node.inputs
         return (_sum_to_shape(out_grad, a.shape) if a.requires_grad else None,
                 _sum_to_shape(out_grad, b.shape) if b.requires_grad else None)
@@ -122,8 +125,12 @@ def add(a, b):
 class AddScalar(TensorOp):
     "`a + c` for a number `c`. Local derivative: ∂/∂a = 1."
     def __init__(self, scalar): self.scalar = as_number(scalar)
-    def compute(self, a): return a + self.scalar
-    def gradient(self, out_grad, node): return out_grad
+    def compute(self, a):
+        "Forward: `a + c`."
+        return a + self.scalar
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` (∂/∂a = 1)."
+        return out_grad
 
 def add_scalar(a, scalar):
     "`a + scalar` (`AddScalar`)."
@@ -131,8 +138,11 @@ def add_scalar(a, scalar):
 
 class EWiseSub(TensorOp):
     "`a - b` in one op (`subtract`). The operator `a - b` builds needle's two nodes `a + (-b)` instead, so a walk of the graph sees needle's graph. Local derivatives: 1 and -1."
-    def compute(self, a, b): return a - b
+    def compute(self, a, b):
+        "Forward: `a - b`."
+        return a - b
     def gradient(self, out_grad, node):
+        "Adjoints: `out_grad`, `-out_grad` (∂/∂a = 1, ∂/∂b = -1), each summed back to its input's shape."
         a, b = node.inputs
         return (_sum_to_shape(out_grad, a.shape) if a.requires_grad else None,
                 _sum_to_shape(-out_grad, b.shape) if b.requires_grad else None)
@@ -143,8 +153,11 @@ def subtract(a, b):
 
 class EWiseMul(TensorOp):
     "`a * b` elementwise, numpy broadcasting. Local derivatives: ∂/∂a = b, ∂/∂b = a."
-    def compute(self, a, b): return a * b
+    def compute(self, a, b):
+        "Forward: `a ⊙ b`."
+        return a * b
     def gradient(self, out_grad, node):
+        "Adjoints: `out_grad ⊙ b`, `out_grad ⊙ a` (∂/∂a = b, ∂/∂b = a), each summed back to its input's shape."
         a, b = node.inputs
         return (_sum_to_shape(out_grad * b, a.shape) if a.requires_grad else None,
                 _sum_to_shape(out_grad * a, b.shape) if b.requires_grad else None)
@@ -156,8 +169,12 @@ def multiply(a, b):
 class MulScalar(TensorOp):
     "`a * c` for a number `c`. Local derivative: ∂/∂a = c."
     def __init__(self, scalar): self.scalar = as_number(scalar)
-    def compute(self, a): return a * self.scalar
-    def gradient(self, out_grad, node): return out_grad * self.scalar
+    def compute(self, a):
+        "Forward: `c·a`."
+        return a * self.scalar
+    def gradient(self, out_grad, node):
+        "Adjoint: `c·out_grad` (∂/∂a = c)."
+        return out_grad * self.scalar
 
 def mul_scalar(a, scalar):
     "`a * scalar` (`MulScalar`)."
@@ -169,8 +186,11 @@ class EWisePow(TensorOp):
     At the edge, as PyTorch: ∂/∂a is 0 where b = 0 (not 0·0^(-1) = NaN), and ∂/∂b is 0 where a = 0 and
     b ≥ 0 (not 0·ln 0 = NaN). Both by a safe operand (exponent 0, log of 1) at those entries, so the
     gradient stays a graph that differentiates again."""
-    def compute(self, a, b): return array_module(a).power(a, b)   # needle's NDArray ** takes numbers only
+    def compute(self, a, b):
+        "Forward: `a ** b` elementwise."
+        return array_module(a).power(a, b)   # needle's NDArray ** takes numbers only
     def gradient(self, out_grad, node):
+        "Adjoints: `out_grad·b·a^(b-1)`, `out_grad·a^b·ln a` (0 at the edges above), each summed back to its input's shape."
         a, b = node.inputs
         A, B = a.realize_cached_data(), b.realize_cached_data()
         grad_a = grad_b = None
@@ -192,10 +212,12 @@ class PowerScalar(TensorOp):
     "`a ** scalar` for a number `scalar`. Local derivative: scalar·a^(scalar-1); 0 for `scalar` = 0, also at a = 0 (as PyTorch; not 0·0^(-1) = NaN). At a = 0 a fractional or negative exponent gives ±inf, as PyTorch."
     def __init__(self, scalar): self.scalar = as_number(scalar)
     def compute(self, a):
+        "Forward: `a ** c`."
         # numpy refuses integers to negative integer powers; the result is a float, as 1 / a is
         if a.dtype.kind != "f" and self.scalar < 0: a = a.astype(np.float64)
         return a ** self.scalar
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad·c·a^(c-1)` (0 everywhere for c = 0)."
         a = node.inputs[0]
         if self.scalar == 0: return out_grad * 0   # d(a**0)/da = 0 everywhere, as PyTorch
         return out_grad * self.scalar * a ** (self.scalar - 1)
@@ -206,8 +228,11 @@ def power_scalar(a, scalar):
 
 class EWiseDiv(TensorOp):
     "`a / b` elementwise, numpy broadcasting. Local derivatives: ∂/∂a = 1/b, ∂/∂b = -a/b²."
-    def compute(self, a, b): return a / b
+    def compute(self, a, b):
+        "Forward: `a / b`."
+        return a / b
     def gradient(self, out_grad, node):
+        "Adjoints: `out_grad / b`, `-out_grad·a / b²` (∂/∂a = 1/b, ∂/∂b = -a/b²), each summed back to its input's shape."
         a, b = node.inputs
         return (_sum_to_shape(out_grad / b, a.shape) if a.requires_grad else None,
                 _sum_to_shape(-out_grad * a / (b * b), b.shape) if b.requires_grad else None)
@@ -219,8 +244,12 @@ def divide(a, b):
 class DivScalar(TensorOp):
     "`a / c` for a number `c`. Local derivative: ∂/∂a = 1/c."
     def __init__(self, scalar): self.scalar = as_number(scalar)
-    def compute(self, a): return a / self.scalar
-    def gradient(self, out_grad, node): return out_grad / self.scalar
+    def compute(self, a):
+        "Forward: `a / c`."
+        return a / self.scalar
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad / c` (∂/∂a = 1/c)."
+        return out_grad / self.scalar
 
 def divide_scalar(a, scalar):
     "`a / scalar` (`DivScalar`)."
@@ -228,8 +257,12 @@ def divide_scalar(a, scalar):
 
 class Negate(TensorOp):
     "`-a`. Local derivative: -1."
-    def compute(self, a): return -a
-    def gradient(self, out_grad, node): return -out_grad
+    def compute(self, a):
+        "Forward: `-a`."
+        return -a
+    def gradient(self, out_grad, node):
+        "Adjoint: `-out_grad` (∂/∂a = -1)."
+        return -out_grad
 
 def negate(a):
     "`-a` (`Negate`)."
@@ -328,9 +361,12 @@ class Transpose(TensorOp):
             raise ValueError(f"transpose: axes must be None or a pair (i, j) of axes to swap, got {axes!r}")
         self.axes = None if axes is None else tuple(axes)
     def compute(self, a):
+        "Forward: `a` with axes `i, j` swapped (the last two by default)."
         i, j = self.axes if self.axes is not None else (-1, -2)
         return a.swapaxes(i, j)
-    def gradient(self, out_grad, node): return transpose(out_grad, self.axes)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` with the same two axes swapped (a swap is its own inverse)."
+        return transpose(out_grad, self.axes)
 
 def transpose(a, axes=None):
     "Swap two axes of `a`, the last two by default (`Transpose`)."
@@ -344,11 +380,15 @@ class Reshape(TensorOp):
         if self.shape and min(self.shape) < -1:
             raise ValueError(f"reshape: sizes must be integers >= 0, with at most one -1, got {self.shape}")
     def compute(self, a):
-        try: return array_module(a).reshape(a, self.shape)   # copies a non-compact NDArray first, as numpy
+        "Forward: `a` reshaped to `shape`."
+        try:
+            return array_module(a).reshape(a, self.shape)   # copies a non-compact NDArray first, as numpy
         except ValueError:
             raise ValueError(f"reshape: cannot reshape a tensor of shape {a.shape} "
                              f"({a.size} elements) to {self.shape}") from None
-    def gradient(self, out_grad, node): return reshape(out_grad, node.inputs[0].shape)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` reshaped back to the input's shape."
+        return reshape(out_grad, node.inputs[0].shape)
 
 def reshape(a, shape):
     "`a` reshaped to `shape` (`Reshape`)."
@@ -358,10 +398,14 @@ class BroadcastTo(TensorOp):
     "`a` broadcast to `shape` (numpy's rules). Gradient: `out_grad` summed over the broadcast axes (`SumToShape`)."
     def __init__(self, shape): self.shape = tuple(shape)
     def compute(self, a):
-        try: return array_module(a).broadcast_to(a, self.shape)
+        "Forward: `a` broadcast to `shape`."
+        try:
+            return array_module(a).broadcast_to(a, self.shape)
         except ValueError:
             raise ValueError(f"broadcast_to: cannot broadcast shape {a.shape} to {self.shape}") from None
-    def gradient(self, out_grad, node): return _sum_to_shape(out_grad, node.inputs[0].shape)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` summed over the axes broadcasting added or stretched, back to the input's shape."
+        return _sum_to_shape(out_grad, node.inputs[0].shape)
 
 def broadcast_to(a, shape):
     "`a` broadcast to `shape` (`BroadcastTo`)."
@@ -375,12 +419,15 @@ class SumToShape(TensorOp):
     """
     def __init__(self, shape): self.shape = tuple(shape)
     def compute(self, a):
+        "Forward: `a` summed over the axes that broadcasting `shape` up to `a.shape` added or stretched."
         added = a.ndim - len(self.shape)
         if added < 0: raise ValueError(f"sum_to_shape: cannot sum shape {a.shape} to {self.shape}")
         axes = tuple(range(added)) + tuple(added + i for i, n in enumerate(self.shape)
                                            if n == 1 and a.shape[added + i] != 1)
         return _sum(a, axes, keepdims=True).reshape(self.shape)
-    def gradient(self, out_grad, node): return broadcast_to(out_grad, node.inputs[0].shape)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` broadcast back to the input's shape."
+        return broadcast_to(out_grad, node.inputs[0].shape)
 
 # %% ../nbs/02_ops.ipynb #77648279
 @patch
@@ -444,10 +491,12 @@ class Summation(TensorOp):
     "Sum over `axes` (an int, a tuple, or `None` for all), removing them. Local derivative: 1 for each summed entry, so the gradient is `out_grad` broadcast back over `axes` (`ExpandReduced`)."
     def __init__(self, axes=None): self.axes = axes
     def compute(self, a):
+        "Forward: `Σ a` over `axes` (all of them for None), removing them."
         # through the array module: numpy's reductions (needle's NDArray.sum gives (1,) for all axes)
         out = _sum(a, _normalize_axes(self.axes, a.ndim))
         return out if type(out) is type(a) else array_module(a).asarray(out)
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` with `axes` put back and broadcast to the input's shape (∂/∂a = 1)."
         return ExpandReduced(self.axes, node.inputs[0].shape)(out_grad)
 
 class ExpandReduced(TensorOp):
@@ -457,10 +506,13 @@ class ExpandReduced(TensorOp):
     """
     def __init__(self, axes, shape): self.axes, self.shape = axes, tuple(shape)
     def compute(self, a):
+        "Forward: `a` with the reduced `axes` put back as 1s, broadcast to `shape`."
         kept = _keepdims_shape(self.shape, _normalize_axes(self.axes, len(self.shape)))
         xp = array_module(a)
         return xp.broadcast_to(xp.reshape(a, kept), self.shape)
-    def gradient(self, out_grad, node): return summation(out_grad, self.axes)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` summed over `axes`."
+        return summation(out_grad, self.axes)
 
 def summation(a, axes=None):
     "Sum of `a` over `axes` (`Summation`; needle's name)."
@@ -470,9 +522,11 @@ class Max(TensorOp):
     "Maximum over `axes`, which are removed. Local derivative: 1 at the maximum, 0 elsewhere; tied maxima share it equally (as `torch.amax`)."
     def __init__(self, axes=None): self.axes = axes
     def compute(self, a):
+        "Forward: `max a` over `axes`, removing them."
         out = _amax(a, _normalize_axes(self.axes, a.ndim))
         return out if type(out) is type(a) else array_module(a).asarray(out)
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` at the maxima (ties share it equally), 0 elsewhere."
         a = node.inputs[0]
         axes = _normalize_axes(self.axes, a.ndim)
         kept = _keepdims_shape(a.shape, axes)
@@ -546,14 +600,17 @@ class MatMul(TensorOp):
     def __init__(self, transpose_a: bool = False, transpose_b: bool = False):
         self.transpose_a, self.transpose_b = transpose_a, transpose_b
     def compute(self, a, b):
+        "Forward: `a @ b` (`a`, `b` transposed first under `transpose_a`, `transpose_b`)."
         if self.transpose_a: a = a.swapaxes(-1, -2)
         if self.transpose_b: b = b.swapaxes(-1, -2)
-        try: return array_module(a).matmul(a, b)   # numpy's rules for 1-D operands (needle's NDArray @ is 2-D and up)
+        try:
+            return array_module(a).matmul(a, b)   # numpy's rules for 1-D operands (needle's NDArray @ is 2-D and up)
         except ValueError:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
                              f"({a.shape[-1] if a.ndim else a.shape} != "
                              f"{b.shape[-2] if b.ndim > 1 else b.shape[0] if b.ndim else b.shape})") from None
     def gradient(self, out_grad, node):
+        "Adjoints: `out_grad @ bᵀ`, `aᵀ @ out_grad` (for the operands as used), each summed over broadcast batch axes."
         a, b = node.inputs
         a2 = a if a.ndim > 1 else reshape(a, (1,) + a.shape)
         b2 = b if b.ndim > 1 else reshape(b, b.shape + (1,))
@@ -603,8 +660,12 @@ def matmul(self: Tensor, other) -> Tensor:
 # %% ../nbs/02_ops.ipynb #429b3f36
 class Log(TensorOp):
     "Natural logarithm elementwise. Local derivative: 1/a."
-    def compute(self, a): return array_module(a).log(a)
-    def gradient(self, out_grad, node): return out_grad / node.inputs[0]
+    def compute(self, a):
+        "Forward: `ln a`."
+        return array_module(a).log(a)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad / a` (∂/∂a = 1/a)."
+        return out_grad / node.inputs[0]
 
 def log(a):
     "ln `a` elementwise (`Log`)."
@@ -612,8 +673,12 @@ def log(a):
 
 class Exp(TensorOp):
     "$e^a$ elementwise. Local derivative: $e^a$, the output itself."
-    def compute(self, a): return array_module(a).exp(a)
-    def gradient(self, out_grad, node): return out_grad * node
+    def compute(self, a):
+        "Forward: `e^a`."
+        return array_module(a).exp(a)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad·e^a`, from the output (∂/∂a = e^a)."
+        return out_grad * node
 
 def exp(a):
     "$e^a$ elementwise (`Exp`)."
@@ -621,8 +686,11 @@ def exp(a):
 
 class ReLU(TensorOp):
     "max(a, 0) elementwise. Local derivative: 1 where a > 0, else 0 (0 at a = 0, as needle and PyTorch)."
-    def compute(self, a): return array_module(a).maximum(a, 0)
+    def compute(self, a):
+        "Forward: `max(a, 0)`."
+        return array_module(a).maximum(a, 0)
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` where a > 0, else 0."
         # a boolean mask multiplies without changing out_grad's dtype (float32 stays float32)
         return out_grad * Tensor.make_const(node.realize_cached_data() > 0)
 
@@ -632,8 +700,12 @@ def relu(a):
 
 class Tanh(TensorOp):
     "tanh elementwise. Local derivative: 1 - tanh²(a), from the output."
-    def compute(self, a): return array_module(a).tanh(a)
-    def gradient(self, out_grad, node): return out_grad * (1 - node * node)
+    def compute(self, a):
+        "Forward: `tanh a`."
+        return array_module(a).tanh(a)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad·(1 - tanh² a)`, from the output."
+        return out_grad * (1 - node * node)
 
 def tanh(a):
     "tanh `a` elementwise (`Tanh`)."
@@ -642,11 +714,14 @@ def tanh(a):
 class Sigmoid(TensorOp):
     "σ(a) = 1/(1 + e^(-a)) elementwise, computed without overflow. Local derivative: σ(a)(1 - σ(a)), from the output."
     def compute(self, a):
+        "Forward: `σ(a) = 1/(1 + e^(-a))`, without overflow."
         xp = array_module(a)
         # split by sign so exp never overflows: sigma(a) = e^a / (1 + e^a) for a < 0
         e = xp.exp(-xp.abs(a))
         return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(_float_dtype(a), copy=False)
-    def gradient(self, out_grad, node): return out_grad * node * (1 - node)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad·σ(a)(1 - σ(a))`, from the output."
+        return out_grad * node * (1 - node)
 
 def sigmoid(a):
     "σ(`a`) elementwise (`Sigmoid`)."
@@ -655,8 +730,11 @@ def sigmoid(a):
 class LeakyReLUOp(TensorOp):
     "$x$ where $x > 0$, `negative_slope`$\\cdot x$ elsewhere (the derivative at 0 is the slope, as PyTorch's)."
     def __init__(self, negative_slope: float): self.negative_slope = float(as_number(negative_slope, "negative_slope"))
-    def compute(self, a): return array_module(a).where(a > 0, a, a * self.negative_slope)
+    def compute(self, a):
+        "Forward: `a` where a > 0, else `negative_slope·a`."
+        return array_module(a).where(a > 0, a, a * self.negative_slope)
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` where a > 0, else `negative_slope·out_grad`."
         a = node.inputs[0].realize_cached_data()
         slope = array_module(a).where(a > 0, 1.0, self.negative_slope).astype(a.dtype)
         return out_grad * Tensor.make_const(slope)
@@ -681,11 +759,13 @@ class GELUOp(TensorOp):
             raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
     def compute(self, a):
+        "Forward: `a·Φ(a)` (or its tanh approximation)."
         xp = array_module(a)
         if self.approximate == "tanh":
             return 0.5 * a * (1 + xp.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a ** 3)))
         return 0.5 * a * (1 + _erf(a * (1 / math.sqrt(2))))
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad·(Φ(a) + a·φ(a))` (or the tanh form's derivative)."
         a = node.inputs[0].realize_cached_data()
         xp = array_module(a)
         if self.approximate == "tanh":
@@ -734,9 +814,11 @@ def sigmoid(self: Tensor) -> Tensor:
 class Softsign(TensorOp):
     "$a/(1+|a|)$ elementwise. Local derivative: $1/(1+|a|)^2 = (1-|s|)^2$ with $s$ the output."
     def compute(self, a):
+        "Forward: `a / (1 + |a|)`."
         xp = array_module(a)
         return a / (1 + xp.abs(a))
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad / (1 + |a|)²`."
         a = node.inputs[0].realize_cached_data()
         local = 1 / (1 + array_module(a).abs(a)) ** 2
         return out_grad * Tensor.make_const(local.astype(a.dtype, copy=False))
@@ -750,7 +832,7 @@ class LogSumExp(TensorOp):
     "log Σ exp(z) over `axes` (all by default), shifted by the maximum so no exponent exceeds 0; `axes` are removed. Local derivative: softmax(z) over `axes`."
     def __init__(self, axes: Optional[tuple] = None): self.axes = axes
     def compute(self, Z, parts: bool = False):
-        """LSE of the array `Z`; with `parts=True`, the pieces `(m, z - m, log Σ e^(z-m))` with the reduced
+        """Forward: `log Σ e^z` over `axes`, the LSE of the array `Z`; with `parts=True`, the pieces `(m, z - m, log Σ e^(z-m))` with the reduced
         axes kept, from which log-softmax and the fused loss compute at the scale of `z - m` (as PyTorch)."""
         xp = array_module(Z)
         axes = _normalize_axes(self.axes, Z.ndim)
@@ -764,6 +846,7 @@ class LogSumExp(TensorOp):
         if parts: return m, shifted, log_sum
         return (log_sum + m).reshape(out_shape()).astype(_float_dtype(Z), copy=False)
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad·softmax(z)` over `axes` (∂LSE/∂z = softmax(z))."
         Z = node.inputs[0]
         kept = _keepdims_shape(Z.shape, _normalize_axes(self.axes, Z.ndim))
         # ∂LSE/∂z = softmax(z) over the reduced axes; `*` broadcasts the kept axes of out_grad
@@ -776,11 +859,13 @@ def logsumexp(a, axes=None):
 class LogSoftmax(TensorOp):
     "Log-softmax over the last axis (needle's is row-wise on a 2-D batch of logits): z - logsumexp(z). Gradient: ḡ - softmax(z) Σ ḡ, the sum over the last axis."
     def compute(self, Z):
+        "Forward: `z - logsumexp(z)` over the last axis."
         if Z.size == 0: return Z.astype(_float_dtype(Z))
         # (z - m) - log Σ e^(z - m), as PyTorch: z - LSE(z) would round LSE at the scale of m (|z| = 1e4)
         _, shifted, log_sum = LogSumExp(axes=(-1,)).compute(Z, parts=True)
         return (shifted - log_sum).astype(_float_dtype(Z), copy=False)
     def gradient(self, out_grad, node):
+        "Adjoint: `ḡ - softmax(z)·Σ ḡ`, the sum over the last axis."
         # ḡ − softmax(z) Σ ḡ: the Jacobian I − 1 softmax(z)ᵀ applied to ḡ
         kept = _keepdims_shape(out_grad.shape, _normalize_axes((-1,), out_grad.ndim))
         total = reshape(summation(out_grad, (-1,)), kept)
@@ -804,6 +889,7 @@ class Softmax(TensorOp):
     """
     def __init__(self, axes=(-1,), parts: Optional[tuple] = None): self.axes, self.parts = axes, parts
     def compute(self, Z):
+        "Forward: `e^(z - max z) / Σ e^(z - max z)` over `axes`."
         xp, axes = array_module(Z), _normalize_axes(self.axes, Z.ndim)
         if Z.size == 0: return Z.astype(_float_dtype(Z))   # no maximum to subtract, nothing to normalize
         if self.parts is not None:
@@ -814,6 +900,7 @@ class Softmax(TensorOp):
         e /= _sum(e, axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
         return e
     def gradient(self, out_grad, node):
+        "Adjoint: `s ⊙ (ḡ - Σ ḡ ⊙ s)`, the sums over `axes` (`s` the output)."
         # s ⊙ (ḡ − Σ ḡ ⊙ s): the Jacobian diag(s) − s sᵀ applied to ḡ, without forming it
         kept = _keepdims_shape(node.shape, _normalize_axes(self.axes, node.ndim))
         total = reshape(summation(out_grad * node, self.axes), kept)
@@ -847,6 +934,7 @@ class SoftmaxCrossEntropy(TensorOp):
         self.reduction = check_reduction(reduction, "SoftmaxCrossEntropy")
         self._saved = None   # (z, z - m, log Σ e^(z-m)) of the last forward pass: its gradient's softmax reuses them
     def compute(self, Z, Y):
+        "Forward: `LSE(z) - z·y` per row, reduced by `reduction`."
         if Z.ndim != 2 or Z.shape != Y.shape:
             raise ValueError(f"softmax_cross_entropy: logits {Z.shape} and targets {Y.shape} must be equal (B, k) shapes")
         if 0 in Z.shape:
@@ -879,6 +967,7 @@ class SoftmaxCrossEntropy(TensorOp):
         if self.reduction == "mean": total = total / Z.shape[0]
         return xp.asarray(total, dtype=dtype)
     def gradient(self, out_grad, node):
+        "Adjoints: `(softmax(z) - y)·s` for z, `-z·s` for y (`s`: `out_grad` scaled as the reduction)."
         Z, Y = node.inputs
         if self.reduction == "none": scale = reshape(out_grad, (Z.shape[0], 1))
         elif self.reduction == "mean": scale = out_grad / Z.shape[0]
@@ -897,8 +986,12 @@ def softmax_cross_entropy(logits, y_one_hot, reduction: str = "mean"):
 class Stack(TensorOp):
     "Stack a `TensorTuple` of equal-shaped tensors along a new `axis`. Gradient: `out_grad` split along `axis`."
     def __init__(self, axis: int): self.axis = axis
-    def compute(self, args): return array_module(args[0]).stack(args, axis=self.axis)
-    def gradient(self, out_grad, node): return split(out_grad, self.axis)
+    def compute(self, args):
+        "Forward: the arrays stacked along a new `axis`."
+        return array_module(args[0]).stack(args, axis=self.axis)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` split along `axis`, one slice per input."
+        return split(out_grad, self.axis)
 
 def _as_tensors(name: str, args) -> list:
     """The sequence `args` as a list of tensors: numpy arrays (and nested lists) become constants on the
@@ -937,8 +1030,11 @@ class Concatenate(TensorOp):
     shapes $(…, n_i, …)$ give $(…, \sum_i n_i, …)$. Gradient: `out_grad` cut back along `axis` into
     the inputs' slices (one `GetItem` each)."""
     def __init__(self, axis: int = 0): self.axis = axis
-    def compute(self, args): return array_module(args[0]).concatenate(args, axis=self.axis)
+    def compute(self, args):
+        "Forward: the arrays joined along `axis`."
+        return array_module(args[0]).concatenate(args, axis=self.axis)
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` cut along `axis` into the inputs' slices."
         arrays = node.inputs[0].realize_cached_data()
         axis, pieces, start = self.axis % out_grad.ndim, [], 0
         for a in arrays:
@@ -976,10 +1072,13 @@ class Split(TensorTupleOp):
     "Split a tensor along `axis` into a `TensorTuple` of its slices (that axis removed). Gradient: the slices' gradients stacked back."
     def __init__(self, axis: int): self.axis = axis
     def compute(self, A):
+        "Forward: the slices of `A` along `axis` (that axis removed)."
         if not isinstance(self.axis, numbers.Integral) or not -max(A.ndim, 1) <= self.axis < A.ndim:
             raise ValueError(f"split: axis {self.axis!r} is out of range for a tensor of shape {A.shape}")
         return tuple(A.take(i, axis=self.axis) for i in range(A.shape[self.axis]))
-    def gradient(self, out_grad, node): return stack(list(out_grad.tuple()), self.axis)
+    def gradient(self, out_grad, node):
+        "Adjoint: the slices' gradients stacked back along `axis`."
+        return stack(list(out_grad.tuple()), self.axis)
 
 def split(a, axis=0):
     "The slices of `a` along `axis`, as a `TensorTuple` (`Split`)."
@@ -989,22 +1088,27 @@ class GetItem(TensorOp):
     "`a[index]` with numpy's basic and advanced indexing. Gradient: `out_grad` added back at the indexed places (`ScatterAdd`)."
     def __init__(self, index): self.index = _unwrap_index(index)
     def compute(self, a):
+        "Forward: `a[index]`."
         # an array module whose arrays index by other rules provides getitem (nd's NumpyAPI: needle's [] keeps int axes)
         out = getattr(array_module(a), "getitem", operator.getitem)(a, self.index)
         return out if type(out) is type(a) else array_module(a).asarray(out)
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` added into zeros of the input's shape at `index`."
         return ScatterAdd(self.index, node.inputs[0].shape)(out_grad)
 
 class ScatterAdd(TensorOp):
     "Zeros of `shape` with `a` added at `index`: the adjoint of indexing."
     def __init__(self, index, shape): self.index, self.shape = index, tuple(shape)
     def compute(self, a):
+        "Forward: zeros of `shape` with `a` added at `index`."
         xp = array_module(a)
         out = xp.zeros(self.shape, dtype=a.dtype)
         if _has_array_index(self.index): xp.add.at(out, self.index, a)
         else: getattr(xp, "setitem", operator.setitem)(out, self.index, a)
         return out
-    def gradient(self, out_grad, node): return GetItem(self.index)(out_grad)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad[index]`."
+        return GetItem(self.index)(out_grad)
 
 def _unwrap_index(index):
     "Tensors used as indices become arrays."

@@ -54,11 +54,14 @@ class Flip(TensorOp):
     "Reverse the order of the entries along each axis in `axes`."
     def __init__(self, axes): self.axes = _axes_tuple(axes)
     def compute(self, a):
+        "Forward: `a` reversed along each axis of `axes`."
         for ax in self.axes:
             if not -a.ndim <= ax < a.ndim:
                 raise ValueError(f"flip: axis {ax} is out of range for shape {a.shape}")
         return array_module(a).flip(a, self.axes) if self.axes else a
-    def gradient(self, out_grad, node): return flip(out_grad, self.axes)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` reversed along the same axes (a flip is its own inverse)."
+        return flip(out_grad, self.axes)
 
 def flip(a, axes):
     "Reverse `a` along `axes` (an int or a tuple), as `np.flip`."
@@ -82,6 +85,7 @@ class Pad(TensorOp):
     def __init__(self, axes):
         self.axes = tuple((int(left), int(right)) for left, right in axes)
     def compute(self, a):
+        "Forward: `a` with `left`/`right` zeros added on each axis (cropped where negative)."
         if len(self.axes) != a.ndim:
             raise ValueError(f"pad: needs one (left, right) pair per axis, got {len(self.axes)} pairs "
                              f"for shape {a.shape}")
@@ -93,7 +97,9 @@ class Pad(TensorOp):
         widths = tuple((max(left, 0), max(right, 0)) for left, right in self.axes)
         if not any(left or right for left, right in widths): return a
         return _constant_pad(a, widths)
-    def gradient(self, out_grad, node): return Pad(tuple((-left, -right) for left, right in self.axes))(out_grad)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` padded by the negated widths, i.e. cropped back to the input's entries."
+        return Pad(tuple((-left, -right) for left, right in self.axes))(out_grad)
 
 def pad(a, axes):
     "Zero-pad `a` by one `(left, right)` pair per axis (as `np.pad`; negative widths crop)."
@@ -117,19 +123,25 @@ class _Dilation(TensorOp):
 class Dilate(_Dilation):
     "Insert `dilation` zeros after every element along each axis in `axes`: size $n \\to n(d+1)$."
     def compute(self, a):
+        "Forward: `a` with `dilation` zeros after every entry along `axes`."
         axes = _dilated_axes(self.axes, a.ndim)
         if self.dilation == 0 or not axes: return a
         shape = tuple(n * (self.dilation + 1) if i in axes else n for i, n in enumerate(a.shape))
         out = array_module(a).zeros(shape, dtype=a.dtype)
         out[self._index(a)] = a
         return out
-    def gradient(self, out_grad, node): return undilate(out_grad, self.axes, self.dilation)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` undilated (the zeros' gradient is dropped)."
+        return undilate(out_grad, self.axes, self.dilation)
 
 class UnDilate(_Dilation):
     "Keep every `(dilation+1)`-th element from index 0 along each axis in `axes` (the inverse of `Dilate`)."
     name = "undilate"
-    def compute(self, a): return a[self._index(a)]
+    def compute(self, a):
+        "Forward: every `(dilation+1)`-th entry of `a` along `axes`."
+        return a[self._index(a)]
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` dilated back with zeros, padded to the input's shape."
         grad = dilate(out_grad, self.axes, self.dilation)
         shape = node.inputs[0].shape
         if grad.shape == shape: return grad
@@ -384,11 +396,13 @@ class Conv(TensorOp):
     def __repr__(self):
         return f"Conv({_repr_args(self.stride, self.padding)}" + (f", layout={self.layout!r})" if self.layout != "NHWC" else ")")
     def compute(self, a, b):
+        "Forward: `a ⋆ b`, the cross-correlation of the padded `a` with the kernel `b` at `stride` (im2col, one matmul)."
         out, rows = _conv_forward_rows(_to_nhwc(a, self.layout), b, self.stride, self.padding)
         self._saved = None if rows is None else (a, rows)
         return _from_nhwc(out, self.layout)
 
     def gradient(self, out_grad, node):
+        "Adjoints: `ConvInputGrad(out_grad, b)` (col2im of out_grad·bᵀ) for `a`, `ConvKernelGrad(a, out_grad)` (im2col(a)ᵀ·out_grad) for `b`."
         a, b = node.inputs
         s, p, layout = self.stride, self.padding, self.layout
         saved, self._saved = self._saved, None      # used once: the rows are freed after the kernel's gradient
@@ -411,10 +425,12 @@ class ConvInputGrad(TensorOp):
     def __repr__(self): return f"ConvInputGrad({_repr_args(self.stride, self.padding)}, a_shape={self.a_shape})"
 
     def compute(self, g, b):
+        "Forward: the input's gradient of `conv` for the output gradient `g`, by col2im of `g·bᵀ`."
         in_hw = self.a_shape[2:4] if self.layout == "NCHW" else self.a_shape[1:3]
         return _from_nhwc(_conv_input_grad(_to_nhwc(g, self.layout), b, self.stride, self.padding, in_hw), self.layout)
 
     def gradient(self, out_grad, node):
+        "Adjoints (it is linear in both): `conv(out_grad, b)` for `g`, `ConvKernelGrad(out_grad, g)` for `b`."
         g, b = node.inputs
         s, p = self.stride, self.padding
         return (Conv(s, p, self.layout)(out_grad, b) if g.requires_grad else None,
@@ -434,6 +450,7 @@ class ConvKernelGrad(TensorOp):
     def __repr__(self): return f"ConvKernelGrad({_repr_args(self.stride, self.padding)}, kernel_size={self.kernel_size})"
 
     def compute(self, a, g):
+        "Forward: the kernel's gradient of `conv`, `im2col(a)ᵀ · g` reshaped to `(KH, KW, C_in, C_out)`."
         a, g = _to_nhwc(a, self.layout), _to_nhwc(g, self.layout)
         kernel_h, kernel_w = self.kernel_size
         xp = array_module(a)
@@ -458,6 +475,7 @@ class ConvKernelGrad(TensorOp):
         return xp.reshape(product, (kernel_h, kernel_w, a.shape[3], c_out))
 
     def gradient(self, out_grad, node):
+        "Adjoints (it is linear in both): `ConvInputGrad(g, out_grad)` for `a`, `conv(a, out_grad)` for `g`."
         a, g = node.inputs
         s, p, layout = self.stride, self.padding, self.layout
         grad_a = ConvInputGrad(s, p, a.shape, layout)(g, out_grad) if a.requires_grad else None
@@ -503,11 +521,13 @@ class _WindowSum(TensorOp):
     def __init__(self, kernel, stride, padding, mask=None):
         self.kernel, self.stride, self.padding, self.mask = kernel, stride, padding, mask
     def compute(self, a):
+        "Forward: the sum of each `K × K` window of the zero-padded `a` (where `mask` is set)."
         windows = _pool_windows(_pad_spatial(a, self.padding), self.kernel, self.stride)
         xp = array_module(a)
         if self.mask is not None: windows = xp.where(self.mask, windows, 0)
         return xp.sum(windows, axis=(-2, -1))
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` added back over each window (`_WindowScatter`)."
         return _WindowScatter(self.kernel, self.stride, self.padding, node.inputs[0].shape, self.mask)(out_grad)
 
 class _WindowScatter(TensorOp):
@@ -515,6 +535,7 @@ class _WindowScatter(TensorOp):
     def __init__(self, kernel, stride, padding, shape, mask=None):
         self.kernel, self.stride, self.padding, self.shape, self.mask = kernel, stride, padding, tuple(shape), mask
     def compute(self, g):
+        "Forward: each entry of `g` added over its window of a zero array of `shape`."
         xp, k, s, p = array_module(g), self.kernel, self.stride, self.padding
         index = getattr(xp, "getitem", operator.getitem)   # numpy's rules, also for nd's NDArray (see Conv)
         *lead, H, W = self.shape
@@ -527,6 +548,7 @@ class _WindowScatter(TensorOp):
                 window += part                                 # a view: the add lands in `out`
         return index(out, (..., slice(p, p + H), slice(p, p + W))) if p else out
     def gradient(self, out_grad, node):
+        "Adjoint: the window sums of `out_grad` (`_WindowSum`)."
         return _WindowSum(self.kernel, self.stride, self.padding, self.mask)(out_grad)
 
 class _Pool(TensorOp):
@@ -543,6 +565,7 @@ class MaxPool(_Pool):
     "Max over `K × K` windows of the last two axes (NCHW, padding counts as $-\\infty$), as `torch.nn.functional.max_pool2d`."
     name = "max_pool2d"
     def compute(self, a):
+        "Forward: the maximum of each `K × K` window (the first maximum's place kept as `mask`)."
         xp = array_module(a)
         windows = _pool_windows(_pad_spatial(a, self.padding, -xp.inf), self.kernel, self.stride)
         flat = xp.reshape(windows, windows.shape[:-2] + (self.kernel * self.kernel,))
@@ -550,15 +573,19 @@ class MaxPool(_Pool):
         # which entry of each window wins: the gradient's route (fixed by the values, like a ReLU mask)
         self.mask = (xp.arange(self.kernel * self.kernel) == first_max).reshape(windows.shape)
         return xp.max(flat, axis=-1)
-    def gradient(self, out_grad, node): return self._scatter(node, self.mask)(out_grad)
+    def gradient(self, out_grad, node):
+        "Adjoint: `out_grad` routed to each window's first maximum, 0 elsewhere."
+        return self._scatter(node, self.mask)(out_grad)
 
 class AvgPool(_Pool):
     "Mean over `K × K` windows of the last two axes (NCHW; zero padding counts, as PyTorch's default)."
     name = "avg_pool2d"
     def compute(self, a):
+        "Forward: the mean of each `K × K` window (zero padding counted)."
         windows = _pool_windows(_pad_spatial(a, self.padding), self.kernel, self.stride)
         return array_module(a).sum(windows, axis=(-2, -1)) * (1 / (self.kernel * self.kernel))
     def gradient(self, out_grad, node):
+        "Adjoint: `out_grad / K²` spread over each window."
         return mul_scalar(self._scatter(node)(out_grad), 1 / (self.kernel * self.kernel))
 
 def max_pool2d(a, kernel_size, stride=None, padding=0):

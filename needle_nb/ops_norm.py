@@ -72,6 +72,7 @@ class BatchNorm(TensorOp):
         self._sums = None   # {"g": ḡ, "weight": Σ ḡ·x̂, "bias": Σ ḡ}: computed once, read by each gradient
 
     def compute(self, x, weight, bias):
+        "Forward: `w ⊙ (x - μ)/√(σ² + ε) + b` per channel, with the batch's (or the given) statistics."
         xp = array_module(x)
         axes, kept, count = self.layout = channel_layout(x.shape, self.channel_axis)
         if weight.shape != (kept[self.channel_axis],) or bias.shape != weight.shape:
@@ -91,6 +92,7 @@ class BatchNorm(TensorOp):
         return x_hat * xp.reshape(weight, kept) + xp.reshape(bias, kept)
 
     def gradient(self, out_grad, node):
+        "Adjoints: `BatchNormGrad` nodes for `x` (w/σ·(ḡ - mean ḡ - x̂·mean(ḡ·x̂))), `weight` (Σ ḡ·x̂) and `bias` (Σ ḡ)."
         x, weight, bias = node.inputs
         return (BatchNormGrad(self, "x")(out_grad, x, weight) if x.requires_grad else None,
                 BatchNormGrad(self, "weight")(out_grad, x) if weight.requires_grad else None,
@@ -125,6 +127,7 @@ class BatchNormGrad(TensorOp):
         return sums
 
     def compute(self, g, x=None, weight=None):
+        "Forward: the BatchNorm gradient for `wrt`: w/σ·(ḡ - mean ḡ - x̂·mean(ḡ·x̂)), Σ ḡ·x̂ or Σ ḡ."
         fwd, xp = self.forward, array_module(g)
         axes, kept, count = fwd.layout   # ḡ has the forward input's shape
         if self.wrt != "x": return xp.reshape(self._channel_sums(g, xp, axes)[self.wrt], (-1,))
@@ -134,6 +137,7 @@ class BatchNormGrad(TensorOp):
         return (g - sums["bias"] / count - fwd.x_hat * (sums["weight"] / count)) * scale
 
     def gradient(self, out_grad, node):
+        "Adjoints: the vector-Jacobian product of the same gradient in primitive ops (`batch_norm_reference`, `vjp`)."
         fwd = self.forward
         if self.wrt == "bias":   # Σ ḡ over the reduced axes: its adjoint spreads out_grad back over them
             g = node.inputs[0]

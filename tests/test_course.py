@@ -100,7 +100,7 @@ def test_the_edition_stubs_every_region_and_is_valid_nbformat(edition):
         regions = course.learner_regions(src)
         k = [x.id for x in ALL if x.cell_id == e.cell_id].index(e.id)
         assert regions[k] == [f'{e.indent}raise NotImplementedError("exercise {e.id}")'], e.id
-        assert not any(l in src for l in e.reference if l.strip()), f"{e.id}: the solution leaks into the edition"
+        assert not any(l in src.splitlines() for l in e.reference if l.strip()), f"{e.id}: the solution leaks into the edition"
 
 
 def test_the_grader_fails_every_stub(edition):
@@ -118,17 +118,39 @@ def test_the_grader_passes_every_reference_solution_alone_and_together(filled):
         assert sum(r["points"] for r in results) == sum(x["points"] for x in json.loads((filled / "exercises.json").read_text())["exercises"])
 
 
-@pytest.mark.parametrize("eid", sorted(MUTANTS))
-def test_every_mutant_fails_its_exercise(edition, tmp_path, eid):
-    ex = next(e for e in ALL if e.id == eid)
-    for i, (find, repl) in enumerate(MUTANTS[eid]):
-        text = "\n".join(ex.reference)
-        assert text.count(find) == 1, (eid, find)
-        dest = tmp_path / f"m{i}"
-        shutil.copytree(edition, dest)
-        fill(dest, {eid: text.replace(find, repl).split("\n")})
-        (r,) = course.grade(dest, [eid], timeout=120)
-        assert r["result"] == "fail", f"{eid}: the checks cannot tell the mutant {find!r} -> {repl!r} from the solution"
+ROUNDS = max(len(m) for m in MUTANTS.values())
+
+
+def test_every_mutant_is_a_change_of_one_place_in_its_region():
+    for eid, mutants in MUTANTS.items():
+        text = "\n".join(next(e for e in ALL if e.id == eid).reference)
+        for find, repl in mutants:
+            assert text.count(find) == 1 and repl != find, (eid, find)
+
+
+@pytest.mark.parametrize("k", range(ROUNDS))
+def test_every_mutant_fails_its_exercise(edition, tmp_path, k):
+    "Round k: one edition where every exercise holds its k-th mutant, graded in one call (each exercise alone)."
+    round_k = {eid: m[k] for eid, m in MUTANTS.items() if len(m) > k}
+    lines = {}
+    for eid, (find, repl) in round_k.items():
+        text = "\n".join(next(e for e in ALL if e.id == eid).reference)
+        lines[eid] = text.replace(find, repl).split("\n")
+    dest = tmp_path / f"round{k}"
+    shutil.copytree(edition, dest)
+    fill(dest, lines)
+    results = course.grade(dest, sorted(round_k), timeout=120)
+    assert sorted(r["id"] for r in results) == sorted(round_k)
+    survivors = [f"{r['id']}: {round_k[r['id']][0]!r} -> {round_k[r['id']][1]!r}" for r in results if r["result"] != "fail"]
+    assert not survivors, "the checks cannot tell these mutants from the solution:\n" + "\n".join(survivors)
+
+
+def sample(e):
+    """`e` and, to show that its failure stays its own, its neighbours: the other exercises of its cell and
+    module, and the first exercise of every other chapter."""
+    near = [x.id for x in ALL if x.module == e.module and x.id != e.id][:4]
+    firsts = [next(x.id for x in ALL if x.notebook == nb) for nb in dict.fromkeys(x.notebook for x in ALL) if nb != e.notebook]
+    return [e.id] + near + firsts
 
 
 def test_one_unfinished_exercise_fails_alone(edition, tmp_path):
@@ -136,34 +158,32 @@ def test_one_unfinished_exercise_fails_alone(edition, tmp_path):
     shutil.copytree(edition, dest)
     first = ALL[0]
     fill(dest, {first.id: [f'{first.indent}raise NotImplementedError("exercise {first.id}")']})
-    results = {r["id"]: r["result"] for r in course.grade(dest, timeout=120)}
-    assert results.pop(first.id) == "fail" and set(results.values()) == {"pass"}
+    results = {r["id"]: r["result"] for r in course.grade(dest, sample(first), timeout=120)}
+    assert results.pop(first.id) == "fail" and set(results.values()) == {"pass"} and len(results) >= 2
 
 
-def test_an_infinite_loop_meets_the_timeout_and_fails_alone(filled):
+def learner_edition(edition, dest, lines):
+    "A copy of `edition` in `dest`, filled with the reference but for `lines` (id -> the learner's lines)."
+    shutil.copytree(edition, dest)
+    fill(dest, lines)
+    return dest
+
+
+def test_an_infinite_loop_meets_the_timeout_and_fails_alone(edition, tmp_path):
     e = ALL[0]
-    fill_path = filled / e.notebook
-    nb = json.loads(fill_path.read_text())
-    cell = next(c for c in nb["cells"] if c["id"] == e.cell_id)
-    src = "".join(cell["source"])
-    cell["source"] = src.replace("\n".join(e.reference), f"{e.indent}while True: pass")
-    fill_path.write_text(json.dumps(nb))
+    dest = learner_edition(edition, tmp_path / "loop", {e.id: [f"{e.indent}while True: pass"]})
     t = time.perf_counter()
-    results = course.grade(filled, timeout=8)
+    results = course.grade(dest, sample(e), timeout=8)
     assert time.perf_counter() - t < 120
     by_id = {r["id"]: r for r in results}
     assert by_id[e.id]["result"] == "fail" and "timeout" in by_id[e.id]["message"]
     assert all(r["result"] == "pass" for i, r in by_id.items() if i != e.id)
 
 
-def test_a_syntax_error_fails_that_exercise_alone(filled):
+def test_a_syntax_error_fails_that_exercise_alone(edition, tmp_path):
     e = ALL[1]
-    path = filled / e.notebook
-    nb = json.loads(path.read_text())
-    cell = next(c for c in nb["cells"] if c["id"] == e.cell_id)
-    cell["source"] = "".join(cell["source"]).replace("\n".join(e.reference), f"{e.indent}return (((")
-    path.write_text(json.dumps(nb))
-    by_id = {r["id"]: r for r in course.grade(filled, timeout=120)}
+    dest = learner_edition(edition, tmp_path / "syntax", {e.id: [f"{e.indent}return ((("]})
+    by_id = {r["id"]: r for r in course.grade(dest, sample(e), timeout=120)}
     assert by_id[e.id]["result"] == "fail" and "SyntaxError" in by_id[e.id]["message"]
     assert all(r["result"] == "pass" for i, r in by_id.items() if i != e.id)
 
@@ -179,7 +199,8 @@ def test_editing_the_check_cells_cannot_make_a_stub_pass(edition, tmp_path):
             if c["cell_type"] == "code" and c["id"] not in region_cells:
                 c["source"] = "import needle_nb.course as c\nc.CHECKS.clear()\nassert True"
         path.write_text(json.dumps(nb))
-    assert {r["result"] for r in course.grade(dest, timeout=120)} == {"fail"}
+    results = course.grade(dest, [e.id for e in ALL[::3]], timeout=120)
+    assert {r["result"] for r in results} == {"fail"} and len(results) == len(ALL[::3])
 
 
 def test_deleted_markers_fail_that_exercise_saying_so(filled):
@@ -285,3 +306,38 @@ def test_jupyter_lab_serves_the_edition_and_its_kernel_imports_needle_nb(edition
         proc.terminate()
         try: proc.wait(timeout=20)
         except subprocess.TimeoutExpired: proc.kill()
+
+
+def test_every_op_documents_its_forward_and_its_adjoints():
+    "Issue #25: each op's `compute` and `gradient` say what they compute (not the generic `Op` docstring)."
+    from needle_nb import autograd, ops, ops_conv, ops_norm
+    base = {"compute": autograd.Op.compute, "gradient": autograd.Op.gradient}
+    prefix = {"compute": "Forward", "gradient": "Adjoint"}
+    seen = []
+    for mod in (ops, ops_conv, ops_norm):
+        for name, cls in vars(mod).items():
+            if not (isinstance(cls, type) and issubclass(cls, autograd.Op) and cls.__module__ == mod.__name__): continue
+            methods = {m: getattr(cls, m) for m in base}
+            if name.startswith("_") and all(methods[m] is base[m] for m in base): continue   # a shared base (`_Pool`)
+            for m, fn in methods.items():
+                doc = fn.__doc__ or ""   # not inspect.getdoc: that falls back to the base class's
+                assert fn is not base[m] and doc.strip() and doc != base[m].__doc__, f"{mod.__name__}.{name}.{m} has no docstring"
+                assert doc.startswith(prefix[m]), f"{mod.__name__}.{name}.{m}: {doc[:60]!r} should start with {prefix[m]!r}"
+            seen.append(name)
+    assert {"EWiseMul", "MatMul", "Summation", "Conv", "MaxPool", "BatchNorm"} <= set(seen) and len(seen) >= 45, seen
+
+
+def test_the_grader_without_fork_gives_the_same_results(edition, tmp_path, monkeypatch):
+    "Where the grader cannot fork (not Linux, or NEEDLE_NB_GRADE_FORK=0), one Python per package: same results."
+    loop, broken = ALL[0], ALL[1]
+    dest = learner_edition(edition, tmp_path / "nofork", {loop.id: [f"{loop.indent}while True: pass"],
+                                                          broken.id: [f"{broken.indent}return ((("]})
+    ids = list(dict.fromkeys(sample(loop) + sample(broken)))
+    forked = course.grade(dest, ids, timeout=3)
+    monkeypatch.setenv("NEEDLE_NB_GRADE_FORK", "0")
+    assert not course._can_fork()
+    plain = course.grade(dest, ids, timeout=3, workers=1)
+    assert plain == forked
+    by_id = {r["id"]: r for r in plain}
+    assert "timeout" in by_id[loop.id]["message"] and "SyntaxError" in by_id[broken.id]["message"]
+    assert all(r["result"] == "pass" for i, r in by_id.items() if i not in (loop.id, broken.id)) and len(by_id) >= 4
