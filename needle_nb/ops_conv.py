@@ -206,7 +206,11 @@ def _pad_hw(a, padding):
         # the convolution's own computations, which read it before the next call)
         N, H, W, C = a.shape
         out = _buffers.scratch(("padded input", p_h, p_w), (N, H + 2 * p_h, W + 2 * p_w, C), a.dtype, fill=0)
-        out[:, p_h:p_h + H, p_w:p_w + W] = a
+        if C <= 4 and a.strides[3] > a.strides[1]:
+            # an NCHW image batch viewed as NHWC (ResNet9's first layer): one copy per channel reads contiguous
+            # planes, 3.5x faster than one copy whose innermost axis is the 3 channels (0.2 against 0.7 ms)
+            for c in range(C): out[:, p_h:p_h + H, p_w:p_w + W, c] = a[..., c]
+        else: out[:, p_h:p_h + H, p_w:p_w + W] = a
         return out
     return _constant_pad(a, ((0, 0), (p_h, p_h), (p_w, p_w), (0, 0)))
 
