@@ -479,3 +479,43 @@ def test_max_pool_ties_route_the_gradient_as_torch(rs, kernel, stride, padding):
     check_op([shape], lambda x: F.max_pool2d(x.round() + (x - x.detach()), kernel, stride, padding),
              lambda x: ndl.max_pool2d(Tensor(np.round(x.numpy()), device=x.device) + (x - x.detach()),
                                       kernel, stride, padding))
+
+
+# Small images whose padded borders some kernel taps never leave (ResNet9's 1x1 and 2x2 layers): the convolution
+# skips those taps (`ops_conv._tap_window`); forward, both gradients and a second derivative must be PyTorch's.
+TAP_CASES = [  # N, C_in, C_out, (H, W), (KH, KW), stride, padding
+    (2, 3, 4, (1, 1), (3, 3), 1, 1), (2, 3, 4, (2, 2), (3, 3), 2, 1), (2, 2, 3, (1, 3), (3, 3), 1, 1),
+    (2, 2, 3, (2, 5), (5, 5), 1, 2), (1, 2, 3, (3, 3), (7, 7), 2, 3), (2, 2, 2, (1, 2), (3, 5), (1, 2), (1, 2)),
+    (1, 3, 2, (2, 1), (5, 3), 1, (2, 1)), (2, 4, 4, (1, 1), (3, 3), 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", TAP_CASES, ids=lambda c: f"{c[3]}k{c[4]}s{c[5]}p{c[6]}")
+def test_dead_kernel_taps_are_skipped_exactly(torch, case):
+    from needle_nb import ops_conv
+    N, c_in, c_out, (H, W), (KH, KW), stride, padding = case
+    pair = lambda v: (v, v) if isinstance(v, int) else v
+    assert ops_conv._tap_window((H, W), (KH, KW), stride, padding) is not None, "the case must skip taps"
+    rs = np.random.RandomState(0)
+    x, w = rs.randn(N, c_in, H, W), rs.randn(KH, KW, c_in, c_out)
+    X, Wt = Tensor(x, dtype="float64"), Tensor(w, dtype="float64")
+    out = ops_conv.conv(X, Wt, stride=stride, padding=padding, layout="NCHW")
+    G = rs.randn(*out.shape)
+    (out * Tensor(G, dtype="float64")).sum().backward(create_graph=True)
+    gx, gw = X.grad, Wt.grad
+    X.grad = Wt.grad = None
+    ((gx * gx).sum() + (gw * gw).sum()).backward(create_graph=False)   # second order through both gradients
+    xt = torch.tensor(x, requires_grad=True); wt = torch.tensor(w.transpose(3, 2, 0, 1).copy(), requires_grad=True)
+    ot = torch.nn.functional.conv2d(xt, wt, stride=pair(stride), padding=pair(padding))
+    gxt, gwt = torch.autograd.grad((ot * torch.tensor(G)).sum(), (xt, wt), create_graph=True)
+    hxt, hwt = torch.autograd.grad((gxt ** 2).sum() + (gwt ** 2).sum(), (xt, wt))
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    close(out.numpy(), ot.detach().numpy())
+    close(gx.numpy(), gxt.detach().numpy()); close(gw.numpy(), gwt.detach().numpy().transpose(2, 3, 1, 0))
+    close(X.grad.numpy(), hxt.numpy()); close(Wt.grad.numpy(), hwt.numpy().transpose(2, 3, 1, 0))
+    # the layer that uses it: nn.Conv on a 1x1 image, as ResNet9's last block
+    np.random.seed(0)
+    layer = nn.Conv(c_in, c_out, 3, dtype="float64")
+    y = layer(Tensor(x[..., :1, :1], dtype="float64"))
+    np.testing.assert_allclose(y.numpy()[..., 0, 0], x[..., 0, 0] @ layer.weight.numpy()[1, 1] + layer.bias.numpy(),
+                               rtol=1e-12)   # a 3x3 kernel on one pixel is its centre tap
