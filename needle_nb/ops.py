@@ -10,7 +10,7 @@ import math, numbers, operator
 from typing import Optional, Tuple, Union
 import numpy as np
 from fastcore.basics import patch
-from .backend import array_module, as_number
+from .backend import array_module, as_number, sum_last_axis
 from .autograd import (Op, TensorOp, TensorTupleOp, Tensor, TensorTuple, Value, Cast, no_grad,
                        make_tuple, tuple_get_item, fused_add_scalars, FusedAddScalars,
                        MakeTensorTuple, TupleGetItem)
@@ -916,8 +916,11 @@ class Softmax(TensorOp):
             mask = mask.astype(_float_dtype(Z), copy=False)
             if y is Z: y = Z + mask
             else: y += mask   # y is a fresh array of ours: adding in place is safe
-        e = xp.exp(y - _amax(y, axes, keepdims=True))
-        e /= _sum(e, axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
+        if y is Z: y = Z - _amax(Z, axes, keepdims=True)
+        else: y -= _amax(y, axes, keepdims=True)   # y is a fresh array of ours: shifting it in place is safe
+        # numpy exponentiates in place (no new array of the input's size); cupy and NDArray make one
+        e = np.exp(y, out=y) if type(y) is np.ndarray and y.dtype.kind == "f" else xp.exp(y)
+        e /= sum_last_axis(e) if axes == (e.ndim - 1,) else _sum(e, axes, keepdims=True)
         return e
     def gradient(self, out_grad, node):
         "Adjoint: `scale · s ⊙ (ḡ - Σ ḡ ⊙ s)`, the sums over `axes` (`s` the output), one `SoftmaxBackward` node."
@@ -938,9 +941,9 @@ class SoftmaxBackward(TensorOp):
             raise ValueError(f"softmax gradient: the gradient {g.shape} and the softmax {s.shape} must have one shape")
         axes = _normalize_axes(self.axes, s.ndim)
         gs = g * s
-        out = gs - s * _sum(gs, axes, keepdims=True)   # s ⊙ ḡ − s Σ ḡ ⊙ s: two passes fewer than (ḡ − Σ) ⊙ s then ·c
-        if self.scale != 1: out *= self.scale   # out is a fresh array of ours
-        return out
+        gs -= s * (sum_last_axis(gs) if axes == (s.ndim - 1,) else _sum(gs, axes, keepdims=True))   # s ⊙ ḡ − s Σ ḡ ⊙ s
+        if self.scale != 1: gs *= self.scale   # gs is a fresh array of ours: scaling it in place is safe
+        return gs
     def gradient(self, out_grad, node):
         "Adjoints: `SoftmaxBackward(h, s)` for ḡ; `scale·(h ⊙ (ḡ - Σ ḡ⊙s) - ḡ Σ h⊙s)` for `s` (`h` the upstream gradient)."
         g, s = node.inputs

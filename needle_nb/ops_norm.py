@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Tuple
 import numpy as np
-from .backend import array_module
+from .backend import array_module, sum_last_axis
 from .autograd import Tensor, TensorOp, vjp
 from .ops import summation, reshape, power_scalar, broadcast_to
 
@@ -207,8 +207,9 @@ class LayerNorm(TensorOp):
                 raise ValueError(f"LayerNorm: {name} must have the normalized shape {tuple(shape)} of an input of "
                                  f"shape {x.shape}, got {p.shape}")
         axes, n = tuple(range(x.ndim - k, x.ndim)), math.prod(shape)
-        centered = x - xp.sum(x, axis=axes, keepdims=True) / n
-        inv_std = (xp.sum(centered * centered, axis=axes, keepdims=True) / n + self.eps) ** -0.5
+        row_sum = sum_last_axis if k == 1 else (lambda a: xp.sum(a, axis=axes, keepdims=True))
+        centered = x - row_sum(x) / n
+        inv_std = (row_sum(centered * centered) / n + self.eps) ** -0.5
         self.x_hat, self.inv_std = centered * inv_std, inv_std
         out = self.x_hat if weight is None else self.x_hat * weight
         return out if bias is None else out + bias
@@ -251,9 +252,10 @@ class LayerNormGrad(TensorOp):
             term = g * fwd.x_hat if self.wrt == "weight" else g
             return xp.sum(term, axis=rows) if rows else term
         axes, n = tuple(range(g.ndim - k, g.ndim)), math.prod(g.shape[g.ndim - k:])
+        row_sum = sum_last_axis if k == 1 else (lambda a: xp.sum(a, axis=axes, keepdims=True))
         g_hat = g if weight is None else g * weight
-        mean_g = xp.sum(g_hat, axis=axes, keepdims=True) / n
-        mean_gx = xp.sum(g_hat * fwd.x_hat, axis=axes, keepdims=True) / n
+        mean_g = row_sum(g_hat) / n
+        mean_gx = row_sum(g_hat * fwd.x_hat) / n
         return (g_hat - mean_g - fwd.x_hat * mean_gx) * fwd.inv_std
 
     def gradient(self, out_grad, node):
