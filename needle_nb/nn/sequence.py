@@ -205,7 +205,7 @@ class LSTMLayerOp(TensorTupleOp):
 
     Per step the forward is one product $h W_{hh}$ and one `exp` over all four gates (the gates' columns of the
     weights are scaled once per call, exactly, by -1, and by -2 for $g$, so that $\\mathrm{sigmoid}(z) = 1/(1 + e^{-z})$ and
-    $\\tanh z = 2\\,\\mathrm{sigmoid}(2z) - 1$ need no scaling inside the loop). The backward is BPTT written out, one $\bar z\, W_{hh}^\top$ per step."""
+    $\\tanh z = 2\\,\\mathrm{sigmoid}(2z) - 1$ need no scaling inside the loop). The backward is BPTT written out, one $\\bar z\\, W_{hh}^\\top$ per step."""
     def __init__(self, bias: bool = True): self.bias = bias
 
     def compute(self, X, h0, c0, W_ih, W_hh, *biases):
