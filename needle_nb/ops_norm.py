@@ -208,11 +208,14 @@ class LayerNorm(TensorOp):
                                  f"shape {x.shape}, got {p.shape}")
         axes, n = tuple(range(x.ndim - k, x.ndim)), math.prod(shape)
         row_sum = sum_last_axis if k == 1 else (lambda a: xp.sum(a, axis=axes, keepdims=True))
-        centered = x - row_sum(x) / n
-        inv_std = (row_sum(centered * centered) / n + self.eps) ** -0.5
-        self.x_hat, self.inv_std = centered * inv_std, inv_std
-        out = self.x_hat if weight is None else self.x_hat * weight
-        return out if bias is None else out + bias
+        x_hat = x - row_sum(x) / n
+        inv_std = (row_sum(x_hat * x_hat) / n + self.eps) ** -0.5
+        x_hat *= inv_std   # a fresh array of ours (x - mean): normalized in place
+        self.x_hat, self.inv_std = x_hat, inv_std
+        if weight is None: return x_hat
+        out = x_hat * weight
+        if bias is not None: out += bias   # out is fresh too
+        return out
 
     def gradient(self, out_grad, node):
         "Adjoints: `LayerNormGrad` nodes for `x`, `weight` (Σ ḡ·x̂ over the rows) and `bias` (Σ ḡ over the rows)."
@@ -256,7 +259,11 @@ class LayerNormGrad(TensorOp):
         g_hat = g if weight is None else g * weight
         mean_g = row_sum(g_hat) / n
         mean_gx = row_sum(g_hat * fwd.x_hat) / n
-        return (g_hat - mean_g - fwd.x_hat * mean_gx) * fwd.inv_std
+        out = fwd.x_hat * -mean_gx   # a fresh array: the rest of the formula runs in place on it
+        out += g_hat
+        out -= mean_g
+        out *= fwd.inv_std
+        return out
 
     def gradient(self, out_grad, node):
         "Adjoints: the vector-Jacobian product of the same gradient in primitive ops (`layer_norm_reference`, `vjp`)."
