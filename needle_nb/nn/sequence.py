@@ -141,8 +141,6 @@ class LSTMCell(Module):
         return o * ops.tanh(c), c
 
 # %% ../../nbs/04d_nn_sequence.ipynb #ac4298e0
-def _sigmoid(xp, z): return 0.5 * (1 + xp.tanh(0.5 * z))
-
 def _input_projection(X, W_ih, bias):
     "`X @ W_ih + bias` for every step at once: `(T, bs, in) @ (in, k) → (T, bs, k)`."
     T, bs, n_in = X.shape
