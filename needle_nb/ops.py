@@ -894,6 +894,9 @@ class Softmax(TensorOp):
     Used once: the node keeps its output, not the pieces.
     """
     def __init__(self, axes=(-1,), parts: Optional[tuple] = None, scale: float = 1.0, mask=None):
+        if isinstance(mask, Tensor): mask = mask.realize_cached_data()   # a constant: its value, not a graph input
+        if mask is not None and not hasattr(mask, "astype"):
+            raise TypeError(f"softmax: mask must be an array or a Tensor, got {type(mask).__name__}")
         self.axes, self.parts, self.scale, self.mask = axes, parts, as_number(scale, "softmax: scale"), mask
         if parts is not None and (mask is not None or self.scale != 1):
             raise ValueError("softmax: parts are the pieces of z itself; they do not combine with scale or mask")
