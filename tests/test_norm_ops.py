@@ -1,6 +1,6 @@
-"""The fused batch-norm op (`needle_nb.ops_norm`, nbs/02b_norm_ops): values, gradients and second derivatives
-against PyTorch (`torch.nn.functional.batch_norm`, float64) and finite differences, on every device; its node
-counts; and what it refuses.
+"""The fused batch-norm and layer-norm ops (`needle_nb.ops_norm`, nbs/02b_norm_ops): values, gradients and second
+derivatives against PyTorch (`torch.nn.functional.batch_norm`, `layer_norm`, float64) and finite differences, on
+every device; their node counts; and what they refuse.
 """
 import numpy as np
 import pytest
