@@ -10,7 +10,7 @@ import math, numbers, operator
 from typing import Optional, Tuple, Union
 import numpy as np
 from fastcore.basics import patch
-from .backend import array_module, as_number
+from .backend import array_module, as_number, sum_last_axis
 from .autograd import (Op, TensorOp, TensorTupleOp, Tensor, TensorTuple, Value, Cast, no_grad,
                        make_tuple, tuple_get_item, fused_add_scalars, FusedAddScalars,
                        MakeTensorTuple, TupleGetItem)
@@ -22,9 +22,9 @@ __all__ = ['REDUCTIONS', 'gradient_check', 'EWiseAdd', 'add', 'AddScalar', 'add_
            'BroadcastTo', 'broadcast_to', 'SumToShape', 'Summation', 'ExpandReduced', 'summation', 'Max', 'amax',
            'MatMul', 'matmul', 'Log', 'log', 'Exp', 'exp', 'ReLU', 'relu', 'Tanh', 'tanh', 'Sigmoid', 'sigmoid',
            'LeakyReLUOp', 'GELUOp', 'leaky_relu', 'gelu', 'Softsign', 'softsign', 'LogSumExp', 'logsumexp',
-           'LogSoftmax', 'logsoftmax', 'Softmax', 'softmax', 'check_reduction', 'SoftmaxCrossEntropy',
-           'softmax_cross_entropy', 'Stack', 'stack', 'Concatenate', 'cat', 'concatenate', 'Split', 'split', 'GetItem',
-           'ScatterAdd', 'get_item']
+           'LogSoftmax', 'logsoftmax', 'Softmax', 'SoftmaxBackward', 'softmax', 'check_reduction',
+           'SoftmaxCrossEntropy', 'softmax_cross_entropy', 'Stack', 'stack', 'Concatenate', 'cat', 'concatenate',
+           'Split', 'split', 'GetItem', 'ScatterAdd', 'get_item']
 
 # %% ../nbs/02_ops.ipynb #8ea4571b
 def _float_dtype(a):
@@ -879,36 +879,88 @@ class Softmax(TensorOp):
     """Softmax over `axes` (default the last): $e^{z - \\max z} / \\sum e^{z - \\max z}$, so no exponent exceeds 0.
 
     The one softmax computation of needle_nb: `LogSumExp`'s and `LogSoftmax`'s gradients, the fused
-    cross-entropy's gradient and `nn.Softmax` all call it. Gradient: $s \\odot (\\bar g - \\sum \\bar g \\odot s)$,
-    the sums over `axes` (the Jacobian $\\mathrm{diag}(s) - s s^\\top$ applied without forming it).
+    cross-entropy's gradient, attention's probabilities and `nn.Softmax` all call it.
+
+    `scale`, `mask`: the softmax of $c\\,z + M$ instead of $z$, in the same node: attention's
+    $\\mathrm{softmax}(q k^\\top/\\sqrt{D} + M)$ is one op rather than a division, an addition and a softmax. `mask`
+    is a constant array (no gradient) that broadcasts against `z`, e.g. a causal mask of 0 and a huge negative number.
+
+    Forward: $s = \\mathrm{softmax}(c\\,z + M)$. Adjoint: $c\\, s \\odot (\\bar g - \\sum \\bar g \\odot s)$, the sums over
+    `axes` (the Jacobian $c(\\mathrm{diag}(s) - s s^\\top)$ applied without forming it), one `SoftmaxBackward` node.
 
     `parts`: the pieces `(z - m, log Σ e^(z-m))` that `LogSumExp(axes).compute(z, parts=True)` returned for
     the very array this op is applied to; the softmax is then $e^{(z-m) - \\log\\sum e^{z-m}}$, without a
     second maximum and sum (the fused cross-entropy's gradient; PyTorch's takes $e^{\\mathrm{logsoftmax}}$ too).
     Used once: the node keeps its output, not the pieces.
     """
-    def __init__(self, axes=(-1,), parts: Optional[tuple] = None): self.axes, self.parts = axes, parts
+    def __init__(self, axes=(-1,), parts: Optional[tuple] = None, scale: float = 1.0, mask=None):
+        if isinstance(mask, Tensor): mask = mask.realize_cached_data()   # a constant: its value, not a graph input
+        if mask is not None and not hasattr(mask, "astype"):
+            raise TypeError(f"softmax: mask must be an array or a Tensor, got {type(mask).__name__}")
+        self.axes, self.parts, self.scale, self.mask = axes, parts, as_number(scale, "softmax: scale"), mask
+        if parts is not None and (mask is not None or self.scale != 1):
+            raise ValueError("softmax: parts are the pieces of z itself; they do not combine with scale or mask")
     def compute(self, Z):
-        "Forward: `e^(z - max z) / Σ e^(z - max z)` over `axes`."
+        "Forward: `e^(y - max y) / Σ e^(y - max y)` over `axes`, `y = scale·z + mask`."
         xp, axes = array_module(Z), _normalize_axes(self.axes, Z.ndim)
         if Z.size == 0: return Z.astype(_float_dtype(Z))   # no maximum to subtract, nothing to normalize
         if self.parts is not None:
             shifted, log_sum = self.parts
             self.parts = None
             return xp.exp(shifted - log_sum)
-        e = xp.exp(Z - _amax(Z, axes, keepdims=True))
-        e /= _sum(e, axes, keepdims=True)   # e is a fresh array of ours: dividing it in place is safe
+        y = Z
+        if self.scale != 1: y = Z * self.scale
+        if self.mask is not None:
+            mask = self.mask
+            try: fits = np.broadcast_shapes(tuple(mask.shape), tuple(Z.shape)) == tuple(Z.shape)
+            except ValueError: fits = False
+            if not fits:
+                raise ValueError(f"softmax: a mask of shape {mask.shape} does not broadcast to the input's {Z.shape}")
+            mask = mask.astype(_float_dtype(Z), copy=False)
+            if y is Z: y = Z + mask
+            else: y += mask   # y is a fresh array of ours: adding in place is safe
+        if y is Z: y = Z - _amax(Z, axes, keepdims=True)
+        else: y -= _amax(y, axes, keepdims=True)   # y is a fresh array of ours: shifting it in place is safe
+        # numpy exponentiates in place (no new array of the input's size); cupy and NDArray make one
+        e = np.exp(y, out=y) if type(y) is np.ndarray and y.dtype.kind == "f" else xp.exp(y)
+        e /= sum_last_axis(e) if axes == (e.ndim - 1,) else _sum(e, axes, keepdims=True)
         return e
     def gradient(self, out_grad, node):
-        "Adjoint: `s ⊙ (ḡ - Σ ḡ ⊙ s)`, the sums over `axes` (`s` the output)."
-        # s ⊙ (ḡ − Σ ḡ ⊙ s): the Jacobian diag(s) − s sᵀ applied to ḡ, without forming it
-        kept = _keepdims_shape(node.shape, _normalize_axes(self.axes, node.ndim))
-        total = reshape(summation(out_grad * node, self.axes), kept)
-        return (out_grad - total) * node
+        "Adjoint: `scale · s ⊙ (ḡ - Σ ḡ ⊙ s)`, the sums over `axes` (`s` the output), one `SoftmaxBackward` node."
+        return SoftmaxBackward(self.axes, self.scale)(out_grad, node)
 
-def softmax(a, axes=(-1,)):
-    "Softmax of `a` over `axes` (default the last axis); the probabilities sum to 1 along them."
-    return Softmax(axes)(a)
+class SoftmaxBackward(TensorOp):
+    r"""A softmax's gradient as one node: `SoftmaxBackward(axes, scale)(ḡ, s)` is $c\, s \odot (\bar g - \sum \bar g \odot s)$,
+    the sums over `axes`, for the output `s` of `Softmax(axes, scale=c)` and the gradient `ḡ` reaching it.
+
+    Forward: that product (the Jacobian $c(\mathrm{diag}(s) - s s^\top)$ applied to $\bar g$). Adjoints, for an
+    upstream gradient $h$: for $\bar g$, $c\, s \odot (h - \sum h \odot s)$ (the Jacobian is symmetric: the same op);
+    for $s$, $c\,(h \odot (\bar g - \sum \bar g \odot s) - \bar g \sum h \odot s)$. Shapes: `ḡ` and `s` equal.
+    """
+    def __init__(self, axes=(-1,), scale: float = 1.0): self.axes, self.scale = axes, as_number(scale, "softmax: scale")
+    def compute(self, g, s):
+        "Forward: `scale · s ⊙ (ḡ - Σ ḡ ⊙ s)` over `axes`."
+        if g.shape != s.shape:
+            raise ValueError(f"softmax gradient: the gradient {g.shape} and the softmax {s.shape} must have one shape")
+        axes = _normalize_axes(self.axes, s.ndim)
+        gs = g * s
+        gs -= s * (sum_last_axis(gs) if axes == (s.ndim - 1,) else _sum(gs, axes, keepdims=True))   # s ⊙ ḡ − s Σ ḡ ⊙ s
+        if self.scale != 1: gs *= self.scale   # gs is a fresh array of ours: scaling it in place is safe
+        return gs
+    def gradient(self, out_grad, node):
+        "Adjoints: `SoftmaxBackward(h, s)` for ḡ; `scale·(h ⊙ (ḡ - Σ ḡ⊙s) - ḡ Σ h⊙s)` for `s` (`h` the upstream gradient)."
+        g, s = node.inputs
+        kept = _keepdims_shape(s.shape, _normalize_axes(self.axes, s.ndim))
+        grad_g = SoftmaxBackward(self.axes, self.scale)(out_grad, s) if g.requires_grad else None
+        grad_s = None
+        if s.requires_grad:
+            row = lambda t: reshape(summation(t, self.axes), kept)
+            grad_s = (out_grad * (g - row(g * s)) - g * row(out_grad * s)) * self.scale
+        return grad_g, grad_s
+
+def softmax(a, axes=(-1,), scale: float = 1.0, mask=None):
+    "Softmax of `scale·a + mask` over `axes` (default the last axis); the probabilities sum to 1 along them."
+    return Softmax(axes, scale=scale, mask=mask)(a)
 
 REDUCTIONS = ("mean", "sum", "none")
 

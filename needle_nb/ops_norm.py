@@ -1,4 +1,4 @@
-"""`BatchNorm`: the forward pass of batch normalization as one graph node and its gradient as three, checked against the same formula written with primitive ops, finite differences and (in the tests) PyTorch, to second order.
+"""`BatchNorm` and `LayerNorm`: the forward pass of batch and of layer normalization as one graph node each and their gradients as one node per input, checked against the same formulas written with primitive ops, finite differences and (in the tests) PyTorch, to second order.
 
 Docs: https://needle-nb.github.io/needle-nb/norm_ops.html.md"""
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence, Tuple
 import numpy as np
-from .backend import array_module
+from .backend import array_module, sum_last_axis
 from .autograd import Tensor, TensorOp, vjp
 from .ops import summation, reshape, power_scalar, broadcast_to
 
 # %% auto #0
-__all__ = ['channel_layout', 'batch_norm_reference', 'BatchNorm', 'batch_norm', 'BatchNormGrad']
+__all__ = ['channel_layout', 'batch_norm_reference', 'BatchNorm', 'batch_norm', 'BatchNormGrad', 'layer_norm_reference',
+           'LayerNorm', 'layer_norm', 'LayerNormGrad']
 
 # %% ../nbs/02b_norm_ops.ipynb #63287c88
 def channel_layout(shape: Sequence[int], channel_axis: int = 1) -> Tuple[tuple, tuple, int]:
@@ -153,5 +154,132 @@ class BatchNormGrad(TensorOp):
             return vjp(first, node.inputs, out_grad)
         # the weight's gradient does not depend on the weight: differentiate at w = 1, a leaf that asks for it
         ones = Tensor.make_const(xp.ones((C,), dtype=x.dtype), requires_grad=True)
+        def first(g, x): return vjp(lambda weight: reference(x, weight), (ones,), g)[0]
+        return vjp(first, node.inputs, out_grad)
+
+# %% ../nbs/02b_norm_ops.ipynb #ln000002
+def layer_norm_reference(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, k: int = 1,
+                         eps: float = 1e-5) -> Tensor:
+    """Layer normalization over the last `k` axes written with the primitive ops of `needle_nb.ops`.
+
+    Args:
+        x: the input; its last `k` axes are normalized, every index of the others is one row.
+        weight, bias: tensors of the normalized shape `x.shape[-k:]`, or `None` for none.
+        eps: added to the variance.
+    Returns:
+        `weight ⊙ (x − μ)/√(σ² + eps) + bias`, μ and σ² (biased) over each row, the shape of `x`.
+    """
+    axes = tuple(range(x.ndim - k, x.ndim))
+    kept = x.shape[:x.ndim - k] + (1,) * k
+    n = math.prod(x.shape[x.ndim - k:])
+    centered = x - reshape(summation(x, axes), kept) / n
+    var = reshape(summation(centered * centered, axes), kept) / n
+    out = centered * power_scalar(var + eps, -0.5)
+    if weight is not None: out = out * weight
+    if bias is not None: out = out + bias
+    return out
+
+# %% ../nbs/02b_norm_ops.ipynb #ln000003
+class LayerNorm(TensorOp):
+    """Layer normalization of `x` over its last `k` axes, as one node: `LayerNorm(k, eps)(x[, weight[, bias]])`.
+
+    Forward: $y = w \\odot (x - \\mu)/\\sqrt{\\sigma^2 + \\epsilon} + b$, $\\mu$ and $\\sigma^2$ (biased) over the last `k`
+    axes of each row. Shapes: `x` any rank ≥ `k`; `weight` and `bias` (optional, `bias` only after `weight`)
+    the normalized shape `x.shape[-k:]`. Adjoints (each a `LayerNormGrad` node): for `x`
+    $\\frac{1}{\\sigma}(\\hat g - \\mathrm{mean}\\,\\hat g - \\hat x\\,\\mathrm{mean}(\\hat g \\odot \\hat x))$ with
+    $\\hat g = w \\odot \\bar y$ and the means over each row; for `weight` $\\sum_{\\text{rows}} \\bar y \\odot \\hat x$;
+    for `bias` $\\sum_{\\text{rows}} \\bar y$. Keeps $\\hat x$ and $1/\\sigma$ for them.
+    """
+    def __init__(self, k: int = 1, eps: float = 1e-5):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"LayerNorm: k (the normalized axes) must be an integer >= 1, got {k!r}")
+        if not eps >= 0: raise ValueError(f"LayerNorm: eps must be >= 0, got {eps!r}")
+        self.k, self.eps = k, float(eps)
+        self.x_hat = self.inv_std = None
+
+    def compute(self, x, weight=None, bias=None):
+        "Forward: `w ⊙ (x - μ)/√(σ² + ε) + b` over the last `k` axes of each row."
+        k, xp = self.k, array_module(x)
+        if x.ndim < k: raise ValueError(f"LayerNorm: an input of shape {x.shape} has fewer than k={k} axes")
+        shape = x.shape[x.ndim - k:]
+        for name, p in (("weight", weight), ("bias", bias)):
+            if p is not None and tuple(p.shape) != tuple(shape):
+                raise ValueError(f"LayerNorm: {name} must have the normalized shape {tuple(shape)} of an input of "
+                                 f"shape {x.shape}, got {p.shape}")
+        axes, n = tuple(range(x.ndim - k, x.ndim)), math.prod(shape)
+        row_sum = sum_last_axis if k == 1 else (lambda a: xp.sum(a, axis=axes, keepdims=True))
+        x_hat = x - row_sum(x) / n
+        inv_std = (row_sum(x_hat * x_hat) / n + self.eps) ** -0.5
+        x_hat *= inv_std   # a fresh array of ours (x - mean): normalized in place
+        self.x_hat, self.inv_std = x_hat, inv_std
+        if weight is None: return x_hat
+        out = x_hat * weight
+        if bias is not None: out += bias   # out is fresh too
+        return out
+
+    def gradient(self, out_grad, node):
+        "Adjoints: `LayerNormGrad` nodes for `x`, `weight` (Σ ḡ·x̂ over the rows) and `bias` (Σ ḡ over the rows)."
+        x, *params = node.inputs
+        grads = [LayerNormGrad(self, "x")(out_grad, x, *params[:1]) if x.requires_grad else None]
+        if params: grads.append(LayerNormGrad(self, "weight")(out_grad, x) if params[0].requires_grad else None)
+        if len(params) > 1: grads.append(LayerNormGrad(self, "bias")(out_grad) if params[1].requires_grad else None)
+        return tuple(grads)
+
+def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, k: int = 1,
+               eps: float = 1e-5) -> Tensor:
+    "Layer normalization of `x` over its last `k` axes as one node (`LayerNorm`); arguments as `layer_norm_reference`."
+    if bias is not None and weight is None: raise ValueError("layer_norm: a bias needs a weight (pass ones)")
+    return LayerNorm(k, eps)(x, *[p for p in (weight, bias) if p is not None])
+
+# %% ../nbs/02b_norm_ops.ipynb #ln000004
+class LayerNormGrad(TensorOp):
+    """The gradient of a `LayerNorm` node for its input (`wrt="x"`, inputs `(ḡ, x)` or `(ḡ, x, weight)`), weight
+    (`"weight"`, inputs `(ḡ, x)`) or bias (`"bias"`, input `(ḡ,)`), from the forward op's saved $\\hat x$ and $1/\\sigma$.
+
+    Forward: $\\frac1\\sigma(\\hat g - \\mathrm{mean}\\,\\hat g - \\hat x\\,\\mathrm{mean}(\\hat g\\odot\\hat x))$ ($\\hat g = w \\odot \\bar y$),
+    $\\sum_{\\text{rows}} \\bar y \\odot \\hat x$ or $\\sum_{\\text{rows}} \\bar y$. `x` is an input so that second derivatives
+    reach it; its array is not read. Adjoints: the vector-Jacobian product of the same gradient written with
+    primitive ops (`layer_norm_reference`, through `vjp`), so it differentiates again.
+    """
+    def __init__(self, forward: LayerNorm, wrt: str):
+        if wrt not in ("x", "weight", "bias"):
+            raise ValueError(f"LayerNormGrad: wrt must be 'x', 'weight' or 'bias', got {wrt!r}")
+        self.forward, self.wrt = forward, wrt
+
+    def compute(self, g, x=None, weight=None):
+        "Forward: the LayerNorm gradient for `wrt`: (ĝ - mean ĝ - x̂·mean(ĝ·x̂))/σ, Σ ḡ·x̂ or Σ ḡ over the rows."
+        fwd, xp = self.forward, array_module(g)
+        k = fwd.k
+        if self.wrt != "x":   # sums over the row axes (none: a single row is its own sum)
+            rows = tuple(range(g.ndim - k))
+            term = g * fwd.x_hat if self.wrt == "weight" else g
+            return xp.sum(term, axis=rows) if rows else term
+        axes, n = tuple(range(g.ndim - k, g.ndim)), math.prod(g.shape[g.ndim - k:])
+        row_sum = sum_last_axis if k == 1 else (lambda a: xp.sum(a, axis=axes, keepdims=True))
+        g_hat = g if weight is None else g * weight
+        mean_g = row_sum(g_hat) / n
+        mean_gx = row_sum(g_hat * fwd.x_hat) / n
+        out = fwd.x_hat * -mean_gx   # a fresh array: the rest of the formula runs in place on it
+        out += g_hat
+        out -= mean_g
+        out *= fwd.inv_std
+        return out
+
+    def gradient(self, out_grad, node):
+        "Adjoints: the vector-Jacobian product of the same gradient in primitive ops (`layer_norm_reference`, `vjp`)."
+        fwd = self.forward
+        if self.wrt == "bias":   # Σ ḡ over the rows: its adjoint spreads out_grad back over them
+            return (broadcast_to(out_grad, node.inputs[0].shape),)
+        g, x = node.inputs[:2]
+        def reference(x, weight): return layer_norm_reference(x, weight, None, fwd.k, fwd.eps)
+        if self.wrt == "x":
+            if len(node.inputs) == 3:
+                def first(g, x, weight): return vjp(lambda x: reference(x, weight), (x,), g)[0]
+            else:
+                def first(g, x): return vjp(lambda x: reference(x, None), (x,), g)[0]
+            return vjp(first, node.inputs, out_grad)
+        # the weight's gradient does not depend on the weight: differentiate at w = 1, a leaf that asks for it
+        xp = array_module(x.cached_data)
+        ones = Tensor.make_const(xp.ones(x.shape[x.ndim - fwd.k:], dtype=x.dtype), requires_grad=True)
         def first(g, x): return vjp(lambda weight: reference(x, weight), (ones,), g)[0]
         return vjp(first, node.inputs, out_grad)

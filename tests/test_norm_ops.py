@@ -1,6 +1,6 @@
-"""The fused batch-norm op (`needle_nb.ops_norm`, nbs/02b_norm_ops): values, gradients and second derivatives
-against PyTorch (`torch.nn.functional.batch_norm`, float64) and finite differences, on every device; its node
-counts; and what it refuses.
+"""The fused batch-norm and layer-norm ops (`needle_nb.ops_norm`, nbs/02b_norm_ops): values, gradients and second
+derivatives against PyTorch (`torch.nn.functional.batch_norm`, `layer_norm`, float64) and finite differences, on
+every device; their node counts; and what they refuse.
 """
 import numpy as np
 import pytest
@@ -147,3 +147,83 @@ def test_batchnorm_layers_refuse_an_empty_batch_before_moving_statistics():
     with pytest.raises(ValueError, match="batch size 0"): layer(Tensor(np.zeros((0, 3, 2, 2), np.float32)))
     np.testing.assert_array_equal(layer.running_mean.numpy(), before)
     with pytest.warns(UserWarning, match="size 1"): layer(Tensor(np.ones((1, 3, 1, 1), np.float32)))
+
+
+# --- LayerNorm (issue 27) -------------------------------------------------------------------------------
+from needle_nb.ops_norm import LayerNorm, LayerNormGrad, layer_norm, layer_norm_reference  # noqa: E402
+
+LN_CASES = [((7, 5), 1), ((2, 3, 4), 1), ((2, 3, 4), 2), ((6,), 1)]
+
+
+def _ln_inputs(rs, shape, k, device):
+    norm = shape[len(shape) - k:]
+    return (Tensor(rs.randn(*shape) * 2 + 1, device=device, dtype="float64"),
+            Tensor(rs.randn(*norm), device=device, dtype="float64"), Tensor(rs.randn(*norm), device=device, dtype="float64"))
+
+
+@devices
+@pytest.mark.parametrize("shape,k", LN_CASES, ids=str)
+def test_layer_norm_values_and_gradients_match_torch(torch, rs, device, shape, k):
+    x, w, b = _ln_inputs(rs, shape, k, device)
+    c = rs.randn(*shape)
+    out = LayerNorm(k, 1e-3)(x, w, b)
+    (out * Tensor(c, device=device, dtype="float64")).sum().backward()
+    xt, wt, bt = (torch.tensor(to_host(t.cached_data), requires_grad=True) for t in (x, w, b))
+    ref = torch.nn.functional.layer_norm(xt, tuple(shape[len(shape) - k:]), wt, bt, 1e-3)
+    (ref * torch.tensor(c)).sum().backward()
+    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours, theirs in ((x, xt), (w, wt), (b, bt)):
+        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape,k", LN_CASES, ids=str)
+def test_layer_norm_gradients_match_finite_differences(rs, shape, k):
+    x, w, b = _ln_inputs(rs, shape, k, ndl.cpu())
+    for params in ((), (w,), (w, b)):
+        gradient_check(lambda x, *p: LayerNorm(k, 1e-5)(x, *p), x, *params, backward=True, tol=1e-6)
+
+
+@devices
+def test_layer_norm_second_derivatives_match_torch(torch, rs, device):
+    "Σ d ⊙ ∂(Σ c ⊙ y)/∂x + Σ e ⊙ ∂(Σ c ⊙ y)/∂w differentiated again, as torch.autograd.grad(create_graph=True)."
+    x, w, b = _ln_inputs(rs, (3, 5), 1, device)
+    c, d, e = rs.randn(3, 5), rs.randn(3, 5), rs.randn(5)
+    as_tensor = lambda a: Tensor(a, device=device, dtype="float64", requires_grad=False)
+    (layer_norm(x, w, b, 1, 1e-5) * as_tensor(c)).sum().backward(create_graph=True)
+    ((x.grad * as_tensor(d)).sum() + (w.grad * as_tensor(e)).sum() + (b.grad * as_tensor(e)).sum()).backward()
+    xt, wt, bt = (torch.tensor(to_host(t.cached_data), requires_grad=True) for t in (x, w, b))
+    ref = torch.nn.functional.layer_norm(xt, (5,), wt, bt, 1e-5)
+    gx, gw = torch.autograd.grad((ref * torch.tensor(c)).sum(), (xt, wt), create_graph=True)
+    second = torch.autograd.grad((gx * torch.tensor(d)).sum() + (gw * torch.tensor(e)).sum(), (xt, wt))
+    np.testing.assert_allclose(x.grad.numpy(), second[0].numpy(), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(w.grad.numpy(), second[1].numpy(), rtol=1e-7, atol=1e-9)
+
+
+def test_layer_norm_is_one_node_forward_and_one_per_input_backward(rs):
+    x, w, b = _ln_inputs(rs, (8, 6), 1, ndl.cpu())
+    names = nodes_made(lambda: layer_norm(x, w, b).sum().backward())
+    assert names.count("LayerNorm") == 1 and names.count("LayerNormGrad") == 3, names
+    ref = nodes_made(lambda: layer_norm_reference(x, w, b).sum().backward())
+    assert len(ref) >= 4 * len(names), (len(ref), len(names))
+
+
+def test_nn_layer_norm_is_the_fused_op_and_matches_the_reference(rs):
+    for norm, shape in [(nn.LayerNorm1d(5, dtype="float64"), (4, 5)), (nn.LayerNorm((2, 3), dtype="float64"), (4, 2, 3)),
+                        (nn.LayerNorm(3, elementwise_affine=False, dtype="float64"), (2, 3)),
+                        (nn.LayerNorm(3, bias=False, dtype="float64"), (2, 3))]:
+        x = Tensor(rs.randn(*shape), dtype="float64")
+        params = [p for p in (norm.weight, norm.bias) if p is not None]
+        k = len(norm.normalized_shape)
+        np.testing.assert_allclose(norm(x).numpy(), layer_norm_reference(x, *params, k=k, eps=norm.eps).numpy(),
+                                   rtol=1e-12, atol=1e-12)
+        assert nodes_made(lambda: norm(x)) == ["LayerNorm"]
+
+
+def test_layer_norm_refuses_bad_input(rs):
+    x = Tensor(rs.randn(4, 3), dtype="float64")
+    with pytest.raises(ValueError, match=r"normalized shape \(3,\)"): layer_norm(x, Tensor(np.ones(2)))
+    with pytest.raises(ValueError, match="needs a weight"): layer_norm(x, None, Tensor(np.ones(3)))
+    with pytest.raises(ValueError, match="k \\(the normalized axes\\)"): LayerNorm(k=0)
+    with pytest.raises(ValueError, match="fewer than k=3"): LayerNorm(k=3)(x)
+    with pytest.raises(ValueError, match="eps"): LayerNorm(eps=-1.0)
+    with pytest.raises(ValueError, match="wrt"): LayerNormGrad(LayerNorm(), "z")

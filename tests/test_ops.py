@@ -481,3 +481,42 @@ def test_axis_and_dim_keywords_say_needle_uses_axes(method, keyword):
     with pytest.raises(TypeError, match="unexpected keyword arguments"):
         getattr(t, method)(keepdims=True)
     assert getattr(t, method)(axes=0).shape == (3,)
+
+
+# --- attention's softmax: scale and mask in the op, its gradient one node (issue 27) --------------------
+@devices
+@pytest.mark.parametrize("scale,causal", [(0.25, True), (1.0, True), (0.5, False)])
+def test_softmax_with_scale_and_mask_matches_torch_and_finite_differences(device, scale, causal):
+    rs = np.random.RandomState(0)
+    mask = np.triu(np.full((4, 5), -1e30), 2) if causal else None   # T_q = 4 queries, T_kv = 5 keys
+    dev_mask = None if mask is None else device.array(mask, dtype="float64")
+    f = lambda a: ops.softmax(a, scale=scale, mask=dev_mask)
+    a = Tensor(rs.randn(2, 3, 4, 5), device=device, dtype="float64")
+    ndl.gradient_check(f, a, backward=True)
+    theirs = lambda t: (t * scale + (0 if mask is None else t.new_tensor(mask))).softmax(-1)
+    check_against_torch(f, theirs, rs.randn(2, 3, 4, 5))
+    if causal:   # the masked keys get probability 0 and no gradient
+        out = f(a)
+        assert (out.numpy()[..., 0, 3:] == 0).all()
+
+
+def test_softmax_backward_is_one_node_and_differentiates_again():
+    rs = np.random.RandomState(1)
+    z = Tensor(rs.randn(3, 4), dtype="float64")
+    made = []
+    original = ndl.Tensor.make_from_op
+    ndl.Tensor.make_from_op = staticmethod(lambda op, inputs: (made.append(type(op).__name__), original(op, inputs))[1])
+    try: (ops.softmax(z, scale=0.5) * Tensor(rs.randn(3, 4), requires_grad=False)).sum().backward()
+    finally: ndl.Tensor.make_from_op = staticmethod(original)
+    assert made.count("Softmax") == 1 and made.count("SoftmaxBackward") == 1, made
+    s = ops.softmax(Tensor(rs.randn(3, 4), dtype="float64"), scale=0.5)
+    ndl.gradient_check(lambda g, s: ops.SoftmaxBackward((-1,), 0.5)(g, s), Tensor(rs.randn(3, 4), dtype="float64"),
+                       Tensor(s.numpy()), backward=True)
+
+
+def test_softmax_mask_bad_input():
+    a = Tensor(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="does not broadcast"): ops.softmax(a, mask=np.zeros((3, 4)))
+    with pytest.raises(TypeError, match="mask must be an array"): ops.softmax(a, mask=[[0.0] * 4] * 2)
+    with pytest.raises(ValueError, match="do not combine"): ops.Softmax(parts=(1, 2), scale=2.0)
+    with pytest.raises(ValueError, match="must have one shape"): ops.SoftmaxBackward()(a, Tensor(np.zeros((2, 3))))

@@ -343,15 +343,8 @@ class LayerNorm(Module):
         k = len(self.normalized_shape)
         if tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
             raise ValueError(f"{type(self).__name__}: input of shape {x.shape} does not end in {self.normalized_shape}")
-        axes = tuple(range(x.ndim - k, x.ndim))
-        kept = x.shape[:x.ndim - k] + (1,) * k
-        n = math.prod(self.normalized_shape)
-        centered = x - (x.sum(axes) / n).reshape(kept)
-        var = ((centered * centered).sum(axes) / n).reshape(kept)
-        out = centered / (var + self.eps) ** 0.5
-        if self.weight is not None: out = out * self.weight
-        if self.bias is not None: out = out + self.bias
-        return out
+        params = [p for p in (self.weight, self.bias) if p is not None]
+        return ops_norm.LayerNorm(k, self.eps)(x, *params)
 
 class LayerNorm1d(LayerNorm):
     "needle's LayerNorm1d: normalize each row of a `(B, dim)` input; `weight`, `bias` are `(dim,)`."

@@ -141,8 +141,6 @@ class LSTMCell(Module):
         return o * ops.tanh(c), c
 
 # %% ../../nbs/04d_nn_sequence.ipynb #ac4298e0
-def _sigmoid(xp, z): return 0.5 * (1 + xp.tanh(0.5 * z))
-
 def _input_projection(X, W_ih, bias):
     "`X @ W_ih + bias` for every step at once: `(T, bs, in) @ (in, k) → (T, bs, k)`."
     T, bs, n_in = X.shape
@@ -157,7 +155,8 @@ def _weight_grads(xp, X, H_prev, Z_bar, W_ih, W_hh, need_x: bool):
     grad_X = (Z2 @ W_ih.T).reshape(X.shape) if need_x else None
     grad_W_ih = X.reshape(T * bs, X.shape[2]).T @ Z2
     grad_W_hh = H_prev.reshape(T * bs, H_prev.shape[2]).T @ Z2
-    return grad_X, grad_W_ih, grad_W_hh, Z2.sum(axis=0)
+    # the bias gradient Σ_rows Z̄ as a vector-matrix product: BLAS sums the (T·bs, k) rows faster than a reduction
+    return grad_X, grad_W_ih, grad_W_hh, xp.ones(T * bs, dtype=Z2.dtype) @ Z2
 
 def _const_or_none(array): return None if array is None else Tensor.make_const(array)
 
@@ -200,38 +199,55 @@ class RNNLayerOp(TensorTupleOp):
 
 class LSTMLayerOp(TensorTupleOp):
     """A whole LSTM layer over a sequence, as one op: `(X, h0, c0, W_ih, W_hh[, bias_ih, bias_hh])` →
-    `(output, h_n, c_n)`, output `(T, bs, H)` holding every $h_t$; gates in blocks $[i|f|g|o]$."""
+    `(output, h_n, c_n)`, output `(T, bs, H)` holding every $h_t$; gates in blocks $[i|f|g|o]$.
+
+    Per step the forward is one product $h W_{hh}$ and one `exp` over all four gates (the gates' columns of the
+    weights are scaled once per call, exactly, by -1, and by -2 for $g$, so that $\\mathrm{sigmoid}(z) = 1/(1 + e^{-z})$ and
+    $\\tanh z = 2\\,\\mathrm{sigmoid}(2z) - 1$ need no scaling inside the loop). The backward is BPTT written out, one $\\bar z\\, W_{hh}^\\top$ per step."""
     def __init__(self, bias: bool = True): self.bias = bias
 
     def compute(self, X, h0, c0, W_ih, W_hh, *biases):
         xp = array_module(X)
         T, bs, H = X.shape[0], X.shape[1], h0.shape[1]
-        pre = _input_projection(X, W_ih, biases[0] + biases[1] if self.bias else None)
-        acts = xp.empty_like(pre)                   # i, f, g, o after their nonlinearities
-        cs = xp.empty((T, bs, H), dtype=pre.dtype)
-        tanh_cs, hs = xp.empty_like(cs), xp.empty_like(cs)
-        h, c = h0, c0
+        # scaling a column by -1 or -2 is exact in floating point: with these weights a step's pre-activations are
+        # -z (gates i, f, o) and -2z (gate g), so one exp gives every gate: sigmoid(z) = 1 / (1 + e^-z) and
+        # tanh(z) = 2 sigmoid(2z) - 1
+        scale = xp.full((4 * H,), -1.0, dtype=W_hh.dtype)
+        scale[2 * H:3 * H] = -2
+        bias = (biases[0] + biases[1]) * scale if self.bias else None
+        acts = _input_projection(X, W_ih * scale, bias)   # becomes i, f, g, o after their nonlinearities
+        W_hh_scaled = W_hh * scale
+        cs = xp.empty((T, bs, H), dtype=acts.dtype)
+        tanh_cs, h_all = xp.empty_like(cs), xp.empty((T + 1, bs, H), dtype=acts.dtype)
+        h_all[0] = h0   # h_0, …, h_T in one array: the backward's rows h_0 … h_{T-1} are a view, not a copy
+        hs = h_all[1:]
+        h = h0
         for t in range(T):
-            z, a = pre[t] + h @ W_hh, acts[t]
-            a[:] = _sigmoid(xp, z)
-            a[:, 2 * H:3 * H] = xp.tanh(z[:, 2 * H:3 * H])
+            a = acts[t]
+            a += h @ W_hh_scaled
+            with np.errstate(over="ignore"):   # e^-z = inf for z < -88 (float32): sigmoid 0, as it should be
+                xp.exp(a, out=a)
+            a += 1
+            xp.reciprocal(a, out=a)
+            g = a[:, 2 * H:3 * H]
+            g *= 2
+            g -= 1
             i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            c = cs[t]
-            xp.multiply(f, cs[t - 1] if t else c0, out=c)
+            c = xp.multiply(f, cs[t - 1] if t else c0, out=cs[t])
             c += i * g
-            xp.tanh(c, out=tanh_cs[t])
-            h = xp.multiply(o, tanh_cs[t], out=hs[t])
-        self._saved = acts, cs, tanh_cs, hs
+            h = xp.multiply(o, xp.tanh(c, out=tanh_cs[t]), out=hs[t])
+        self._saved = acts, cs, tanh_cs, h_all
         return hs, hs[-1], cs[-1]
 
     def gradient(self, out_grad, node):
         X, h0, c0, W_ih, W_hh = (x.realize_cached_data() for x in node.inputs[:5])
         g_out, g_hn, g_cn = (g.realize_cached_data() for g in out_grad.tuple())
         xp = array_module(X)
-        acts, cs, tanh_cs, hs = self._saved
+        acts, cs, tanh_cs, h_all = self._saved
         H = h0.shape[1]
         Z_bar = xp.empty_like(acts)
         h_bar, c_bar = g_hn.copy(), g_cn.copy()
+        W_hh_T = xp.ascontiguousarray(W_hh.T)   # once per call: the per-step products read it contiguously (~10% faster)
         for t in reversed(range(X.shape[0])):
             h_bar += g_out[t]
             a, z = acts[t], Z_bar[t]
@@ -243,9 +259,8 @@ class LSTMLayerOp(TensorTupleOp):
             z[:, 2 * H:3 * H] = c_bar * i * (1 - g * g)
             z[:, 3 * H:] = h_bar * tanh_cs[t] * o * (1 - o)
             c_bar = c_bar * f
-            h_bar = z @ W_hh.T
-        H_prev = xp.concatenate([h0[None], hs[:-1]], axis=0)
-        grad_X, grad_W_ih, grad_W_hh, grad_b = _weight_grads(xp, X, H_prev, Z_bar, W_ih, W_hh,
+            h_bar = z @ W_hh_T
+        grad_X, grad_W_ih, grad_W_hh, grad_b = _weight_grads(xp, X, h_all[:-1], Z_bar, W_ih, W_hh,
                                                              node.inputs[0].requires_grad)
         grads = [grad_X, h_bar, c_bar, grad_W_ih, grad_W_hh] + ([grad_b, grad_b] if self.bias else [])
         return tuple(_const_or_none(g) for g in grads)

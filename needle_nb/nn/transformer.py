@@ -41,21 +41,27 @@ class MultiHeadAttention(Module):
         super().__init__()
         self.device, self.dtype, self.causal = device, dtype, causal
         self.dropout = Dropout(dropout)
+        self._masks = {}   # (i, j, device) -> the causal mask: built once per shape, constant thereafter
 
     def extra_repr(self): return f"causal={self.causal}"
 
     def create_causal_mask(self, i: int, j: int, device):
-        "A `(1, 1, i, j)` array: 0 where query row may see key column, a huge negative number where not."
-        future = np.triu(np.ones((1, 1, i, j), dtype=bool), j - i + 1)
-        return device.array(np.where(future, _MASKED, 0.0), dtype=self.dtype)
+        """A `(1, 1, i, j)` array: 0 where query row may see key column, a huge negative number where not.
+
+        Built once per `(i, j, device)` and kept (a mask is a constant: nothing writes to it)."""
+        key = (i, j, device)
+        if key not in self._masks:
+            future = np.triu(np.ones((1, 1, i, j), dtype=bool), j - i + 1)
+            self._masks[key] = device.array(np.where(future, _MASKED, 0.0), dtype=self.dtype)
+        return self._masks[key]
 
     def matmul(self, a: Tensor, b_transpose: Tensor) -> Tensor:
         "$a\\,b^\\top$ over the last two axes, batched over the rest: `(…, m, k)`, `(…, n, k)` → `(…, m, n)`."
         return ops.MatMul(transpose_b=True)(a, b_transpose)
 
-    def softmax(self, logit: Tensor) -> Tensor:
-        "Softmax over the last axis (the keys), with the maximum subtracted inside the op."
-        return ops.softmax(logit)
+    def softmax(self, logit: Tensor, scale: float = 1.0, mask=None) -> Tensor:
+        "Softmax over the last axis (the keys) of `scale · logit + mask`, the scale, mask and maximum applied inside the op."
+        return ops.softmax(logit, scale=scale, mask=mask)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple:
         if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -65,11 +71,8 @@ class MultiHeadAttention(Module):
         if k.shape[3] != D or v.shape[:3] != k.shape[:3] or k.shape[:2] != (B, H):
             raise ValueError(f"MultiHeadAttention: q {q.shape}, k {k.shape}, v {v.shape} do not match "
                              "(equal B, H and D for q and k; v with k's B, H, T)")
-        logits = self.matmul(q, k) / math.sqrt(D)
-        if self.causal:
-            mask = self.create_causal_mask(T_q, T_kv, q.device).astype(logits.dtype, copy=False)
-            logits = logits + Tensor.make_const(mask)
-        probs = self.dropout(self.softmax(logits))
+        mask = self.create_causal_mask(T_q, T_kv, q.device) if self.causal else None
+        probs = self.dropout(self.softmax(self.matmul(q, k), scale=1 / math.sqrt(D), mask=mask))
         return probs @ v, probs
 
 # %% ../../nbs/04e_nn_transformer.ipynb #578e76e7
