@@ -677,21 +677,24 @@ def batchnorm_train_eval(ndl):
     (out["gx_fd"],) = _grads_of(ndl, loss, [X])
     return out
 
-@check("nn.LayerNorm.forward")
+@check("ops_norm.layer_norm_reference")
 def layernorm_forward(ndl):
-    "LayerNorm1d rows normalized with the biased variance and eps, scaled and shifted; gradients by finite differences."
+    "LayerNorm's math in primitive ops (k = 1 and 2, with and without affine): values and finite-difference gradients."
     rng = np.random.default_rng(0)
-    layer = ndl.nn.LayerNorm1d(4, eps=0.1, dtype="float64")
+    ref = ndl.ops_norm.layer_norm_reference
     W, B = rng.uniform(0.5, 1.5, 4), rng.uniform(-1, 1, 4)
     X = rng.standard_normal((3, 4)) * np.array([[0.1], [1.0], [3.0]])
+    C = _f64(ndl, np.arange(12.0).reshape(3, 4) % 3, False)
     def loss(x, w, b):
-        layer.weight, layer.bias = w, b
-        y = layer(x)
-        return (y * y * _f64(ndl, np.arange(12.0).reshape(3, 4) % 3, False)).sum() + y.sum()
+        y = ref(x, w, b, k=1, eps=0.1)
+        return (y * y * C).sum() + y.sum()
     gx, gw, gb = _grads_of(ndl, loss, [X, W, B])
-    plain = ndl.nn.LayerNorm((2, 3), elementwise_affine=False, dtype="float64")
-    return {"y": layer(_f64(ndl, X, False)).numpy(), "gx": gx, "gw": gw, "gb": gb,
-            "plain": plain(_f64(ndl, rng.standard_normal((2, 2, 3)), False)).numpy()}
+    x2 = rng.standard_normal((2, 2, 3))
+    (g2,) = _grads_of(ndl, lambda x: (ref(x, k=2, eps=0.01) ** 2 * _f64(ndl, np.arange(12.0).reshape(2, 2, 3), False)).sum(), [x2])
+    y = ref(_f64(ndl, X, False), _f64(ndl, W, False), _f64(ndl, B, False), k=1, eps=0.1).numpy()
+    want = W * (X - X.mean(1, keepdims=True)) / np.sqrt(X.var(1, keepdims=True) + 0.1) + B
+    _assert_close(y, want, "the normalized rows")
+    return {"y": y, "gx": gx, "gw": gw, "gb": gb, "plain": ref(_f64(ndl, x2, False), k=2, eps=0.01).numpy(), "g2": g2}
 
 @check("nn.CrossEntropyLoss.forward")
 def softmax_loss(ndl):
