@@ -1248,12 +1248,14 @@ class _Forker:
     """Grading processes forked from one server (`_zygote`) that has imported needle_nb's dependencies: a
     fresh process per package, as `_run_package` starts, without paying Python's and numpy's start each time."""
     def __init__(self, ref_root: Path):
-        import threading
+        import select, threading
         env = dict(os.environ, PYTHONPATH=str(ref_root), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         self.proc = subprocess.Popen([sys.executable, "-c", "import needle_nb.course as c; c._zygote()"],
                                      cwd=ref_root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
-        if self.proc.stdout.readline().strip() != b"ready":
+        # a server that never says ready (a hung import) must not hang the grader: then a Python per package
+        started, _, _ = select.select([self.proc.stdout], [], [], 120)
+        if not started or self.proc.stdout.readline().strip() != b"ready":
             self.proc.kill(); self.proc.wait()
             raise RuntimeError("the grader's forking server did not start")
         self.cond, self.send = threading.Condition(), threading.Lock()
@@ -1276,11 +1278,15 @@ class _Forker:
         import signal
         out = Path(tempfile.mkdtemp(dir=root))
         with self.send:   # requests and their `pid` answers come in order
-            with self.cond: n = len(self.pids)
+            with self.cond:
+                if self.closed: return {"__process__": {"error": "the grader's forking server ended"}}
+                n = len(self.pids)
             self.proc.stdin.write((json.dumps({"root": str(root), "ids": ids, "out": str(out)}) + "\n").encode())
             self.proc.stdin.flush()
             with self.cond:
-                self.cond.wait_for(lambda: len(self.pids) > n or self.closed)
+                if not self.cond.wait_for(lambda: len(self.pids) > n or self.closed, timeout):
+                    self.closed = True   # a late answer could no longer be matched to its request: no more jobs
+                    return {"__process__": {"error": f"the grader's forking server did not answer in {timeout:g} s"}}
                 if len(self.pids) <= n: return {"__process__": {"error": "the grader's forking server ended"}}
                 pid = self.pids[n]
         with self.cond:
