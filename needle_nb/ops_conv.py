@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/conv_ops.html.md"""
 
 # %% ../nbs/02a_conv_ops.ipynb #730cf41c
 from __future__ import annotations
-import numbers, operator
+import functools, numbers, operator
 from typing import Tuple
 import numpy as np
 from .backend import array_module
@@ -379,6 +379,7 @@ def _live_taps(size: int, kernel: int, stride: int, padding: int) -> tuple:
     live = [k for k in range(kernel) if any(0 <= o * stride + k - padding < size for o in range(out))]
     return live[0], live[-1] + 1
 
+@functools.lru_cache(maxsize=1024)   # asked by every conv forward and both gradients: once per geometry
 def _tap_window(in_hw, kernel_hw, stride, padding):
     """None, or `(h0, h1, w0, w1, L_h, L_w)` when some kernel taps read only padding (small images: a 3×3 kernel on a
     1×1 image with padding 1 reads one real pixel). Then the convolution equals the one of the taps `[h0, h1) ×
