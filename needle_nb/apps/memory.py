@@ -54,10 +54,10 @@ def activation_peaks(depths: Sequence[int] = (8, 16, 32, 64), width: int = 32, b
     for depth in depths:
         model = mlp(depth, width)
         n = 2 * depth
+        root = max(1, round(math.sqrt(n)))
         x = Tensor(np.random.RandomState(depth).randn(batch, width), dtype="float64")
         for key, segments, graph in (("none", None, False), ("every", n, False),
-                                     ("sqrt", max(1, round(math.sqrt(n))), False),
-                                     ("recorded", max(1, round(math.sqrt(n))), None)):
+                                     ("sqrt", root, False), ("recorded", root, None)):
             for p in model.parameters(): p.grad = None
             out[key].append(peak_memory(_step, model, x, segments, graph)[1])
     res = {k: np.array(v, dtype=float) for k, v in out.items()}
