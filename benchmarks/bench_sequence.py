@@ -85,7 +85,8 @@ def needle_lstm_fn(X, C, weights):
     W_ih, W_hh, b_ih, b_hh = weights
     model = nn.LSTM(X.shape[2], W_hh.shape[0])
     cell = model.lstm_cells[0]
-    cell.W_ih.data, cell.W_hh.data, cell.bias_ih.data, cell.bias_hh.data = W_ih, W_hh, b_ih, b_hh
+    for param, value in zip((cell.W_ih, cell.W_hh, cell.bias_ih, cell.bias_hh), weights):
+        param.data = ndl.Tensor(value, device=param.device)   # under NEEDLE_BACKEND=nd the parameters are NDArrays
     Xt = ndl.Tensor(X)
     Ct = ndl.Tensor(C, requires_grad=False)
     def step():

@@ -247,7 +247,11 @@ class Tensor(Value):
         elif hasattr(value, "dtype") and hasattr(value, "shape"): new = value
         else: raise TypeError(f"Tensor.data must be set to a Tensor or an array, got {type(value).__name__}")
         if device_of(new) != self.device:
-            raise ValueError(f"cannot set data of a tensor on {self.device!r} from data on {device_of(new)!r}")
+            # two backends may both call their device cpu(): the array types tell them apart
+            kinds = [f"{type(a).__module__.split('.')[0]}.{type(a).__name__}" for a in (self.cached_data, new)]
+            raise ValueError(f"cannot set data of a tensor on {self.device!r} from data on {device_of(new)!r}: "
+                             f"the tensor holds a {kinds[0]}, the value is a {kinds[1]}; move it with "
+                             f"Tensor(value, device=tensor.device) first")
         # needle asserts equal dtypes; we cast instead, so a float64 scalar in an update rule
         # can never silently turn a float32 parameter into float64.
         if new.dtype != self.cached_data.dtype: new = new.astype(self.cached_data.dtype)

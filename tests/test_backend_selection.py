@@ -298,3 +298,23 @@ def test_mlp_step_benchmark_runs_both_backends_to_the_same_loss():
     losses = [r["loss"] for r in report["results"].values()]
     assert report["results"]["nd"]["backend"] == "nd" and report["results"]["np"]["backend"] == "np"
     assert abs(losses[0] - losses[1]) < 1e-4 and report["ratio"] > 0
+
+
+def test_setting_data_across_backends_names_both_array_types():
+    "nd's and numpy's host devices are both written cpu(): the error names the array types, and nothing changes."
+    result = run("""
+        import re, numpy as np, needle_nb as ndl
+        t = ndl.Tensor(np.arange(3.0, dtype=np.float32))
+        try:
+            t.data = np.zeros(3, dtype=np.float32)
+            raise SystemExit("no error")
+        except ValueError as error:
+            expected = ("on cpu() from data on cpu(): the tensor holds a needle_nb.NDArray, "
+                        "the value is a numpy.ndarray")
+            assert expected in str(error), str(error)
+        np.testing.assert_array_equal(t.numpy(), [0.0, 1.0, 2.0])
+        t.data = ndl.Tensor(np.ones(3, dtype=np.float32), device=t.device)   # what the message says to do works
+        np.testing.assert_array_equal(t.numpy(), [1.0, 1.0, 1.0])
+        print("ok")
+    """, "nd")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr + result.stdout
