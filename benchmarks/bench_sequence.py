@@ -5,7 +5,8 @@
 
 - LSTM (seq 32, batch 64, input 128, hidden 256, one layer): needle_nb's `nn.LSTM`; the same
   forward and backward written by hand in numpy (no autograd); `torch.nn.LSTM`. Targets: ≤ 1.3× numpy,
-  ≤ 1.05× PyTorch (issue 27).
+  ≤ 1.05× PyTorch (issue 27). Timed beside them, not a contestant: the LSTM's matrix products alone, in numpy
+  (the floor numpy's BLAS sets; its ratio to PyTorch is printed too).
 - One TransformerLayer (batch 16, seq 64, d_model 128, 8 heads of 16, MLP 256, causal; issue 27's sizes):
   needle_nb's `nn.TransformerLayer`; the same computation in PyTorch eager mode (its fused
   `scaled_dot_product_attention` for the attention). Target: ≤ 1.2× PyTorch (issue 27).
@@ -78,6 +79,26 @@ def numpy_lstm_fn(X, C, weights):
         grads = ((dZ2 @ W_ih.T).reshape(X.shape), X.reshape(T * B, -1).T @ dZ2,
                  np.concatenate(hs[:-1]).T @ dZ2, dZ2.sum(0))
         return loss, grads
+    return step
+
+
+def numpy_lstm_products_fn(X, C, weights):
+    """Only the matrix products of an LSTM's forward and backward, in the layouts `nn.LSTM` uses (no elementwise
+    work, no autograd): the floor that numpy's BLAS sets. Its ratio to PyTorch says how much room the rest has."""
+    W_ih, W_hh, b_ih, b_hh = weights
+    T, B, n_in = X.shape
+    H = W_hh.shape[0]
+    W_ih4, W_hh4 = (np.ascontiguousarray(W.reshape(W.shape[0], 4, H).transpose(1, 0, 2)) for W in (W_ih, W_hh))
+    W_hh_T = np.ascontiguousarray(W_hh.T)
+    h, out4 = np.zeros((B, H), np.float32), np.empty((4, B, H), np.float32)
+    Z = np.full((T * B, 4 * H), 1e-3, np.float32)
+    H_prev = np.full((T * B, H), 1e-3, np.float32)
+    def step():
+        acts = np.matmul(X[:, None], W_ih4)
+        for t in range(T): np.matmul(h, W_hh4, out=out4)
+        for t in range(T): Z[t * B:(t + 1) * B] @ W_hh_T
+        grads = (Z @ W_ih.T, X.reshape(T * B, n_in).T @ Z, H_prev.T @ Z, np.ones(T * B, np.float32) @ Z)
+        return float(acts[0, 0, 0, 0]), grads
     return step
 
 
@@ -210,12 +231,15 @@ def main(argv=None):
         fns = {"numpy (by hand)": numpy_lstm_fn(X, C, weights), "needle_nb": needle_lstm_fn(X, C, weights)}
         if torch is not None: fns["PyTorch"] = torch_lstm_fn(X, C, weights)
         check_agree(fns)
+        fns["numpy: the products alone"] = numpy_lstm_products_fn(X, C, weights)   # not a contestant: the BLAS floor
         rounds = timed_rounds(fns, repeats)
         one = rounds["1 thread"]
         ours = one["needle_nb (1 thread)"]["median"]
         ratios = [("needle_nb / numpy, 1 thread", ours / one["numpy (by hand)"]["median"], targets(1.3))]
         if torch is not None:
             ratios.append(("needle_nb / PyTorch, 1 thread", ours / one["PyTorch (1 thread)"]["median"], targets(1.05)))
+            ratios.append(("products alone / PyTorch, 1 thread",
+                           one["numpy: the products alone"]["median"] / one["PyTorch (1 thread)"]["median"], None))
             two = rounds["2 threads"]
             ratios.append(("needle_nb / PyTorch, 2 threads",
                            two["needle_nb (2 threads)"]["median"] / two["PyTorch (2 threads)"]["median"], None))

@@ -197,13 +197,21 @@ class RNNLayerOp(TensorTupleOp):
         grads = [grad_X, h_bar, grad_W_ih, grad_W_hh] + ([grad_b, grad_b] if self.bias else [])
         return tuple(_const_or_none(g) for g in grads)
 
+def _gate_major(xp, W, scale, H: int):
+    "`(n, 4H)` weights with their columns scaled by `scale`, as `(4, n, H)`: gate `k`'s columns one contiguous matrix."
+    return xp.ascontiguousarray((W * scale).reshape(W.shape[0], 4, H).transpose(1, 0, 2))
+
 class LSTMLayerOp(TensorTupleOp):
-    """A whole LSTM layer over a sequence, as one op: `(X, h0, c0, W_ih, W_hh[, bias_ih, bias_hh])` →
+    r"""A whole LSTM layer over a sequence, as one op: `(X, h0, c0, W_ih, W_hh[, bias_ih, bias_hh])` →
     `(output, h_n, c_n)`, output `(T, bs, H)` holding every $h_t$; gates in blocks $[i|f|g|o]$.
 
     Per step the forward is one product $h W_{hh}$ and one `exp` over all four gates (the gates' columns of the
-    weights are scaled once per call, exactly, by -1, and by -2 for $g$, so that $\\mathrm{sigmoid}(z) = 1/(1 + e^{-z})$ and
-    $\\tanh z = 2\\,\\mathrm{sigmoid}(2z) - 1$ need no scaling inside the loop). The backward is BPTT written out, one $\\bar z\\, W_{hh}^\\top$ per step."""
+    weights are scaled once per call, exactly, by -1, and by -2 for $g$, so that $\mathrm{sigmoid}(z) = 1/(1 + e^{-z})$ and
+    $\tanh z = 2\,\mathrm{sigmoid}(2z) - 1$ need no scaling inside the loop). The gates are kept gate-major,
+    `(T, 4, bs, H)`: each gate of a step is one contiguous `(bs, H)` array, which numpy's elementwise loops read
+    about three times faster than a column block of a `(bs, 4H)` row, and the products that make them,
+    `h @ W[k]` over the four `(H, H)` blocks, run faster than one `(bs, H) @ (H, 4H)`. The backward is BPTT written
+    out, one $\bar z\, W_{hh}^\top$ per step on $\bar z$ laid out `(bs, 4H)` again."""
     def __init__(self, bias: bool = True): self.bias = bias
 
     def compute(self, X, h0, c0, W_ih, W_hh, *biases):
@@ -214,25 +222,26 @@ class LSTMLayerOp(TensorTupleOp):
         # tanh(z) = 2 sigmoid(2z) - 1
         scale = xp.full((4 * H,), -1.0, dtype=W_hh.dtype)
         scale[2 * H:3 * H] = -2
-        bias = (biases[0] + biases[1]) * scale if self.bias else None
-        acts = _input_projection(X, W_ih * scale, bias)   # becomes i, f, g, o after their nonlinearities
-        W_hh_scaled = W_hh * scale
+        # (T, 1, bs, in) @ (4, in, H): every step's four gate blocks, one batched product
+        acts = xp.matmul(X[:, None], _gate_major(xp, W_ih, scale, H))   # becomes i, f, g, o after the nonlinearities
+        if self.bias: acts += ((biases[0] + biases[1]) * scale).reshape(4, 1, H)
+        W_hh4 = _gate_major(xp, W_hh, scale, H)
         cs = xp.empty((T, bs, H), dtype=acts.dtype)
         tanh_cs, h_all = xp.empty_like(cs), xp.empty((T + 1, bs, H), dtype=acts.dtype)
         h_all[0] = h0   # h_0, …, h_T in one array: the backward's rows h_0 … h_{T-1} are a view, not a copy
         hs = h_all[1:]
+        recurrent = xp.empty((4, bs, H), dtype=acts.dtype)   # h @ W_hh4, reused by every step
         h = h0
         for t in range(T):
             a = acts[t]
-            a += h @ W_hh_scaled
+            a += xp.matmul(h, W_hh4, out=recurrent)
             with np.errstate(over="ignore"):   # e^-z = inf for z < -88 (float32): sigmoid 0, as it should be
                 xp.exp(a, out=a)
             a += 1
             xp.reciprocal(a, out=a)
-            g = a[:, 2 * H:3 * H]
+            i, f, g, o = a[0], a[1], a[2], a[3]
             g *= 2
             g -= 1
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
             c = xp.multiply(f, cs[t - 1] if t else c0, out=cs[t])
             c += i * g
             h = xp.multiply(o, xp.tanh(c, out=tanh_cs[t]), out=hs[t])
@@ -244,26 +253,29 @@ class LSTMLayerOp(TensorTupleOp):
         g_out, g_hn, g_cn = (g.realize_cached_data() for g in out_grad.tuple())
         xp = array_module(X)
         acts, cs, tanh_cs, h_all = self._saved
-        H = h0.shape[1]
-        Z_bar = xp.empty_like(acts)
+        T, bs, H = X.shape[0], X.shape[1], h0.shape[1]
+        Z_bar = xp.empty((T, bs, 4 * H), dtype=acts.dtype)   # (bs, 4H) per step: the layout of the products with Z̄
+        z4 = xp.empty((4, bs, H), dtype=acts.dtype)          # one step's z̄, gate-major like the gates it is made of
         h_bar, c_bar = g_hn.copy(), g_cn.copy()
         W_hh_T = xp.ascontiguousarray(W_hh.T)   # once per call: the per-step products read it contiguously (~10% faster)
-        for t in reversed(range(X.shape[0])):
+        for t in reversed(range(T)):
             h_bar += g_out[t]
-            a, z = acts[t], Z_bar[t]
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            c_prev = cs[t - 1] if t else c0
-            c_bar += h_bar * o * (1 - tanh_cs[t] * tanh_cs[t])
-            z[:, :H] = c_bar * g * i * (1 - i)
-            z[:, H:2 * H] = c_bar * c_prev * f * (1 - f)
-            z[:, 2 * H:3 * H] = c_bar * i * (1 - g * g)
-            z[:, 3 * H:] = h_bar * tanh_cs[t] * o * (1 - o)
+            i, f, g, o = acts[t]
+            c_prev, tanh_c = (cs[t - 1] if t else c0), tanh_cs[t]
+            c_bar += h_bar * o * (1 - tanh_c * tanh_c)
+            xp.multiply(c_bar * g, i * (1 - i), out=z4[0])
+            xp.multiply(c_bar * c_prev, f * (1 - f), out=z4[1])
+            xp.multiply(c_bar * i, 1 - g * g, out=z4[2])
+            xp.multiply(h_bar * tanh_c, o * (1 - o), out=z4[3])
             c_bar = c_bar * f
+            z = Z_bar[t]
+            xp.copyto(z.reshape(bs, 4, H), z4.transpose(1, 0, 2))
             h_bar = z @ W_hh_T
         grad_X, grad_W_ih, grad_W_hh, grad_b = _weight_grads(xp, X, h_all[:-1], Z_bar, W_ih, W_hh,
                                                              node.inputs[0].requires_grad)
         grads = [grad_X, h_bar, c_bar, grad_W_ih, grad_W_hh] + ([grad_b, grad_b] if self.bias else [])
         return tuple(_const_or_none(g) for g in grads)
+
 
 # %% ../../nbs/04d_nn_sequence.ipynb #53611bd8
 def _initial_states(name, what, h, num_layers, bs, H, X):
