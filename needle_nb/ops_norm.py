@@ -14,8 +14,8 @@ from .autograd import Tensor, TensorOp, vjp
 from .ops import summation, reshape, power_scalar, broadcast_to
 
 # %% auto #0
-__all__ = ['channel_layout', 'batch_norm_reference', 'BatchNorm', 'batch_norm', 'BatchNormGrad', 'layer_norm_reference',
-           'LayerNorm', 'layer_norm', 'LayerNormGrad']
+__all__ = ['channel_layout', 'batch_norm_reference', 'channel_sum', 'BatchNorm', 'batch_norm', 'BatchNormGrad',
+           'layer_norm_reference', 'LayerNorm', 'layer_norm', 'LayerNormGrad']
 
 # %% ../nbs/02b_norm_ops.ipynb #63287c88
 def channel_layout(shape: Sequence[int], channel_axis: int = 1) -> Tuple[tuple, tuple, int]:
@@ -55,6 +55,33 @@ def batch_norm_reference(x: Tensor, weight: Tensor, bias: Tensor, channel_axis: 
     return centered * power_scalar(var + eps, -0.5) * reshape(weight, kept) + reshape(bias, kept)
 
 # %% ../nbs/02b_norm_ops.ipynb #12657804
+def channel_sum(a, axes: tuple, kept: tuple, b=None):
+    """$\\sum a$ (or $\\sum a \\odot b$) over `axes`, every axis but the channel's, kept with size 1 (shape `kept`).
+
+    numpy reduces over several strided axes slowly, and a convolution's output is an NCHW view of channels-last
+    memory; so on numpy arrays the sum follows the memory: channels-last memory is an `(M, C)` matrix whose
+    column sums are one vector-matrix product with ones (BLAS) and whose column dot products are one `einsum`;
+    NCHW memory is `(N·C, H·W)` rows, summed the same way and then over `N`. ResNet9's first BatchNorm
+    (`(128, 16, 8, 8)` on channels-last memory): 0.33 ms against 0.86 ms a forward. Anything else (another
+    layout, `b` laid out unlike `a`, cupy, NDArray) takes its module's `sum`.
+    """
+    xp = array_module(a)
+    c = next(i for i in range(a.ndim) if i not in axes)
+    if type(a) is np.ndarray and a.ndim > 2 and a.dtype.kind == "f" and (b is None or (type(b) is np.ndarray and b.strides == a.strides)):
+        C = a.shape[c]
+        last = np.moveaxis(a, c, -1)
+        if last.flags.c_contiguous:   # channels-last memory: (M, C)
+            rows = last.reshape(-1, C)
+            s = (np.ones(rows.shape[0], a.dtype) @ rows if b is None
+                 else np.einsum("ij,ij->j", rows, np.moveaxis(b, c, -1).reshape(rows.shape)))
+            return s.reshape(kept)
+        if c == 1 and a.flags.c_contiguous:   # NCHW memory: (N·C, H·W) rows
+            rows = a.reshape(a.shape[0] * C, -1)
+            s = (rows @ np.ones(rows.shape[1], a.dtype) if b is None
+                 else np.einsum("ij,ij->i", rows, b.reshape(rows.shape)))
+            return s.reshape(a.shape[0], C).sum(0).reshape(kept)
+    return xp.sum(a if b is None else a * b, axis=axes, keepdims=True)
+
 class BatchNorm(TensorOp):
     """Batch normalization of `x` per channel (the channel axis kept, every other axis reduced), as one node.
 
@@ -80,14 +107,15 @@ class BatchNorm(TensorOp):
             raise ValueError(f"BatchNorm: weight and bias must have shape ({kept[self.channel_axis]},) for an input of "
                              f"shape {x.shape}, got {weight.shape} and {bias.shape}")
         if self.stats is None:
-            mean = xp.sum(x, axis=axes, keepdims=True) / count
+            mean = channel_sum(x, axes, kept) / count
             centered = x - mean
-            var = xp.sum(centered * centered, axis=axes, keepdims=True) / count
+            var = channel_sum(centered, axes, kept, centered) / count
         else:
             mean, var = (xp.reshape(s, kept) for s in self.stats)
             centered = x - mean
         inv_std = (var + self.eps) ** -0.5
-        x_hat = centered * inv_std
+        centered *= inv_std   # our own array: it becomes x̂ in place
+        x_hat = centered
         self.x_hat, self.inv_std = x_hat, inv_std
         self.mean, self.var = xp.reshape(mean, (-1,)), xp.reshape(var, (-1,))
         return x_hat * xp.reshape(weight, kept) + xp.reshape(bias, kept)
@@ -123,8 +151,9 @@ class BatchNormGrad(TensorOp):
         "Σ ḡ·x̂ (`'weight'`) and Σ ḡ (`'bias'`) per channel, keepdims: once per output gradient `g`."
         sums = self.forward._sums
         if sums is None or sums["g"] is not g:
-            sums = self.forward._sums = {"g": g, "weight": xp.sum(g * self.forward.x_hat, axis=axes, keepdims=True),
-                                         "bias": xp.sum(g, axis=axes, keepdims=True)}
+            kept = self.forward.layout[1]
+            sums = self.forward._sums = {"g": g, "weight": channel_sum(g, axes, kept, self.forward.x_hat),
+                                         "bias": channel_sum(g, axes, kept)}
         return sums
 
     def compute(self, g, x=None, weight=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import needle_nb as ndl
-from needle_nb import nn
+from needle_nb import nn, ops_norm
 from needle_nb.autograd import Tensor
 from needle_nb.ops import gradient_check
 from needle_nb.autograd import vjp
@@ -103,13 +103,29 @@ def test_batchnorm2d_is_one_node_forward_and_three_backward(rs):
     assert backward == ["BatchNormGrad"] * 3, backward
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "2d"])
+def test_channel_sum_follows_memory_and_equals_numpys_sum(rs, layout):
+    "Σ a and Σ a·b per channel, in float64, equal numpy's reduction whatever the memory layout behind the NCHW view."
+    shape = (5, 3, 4, 2)
+    if layout == "nchw": a, b = rs.randn(*shape), rs.randn(*shape)
+    elif layout == "channels_last":   # what a convolution returns: an NCHW view of NHWC memory
+        a, b = (rs.randn(5, 4, 2, 3).transpose(0, 3, 1, 2) for _ in range(2))
+    elif layout == "strided": a, b = rs.randn(5, 3, 8, 2)[:, :, ::2], rs.randn(*shape)   # b laid out unlike a
+    else: a, b = rs.randn(6, 3), rs.randn(6, 3)
+    axes, kept, _ = channel_layout(a.shape, 1)
+    np.testing.assert_allclose(ops_norm.channel_sum(a, axes, kept), a.sum(axis=axes, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(ops_norm.channel_sum(a, axes, kept, b), (a * b).sum(axis=axes, keepdims=True),
+                               rtol=1e-12, atol=1e-12)
+    assert ops_norm.channel_sum(a, axes, kept).shape == kept
+
+
 def test_the_three_gradients_share_two_channel_sums(rs, monkeypatch):
     x = Tensor(rs.randn(3, 4, 2, 2))
     w, b = Tensor(rs.randn(4)), Tensor(rs.randn(4))
     out = batch_norm(x, w, b)
     calls = []
-    real_sum = np.sum
-    monkeypatch.setattr(np, "sum", lambda *a, **k: calls.append(1) or real_sum(*a, **k))
+    real_sum = ops_norm.channel_sum
+    monkeypatch.setattr(ops_norm, "channel_sum", lambda *a, **k: calls.append(1) or real_sum(*a, **k))
     out.backward(Tensor(rs.randn(*out.shape)))
     assert len(calls) == 2, len(calls)   # Σ ḡ·x̂ and Σ ḡ, not one per gradient
 
