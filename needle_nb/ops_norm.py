@@ -69,11 +69,12 @@ def channel_sum(a, axes: tuple, kept: tuple, b=None):
     c = next(i for i in range(a.ndim) if i not in axes)
     if type(a) is np.ndarray and a.ndim > 2 and a.dtype.kind == "f" and (b is None or (type(b) is np.ndarray and b.strides == a.strides)):
         C = a.shape[c]
-        last = np.moveaxis(a, c, -1)
+        channel_last = tuple(axes) + (c,)   # np.moveaxis's order, without its Python-level checks (~5 µs a call)
+        last = a.transpose(channel_last)
         if last.flags.c_contiguous:   # channels-last memory: (M, C)
             rows = last.reshape(-1, C)
             s = (np.ones(rows.shape[0], a.dtype) @ rows if b is None
-                 else np.einsum("ij,ij->j", rows, np.moveaxis(b, c, -1).reshape(rows.shape)))
+                 else np.einsum("ij,ij->j", rows, b.transpose(channel_last).reshape(rows.shape)))
             return s.reshape(kept)
         if c == 1 and a.flags.c_contiguous:   # NCHW memory: (N·C, H·W) rows
             rows = a.reshape(a.shape[0] * C, -1)
