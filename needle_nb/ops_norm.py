@@ -67,7 +67,8 @@ def channel_sum(a, axes: tuple, kept: tuple, b=None):
     """
     xp = array_module(a)
     c = next(i for i in range(a.ndim) if i not in axes)
-    if type(a) is np.ndarray and a.ndim > 2 and a.dtype.kind == "f" and (b is None or (type(b) is np.ndarray and b.strides == a.strides)):
+    if (type(a) is np.ndarray and a.ndim > 2 and a.size and a.dtype.kind == "f"   # empty: numpy's sum, no (-1, 0) reshape
+            and (b is None or (type(b) is np.ndarray and b.strides == a.strides))):
         C = a.shape[c]
         channel_last = tuple(axes) + (c,)   # np.moveaxis's order, without its Python-level checks (~5 µs a call)
         last = a.transpose(channel_last)

@@ -103,7 +103,7 @@ def test_batchnorm2d_is_one_node_forward_and_three_backward(rs):
     assert backward == ["BatchNormGrad"] * 3, backward
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "2d"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "2d", "no_channels", "no_images"])
 def test_channel_sum_follows_memory_and_equals_numpys_sum(rs, layout):
     "Σ a and Σ a·b per channel, in float64, equal numpy's reduction whatever the memory layout behind the NCHW view."
     shape = (5, 3, 4, 2)
@@ -111,6 +111,8 @@ def test_channel_sum_follows_memory_and_equals_numpys_sum(rs, layout):
     elif layout == "channels_last":   # what a convolution returns: an NCHW view of NHWC memory
         a, b = (rs.randn(5, 4, 2, 3).transpose(0, 3, 1, 2) for _ in range(2))
     elif layout == "strided": a, b = rs.randn(5, 3, 8, 2)[:, :, ::2], rs.randn(*shape)   # b laid out unlike a
+    elif layout == "no_channels": a, b = np.zeros((2, 0, 2, 2)), np.zeros((2, 0, 2, 2))   # empty: still numpy's sums
+    elif layout == "no_images": a, b = np.zeros((0, 3, 2, 2)), np.zeros((0, 3, 2, 2))
     else: a, b = rs.randn(6, 3), rs.randn(6, 3)
     axes, kept, _ = channel_layout(a.shape, 1)
     np.testing.assert_allclose(ops_norm.channel_sum(a, axes, kept), a.sum(axis=axes, keepdims=True), rtol=1e-12)
