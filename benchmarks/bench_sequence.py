@@ -29,6 +29,7 @@ from bench import Row, compare, torch   # noqa: E402  (torch is None where it is
 
 import needle_nb as ndl   # noqa: E402
 import needle_nb.nn as nn   # noqa: E402
+from needle_nb.nn.sequence import _gate_major   # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def numpy_lstm_products_fn(X, C, weights):
     W_ih, W_hh, b_ih, b_hh = weights
     T, B, n_in = X.shape
     H = W_hh.shape[0]
-    W_ih4, W_hh4 = (np.ascontiguousarray(W.reshape(W.shape[0], 4, H).transpose(1, 0, 2)) for W in (W_ih, W_hh))
+    W_ih4, W_hh4 = (_gate_major(np, W, 1.0, H) for W in (W_ih, W_hh))   # the layer op's own layout helper
     W_hh_T = np.ascontiguousarray(W_hh.T)
     h, out4 = np.zeros((B, H), np.float32), np.empty((4, B, H), np.float32)
     Z = np.full((T * B, 4 * H), 1e-3, np.float32)

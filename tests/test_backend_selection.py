@@ -25,7 +25,8 @@ def _pythonpath() -> str:
 
 def run(code: str, backend_name: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, NEEDLE_BACKEND=backend_name, PYTHONPATH=_pythonpath())
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)   # a hung child fails its test instead of hanging CI
 
 
 def arr(x): return nd.array(x, dtype=x.dtype, device=nd.cpu())
@@ -303,7 +304,7 @@ def test_mlp_step_benchmark_runs_both_backends_to_the_same_loss():
 def test_setting_data_across_backends_names_both_array_types():
     "nd's and numpy's host devices are both written cpu(): the error names the array types, and nothing changes."
     result = run("""
-        import re, numpy as np, needle_nb as ndl
+        import numpy as np, needle_nb as ndl
         t = ndl.Tensor(np.arange(3.0, dtype=np.float32))
         try:
             t.data = np.zeros(3, dtype=np.float32)
