@@ -206,13 +206,18 @@ def _pad_hw(a, padding):
         # the convolution's own computations, which read it before the next call)
         N, H, W, C = a.shape
         out = _buffers.scratch(("padded input", p_h, p_w), (N, H + 2 * p_h, W + 2 * p_w, C), a.dtype, fill=0)
-        if C <= 4 and a.strides[3] > a.strides[1]:
-            # an NCHW image batch viewed as NHWC (ResNet9's first layer): one copy per channel reads contiguous
-            # planes, 3.5x faster than one copy whose innermost axis is the 3 channels (0.2 against 0.7 ms)
-            for c in range(C): out[:, p_h:p_h + H, p_w:p_w + W, c] = a[..., c]
-        else: out[:, p_h:p_h + H, p_w:p_w + W] = a
+        _write_interior(out, a, p_h, p_w)
         return out
     return _constant_pad(a, ((0, 0), (p_h, p_h), (p_w, p_w), (0, 0)))
+
+def _write_interior(out, a, p_h: int, p_w: int) -> None:
+    "Copy the NHWC `a` into the padded NHWC `out` at offset `(p_h, p_w)` (the border is left as it is)."
+    H, W, C = a.shape[1:]
+    if C <= 4 and a.strides[3] > a.strides[1]:
+        # an NCHW image batch viewed as NHWC (ResNet9's first layer): one copy per channel reads contiguous
+        # planes, 3.5x faster than one copy whose innermost axis is the 3 channels (0.2 against 0.7 ms)
+        for c in range(C): out[:, p_h:p_h + H, p_w:p_w + W, c] = a[..., c]
+    else: out[:, p_h:p_h + H, p_w:p_w + W] = a
 
 
 def _conv_rows(a, kernel_h: int, kernel_w: int, stride, padding):
@@ -246,6 +251,8 @@ def _conv_forward_rows(a, b, stride, padding):
                          f"{H + 2 * p_h}x{W + 2 * p_w} (input {a.shape}, padding {_short((p_h, p_w))})")
     H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
     H_out, W_out = (H_pad - kernel_h) // s_h + 1, (W_pad - kernel_w) // s_w + 1
+    if _grid_conv(a, b, (kernel_h, kernel_w), (s_h, s_w), (p_h, p_w), (H, W)):   # stride 1, large images
+        return _conv_forward_grid(a, b, (p_h, p_w)), None
     # floats each way writes: im2col's rows, or every pixel's product with every kernel tap
     if s_h == s_w == 1 and H_pad * W_pad * c_out < H_out * W_out * C:
         return _conv_shift_add(_pad_hw(a, (p_h, p_w)), b), None
@@ -273,6 +280,158 @@ def _conv_shift_add(a, b):
         for v in range(kernel_w):
             if u or v: out += index(products, (slice(None), slice(u, u + H_out), slice(v, v + W_out), u, v))
     return out
+
+# %% ../nbs/02a_conv_ops.ipynb #9f1d0a03
+@functools.lru_cache(maxsize=None)
+def _blas_gemm(dtype):
+    "BLAS's gemm for a numpy float dtype (scipy's wrappers of the BLAS numpy links: sgemm, dgemm), or None."
+    from scipy.linalg import blas     # imported on first use: only the grid convolutions need it
+    return {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}.get(np.dtype(dtype))
+
+def _blas_operand(x):
+    "`(array, trans)` with `op(array) = xᵀ` for a column-major BLAS: xᵀ itself when `x` is C-ordered, else `x` transposed by BLAS."
+    if x.flags.c_contiguous: return x.T, 0
+    if x.flags.f_contiguous: return x, 1
+    return np.ascontiguousarray(x).T, 0
+
+def _gemm_into(c, a, b, accumulate: bool) -> None:
+    """`c = a @ b`, or `c += a @ b` when `accumulate`, in place: one BLAS gemm with β = 0 or 1.
+
+    numpy's matmul has no accumulating form, so `c += a @ b` would write a temporary and add it; BLAS reads `c`
+    and adds in the same pass. `c`: a C-contiguous `(M, N)` float32/float64 array (row-major `c = a b` is
+    column-major `cᵀ = bᵀ aᵀ`, so BLAS gets the transposes, which cost nothing); `a`, `b`: 2-D of `c`'s dtype, any
+    strides (a non-contiguous one is copied first)."""
+    if not c.flags.c_contiguous: raise ValueError(f"_gemm_into: the output must be C-contiguous, got strides {c.strides}")
+    if a.shape[1] == 0 or c.size == 0:               # an empty sum: nothing to add, or zeros (BLAS is not asked)
+        if not accumulate: c[...] = 0
+        return
+    _gemm_call(_blas_gemm(c.dtype), c, _blas_operand(b), _blas_operand(a), accumulate)
+
+def _gemm_call(gemm, c, A, B, accumulate) -> None:
+    "One in-place gemm `cᵀ (+)= op(A) op(B)` with `A`, `B` the `(array, trans)` pairs of `_blas_operand` (the loops' fast path)."
+    c_T = c.T
+    if gemm(1.0, A[0], B[0], 1.0 if accumulate else 0.0, c_T, A[1], B[1], 1) is not c_T:
+        # the wrapper copies an output it cannot write in place (not contiguous, or another dtype): never silently
+        raise RuntimeError(f"_gemm_into: BLAS could not write the {c.dtype} output of shape {c.shape} in place")
+
+def _grid_conv(x, y, kernel_hw, stride, padding, in_hw) -> bool:
+    """Whether a convolution with operands `x`, `y` (input or gradients; numpy, the same float32/float64 dtype) runs on
+    the padded grid (`_conv_forward_grid` and its gradients): at stride 1, on images of at least 256 padded pixels
+    whose grid is mostly real outputs (padding wastes grid rows' products; small images go to im2col)."""
+    if type(x) is not np.ndarray or type(y) is not np.ndarray or x.dtype != y.dtype or _blas_gemm(x.dtype) is None:
+        return False
+    if x.size == 0 or y.size == 0: return False      # no images or no channels: nothing for BLAS
+    (s_h, s_w), (p_h, p_w) = _pair(stride, "conv: stride", 1), _pair(padding, "conv: padding", 0)
+    (H, W), (KH, KW) = in_hw, kernel_hw
+    H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
+    if (s_h, s_w) != (1, 1) or H_pad < KH or W_pad < KW: return False
+    return 256 <= H_pad * W_pad <= 1.5 * (H_pad - KH + 1) * (W_pad - KW + 1)
+
+def _grid_rows(a, padding, extra: int):
+    """The zero-padded NHWC `a` as rows `(N·H_p·W_p + extra, C)`, row `n·H_p·W_p + y·W_p + x` holding pixel `(y, x)`
+    of image `n`, in a kept buffer whose border and `extra` tail rows stay zero (only the interior is written)."""
+    N, H, W, C = a.shape
+    (p_h, p_w), H_pad, W_pad = padding, a.shape[1] + 2 * padding[0], a.shape[2] + 2 * padding[1]
+    R = N * H_pad * W_pad
+    rows = _buffers.scratch(("grid rows", H, W, p_h, p_w), (R + extra, C), a.dtype, fill=0)
+    _write_interior(rows[:R].reshape(N, H_pad, W_pad, C), a, p_h, p_w)
+    return rows
+
+def _grid_g(g, H_pad: int, W_pad: int):
+    """The output gradient `g` (NHWC view `(N, H_out, W_out, C_out)`) written on the padded grid, zeros elsewhere, in
+    a kept buffer: `(N, C_out, H_p·W_p)` when `g` is NCHW in memory (a copy that keeps its order: a transposing copy
+    costs ten times as much), else rows `(N·H_p·W_p, C_out)`. Returns `(grid, nchw)`."""
+    N, H_out, W_out, c_out = g.shape
+    g_nchw = g.transpose(0, 3, 1, 2)
+    if g_nchw.flags.c_contiguous:
+        grid = _buffers.scratch(("input grad grid", H_out, W_out), (N, c_out, H_pad, W_pad), g.dtype, fill=0)
+        grid[:, :, :H_out, :W_out] = g_nchw
+        return grid.reshape(N, c_out, H_pad * W_pad), True
+    grid = _buffers.scratch(("grid g rows", H_out, W_out), (N, H_pad, W_pad, c_out), g.dtype, fill=0)
+    grid[:, :H_out, :W_out] = g
+    return grid.reshape(N * H_pad * W_pad, c_out), False
+
+def _conv_forward_grid(a, b, padding):
+    r"""Stride-1 convolution of NHWC `a` with `b (KH, KW, C_in, C_out)` on the padded grid, no im2col copy.
+
+    With the padded input as rows $r = n H_p W_p + y W_p + x$ (`_grid_rows`), tap $(u, v)$ reads row
+    $r + u W_p + v$, so the output written on the same grid is $\mathrm{out}[r] = \sum_{u,v} \mathrm{rows}[r + u W_p + v]\,
+    b_{uv}$: KH·KW matmuls `(R, C_in) @ (C_in, C_out)` over contiguous slices, each added in place by BLAS
+    (`_gemm_into`, β = 1). Grid rows past an image's outputs (x ≥ W_out or y ≥ H_out) read across the border and are
+    dropped; the valid ones are copied out."""
+    N, H, W, C = a.shape
+    kernel_h, kernel_w, _, c_out = b.shape
+    (p_h, p_w) = padding
+    H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
+    R = N * H_pad * W_pad
+    rows = _grid_rows(a, padding, 0)
+    grid = _buffers.scratch("grid output", (R, c_out), a.dtype)
+    for u in range(kernel_h):
+        for v in range(kernel_w):
+            shift = u * W_pad + v         # tap (0, 0) first: it writes every row (β = 0), the others add
+            _gemm_into(grid[:R - shift], rows[shift:R], b[u, v], accumulate=bool(shift))
+    out = np.empty((N, H_pad - kernel_h + 1, W_pad - kernel_w + 1, c_out), dtype=a.dtype)
+    np.copyto(out, grid.reshape(N, H_pad, W_pad, c_out)[:, :out.shape[1], :out.shape[2]])
+    return out
+
+def _conv_input_grad_grid(g, b, padding, in_hw):
+    r"""The input's gradient on the padded grid, the forward's transpose: $\tilde{dx}[r + u W_p + v] \mathrel{+}=
+    g[r]\, b_{uv}^\top$ with `g` written on the grid (`_grid_g`). NHWC `g`: KH·KW matmuls over the whole grid. NCHW
+    `g`: per image `n` and tap, rows `[nP + shift, nP + shift + P)` of the gradient (P = H_p·W_p) get
+    `g_n (C_out, P)ᵀ @ b_uvᵀ`, BLAS reading `g_n` transposed: the last `shift` rows of that window belong to the
+    next image (or `extra` tail rows) and receive `g`'s zero border times `b`, exactly zero, before the next image's
+    tap (0, 0) overwrites them (β = 0). Returns `(N, H, W, C_in)`."""
+    N, H_out, W_out, c_out = g.shape
+    kernel_h, kernel_w, c_in, _ = b.shape
+    (p_h, p_w), (H, W) = padding, in_hw
+    H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
+    P = H_pad * W_pad
+    R, extra = N * P, (kernel_h - 1) * W_pad + kernel_w - 1
+    grid, nchw = _grid_g(g, H_pad, W_pad)
+    dx = _buffers.scratch("grid input grad", (R + extra, c_in), g.dtype)
+    gemm = _blas_gemm(g.dtype)
+    # per tap: its shift and b_uvᵀ (C_out, C_in), copied C-ordered so that BLAS reads it untransposed (measured: the
+    # transposed tiny operand costs 20% of the per-image loop); the loops below only slice
+    taps = [(u * W_pad + v, _blas_operand(np.ascontiguousarray(b[u, v].T)))
+            for u in range(kernel_h) for v in range(kernel_w)]
+    if nchw:
+        for n in range(N):
+            g_n = _blas_operand(grid[n].T)                                     # (P, C_out): grid[n] read transposed
+            for shift, tap in taps:
+                at = n * P + shift
+                _gemm_call(gemm, dx[at:at + P], tap, g_n, bool(shift))
+    else:
+        for shift, tap in taps:
+            _gemm_call(gemm, dx[shift:R], tap, _blas_operand(grid[:R - shift]), bool(shift))
+    return dx[:R].reshape(N, H_pad, W_pad, c_in)[:, p_h:p_h + H, p_w:p_w + W].copy()
+
+def _conv_kernel_grad_grid(a, g, kernel_hw, padding):
+    r"""The kernel's gradient on the padded grid: $db_{uv} = \sum_r \mathrm{rows}[r + u W_p + v]^\top g[r]$, summed
+    per image (or per block of images for NHWC `g`) with BLAS accumulating into each `(C_in, C_out)` tap (β = 1):
+    one matmul over all `R` rows reduces a very long axis and ran 1.6× slower. The input's rows carry `extra` zero
+    tail rows for the last image's shifted slices. Returns `(KH, KW, C_in, C_out)`."""
+    N, H, W, c_in = a.shape
+    c_out = g.shape[3]
+    (kernel_h, kernel_w), (p_h, p_w) = kernel_hw, padding
+    H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
+    P = H_pad * W_pad
+    extra = (kernel_h - 1) * W_pad + kernel_w - 1
+    rows = _grid_rows(a, padding, extra)
+    grid, nchw = _grid_g(g, H_pad, W_pad)
+    out = np.empty((kernel_h, kernel_w, c_in, c_out), dtype=a.dtype)
+    gemm = _blas_gemm(a.dtype)
+    shifts = [(u, v, u * W_pad + v) for u in range(kernel_h) for v in range(kernel_w)]
+    # images per matmul: one 32×32 image's rows stay in cache for its KH·KW taps (two images' ran 2.5× slower); small
+    # images are grouped (NHWC rows of consecutive images are contiguous) so that a call reduces ~1000 rows
+    step = 1 if nchw else max(1, 1024 // P)
+    for n in range(0, N, step):
+        g_n = _blas_operand(grid[n].T if nchw else grid[n * P:min(n + step, N) * P])       # (L, C_out)
+        L = P if nchw else (min(n + step, N) - n) * P
+        for u, v, shift in shifts:
+            at = n * P + shift
+            _gemm_call(gemm, out[u, v], g_n, _blas_operand(rows[at:at + L].T), n > 0)
+    return out
+
 
 # %% ../nbs/02a_conv_ops.ipynb #53b25c52
 _LAYOUTS = ("NHWC", "NCHW")
@@ -307,6 +466,8 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
     N, H_out, W_out, c_out = g.shape
     kernel_h, kernel_w, c_in, _ = b.shape
     (s_h, s_w), (p_h, p_w), (H, W) = _pair(stride, "conv: stride", 1), _pair(padding, "conv: padding", 0), in_hw
+    if _grid_conv(g, b, (kernel_h, kernel_w), (s_h, s_w), (p_h, p_w), in_hw):   # as the forward: BLAS adds in place
+        return _conv_input_grad_grid(g, b, (p_h, p_w), in_hw)
     H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
     every = slice(None)
     g_nchw = xp.transpose(g, (0, 3, 1, 2))
@@ -509,6 +670,13 @@ class ConvKernelGrad(TensorOp):
         xp = array_module(a)
         N, H_out, W_out, c_out = g.shape
         rows, self._rows = self._rows, None
+        if _grid_conv(a, g, (kernel_h, kernel_w), stride, padding, a.shape[1:3]):   # as the forward, on the grid
+            if rows is not None: _buffers.give(rows)
+            product = _conv_kernel_grad_grid(a, g, (kernel_h, kernel_w), padding)
+            if window is None: return product
+            full = np.zeros(tuple(self.kernel_size) + (c_in, c_out), dtype=product.dtype)
+            full[window[0]:window[1], window[2]:window[3]] = product
+            return full
         if rows is None or rows.shape != (N * H_out * W_out, kernel_h * kernel_w * a.shape[3]):
             rows, _ = _conv_rows(a, kernel_h, kernel_w, stride, padding)
         g_nchw = xp.transpose(g, (0, 3, 1, 2))
