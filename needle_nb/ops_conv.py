@@ -507,6 +507,15 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
                     part = index(dx, (slice(shift, None),))
                     part += index(g_rows, (slice(0, rows - shift),)) @ tap                    # a view: lands in dx
         dx = xp.reshape(dx, (N, H_pad, W_pad, c_in))
+    elif s_h == s_w == 1 and xp is np and p_h < kernel_h and p_w < kernel_w:
+        # small images at stride 1 (ResNet9's 4x4 layers): the derivation's full convolution, g padded by K - 1 - p
+        # with the flipped, swapped kernel, through the forward's im2col and one matmul; at stride 1 there are no
+        # dilated zeros, and it beats one matmul plus KH·KW strided col2im adds (0.52 against 0.95 ms for
+        # 128 × 4×4 × 32 → 32)
+        flipped = np.ascontiguousarray(b[::-1, ::-1].transpose(0, 1, 3, 2))            # (KH, KW, C_out, C_in)
+        dx, rows = _conv_forward_rows(g, flipped, 1, (kernel_h - 1 - p_h, kernel_w - 1 - p_w))
+        if rows is not None: _buffers.give(rows)                                        # nothing else reads them
+        return dx
     else:
         b_rows = xp.transpose(xp.reshape(b, (kernel_h * kernel_w * c_in, c_out)), (1, 0))
         if xp is np:

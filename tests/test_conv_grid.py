@@ -4,7 +4,8 @@ Large images at stride 1 skip im2col: KH·KW matmuls over shifted contiguous sli
 in place by BLAS (`_gemm_into`, scipy's gemm with beta = 1). Checked here: which convolutions take that path, the
 accumulating gemm itself on every operand layout, and the forward, both gradients and the second order against
 PyTorch in float64 (and float32 at float32's tolerance) for rectangular kernels, unequal paddings, padding 0, one
-image, one channel, NCHW and NHWC output gradients, and kept buffers reused across geometries.
+image, one channel, NCHW and NHWC output gradients, and kept buffers reused across geometries; and, at stride 1
+on small images, the input gradient by the full convolution with the flipped kernel.
 """
 import numpy as np
 import pytest
@@ -173,3 +174,45 @@ def test_conv_layer_on_the_grid_matches_torch_float32(torch):
     np.testing.assert_allclose(X.grad.numpy(), xt.grad.numpy(), atol=tol(xt.grad.numpy()), rtol=0)
     wg = ref.weight.grad.numpy().transpose(2, 3, 1, 0)
     np.testing.assert_allclose(layer.weight.grad.numpy(), wg, atol=tol(wg), rtol=0)
+
+
+# stride 1 on small images (the grid mostly padding): the input's gradient is the full convolution of g padded by
+# K - 1 - p with the flipped kernel (p < K on both axes; otherwise col2im)
+SMALL_CASES = [
+    (5, 4, 6, (4, 4), (3, 3), (1, 1)),       # ResNet9's 4x4 layers
+    (3, 2, 3, (5, 3), (3, 2), (0, 1)),
+    (2, 3, 2, (2, 2), (3, 3), (2, 2)),       # p = K - 1: g is not padded
+    (2, 2, 3, (3, 4), (1, 1), (1, 0)),       # p ≥ K along H: col2im
+]
+
+
+@pytest.mark.parametrize("case", SMALL_CASES, ids=lambda c: f"{c[3][0]}x{c[3][1]}-k{c[4][0]}x{c[4][1]}-p{c[5][0]}{c[5][1]}")
+def test_small_image_input_gradient_by_full_convolution(torch, case, monkeypatch):
+    N, c_in, c_out, (H, W), (KH, KW), padding = case
+    full = padding[0] < KH and padding[1] < KW
+    assert not _grid_conv(np.zeros((N, H, W, c_in)), np.zeros((KH, KW, c_in, c_out)), (KH, KW), 1, padding, (H, W))
+    flipped_calls = []
+    forward_rows = ops_conv._conv_forward_rows
+    def spy(a, b, stride, pad):
+        if b.shape == (KH, KW, c_out, c_in) and c_in != c_out: flipped_calls.append(pad)
+        return forward_rows(a, b, stride, pad)
+    monkeypatch.setattr(ops_conv, "_conv_forward_rows", spy)
+    rs = np.random.RandomState(5)
+    x, w = rs.randn(N, c_in, H, W), rs.randn(KH, KW, c_in, c_out)
+    X, Wt = Tensor(x, dtype="float64"), Tensor(w, dtype="float64")
+    out = ops_conv.conv(X, Wt, stride=1, padding=padding, layout="NCHW")
+    G = rs.randn(*out.shape)
+    (out * Tensor(G, dtype="float64")).sum().backward(create_graph=True)
+    gx, gw = X.grad, Wt.grad
+    X.grad = Wt.grad = None
+    ((gx * gx).sum() + (gw * gw).sum()).backward(create_graph=False)
+    ref = _torch_reference(torch, x, w, G, 1, padding)
+    for name, g, r in zip(("output", "input grad", "kernel grad", "2nd order input", "2nd order kernel"),
+                          (out.numpy(), gx.numpy(), gw.numpy(), X.grad.numpy(), Wt.grad.numpy()), ref):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10, err_msg=name)
+    if full: assert (KH - 1 - padding[0], KW - 1 - padding[1]) in flipped_calls, flipped_calls
+    else: assert not flipped_calls
+    # float32 at float32's tolerance, the output gradient NHWC in memory
+    g32 = np.ascontiguousarray(G.transpose(0, 2, 3, 1)).astype(np.float32)
+    got = ops_conv._conv_input_grad(g32, w.astype(np.float32), 1, padding, (H, W))
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), ref[1], atol=1e-4 * np.abs(ref[1]).max(), rtol=0)
