@@ -331,7 +331,8 @@ def _grid_rows(a, padding, extra: int):
     """The zero-padded NHWC `a` as rows `(N·H_p·W_p + extra, C)`, row `n·H_p·W_p + y·W_p + x` holding pixel `(y, x)`
     of image `n`, in a kept buffer whose border and `extra` tail rows stay zero (only the interior is written)."""
     N, H, W, C = a.shape
-    (p_h, p_w), H_pad, W_pad = padding, a.shape[1] + 2 * padding[0], a.shape[2] + 2 * padding[1]
+    p_h, p_w = padding
+    H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
     R = N * H_pad * W_pad
     rows = _buffers.scratch(("grid rows", H, W, p_h, p_w), (R + extra, C), a.dtype, fill=0)
     _write_interior(rows[:R].reshape(N, H_pad, W_pad, C), a, p_h, p_w)
@@ -456,7 +457,9 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
 
     Stride 1: on the padded input grid, flattened to rows `n·H_p·W_p + y·W_p + x`, tap `(u, v)` moves a row by
     `u·W_p + v`; with `g` written on that grid (zeros where no window starts), each tap is one matmul
-    `g_rows @ b[u, v]ᵀ` added into a *contiguous* slice of the gradient's rows: KH·KW matmuls, no copies.
+    `g_rows @ b[u, v]ᵀ` added into a *contiguous* slice of the gradient's rows: KH·KW matmuls, no copies
+    (`_conv_input_grad_grid` for numpy float32/float64, where BLAS adds in place; the loop below otherwise). Small
+    images at stride 1 (numpy): the full convolution of `g` with the flipped kernel.
     Larger strides, and small images (where the grid is mostly padding): one matmul `(N·H_out·W_out, C_out) @ (KH·KW·C_in, C_out)ᵀ` gives every window's gradient, and
     each tap adds its plane into the padded gradient at step `s` (`dx_pad[:, u::s, v::s] += cols[..., u, v, :]`),
     the taps of one `s_h × s_w` group in one add.
@@ -470,26 +473,7 @@ def _conv_input_grad(g, b, stride, padding, in_hw):
         return _conv_input_grad_grid(g, b, (p_h, p_w), in_hw)
     H_pad, W_pad = H + 2 * p_h, W + 2 * p_w
     every = slice(None)
-    g_nchw = xp.transpose(g, (0, 3, 1, 2))
-    if s_h == s_w == 1 and xp is np and g_nchw.flags.c_contiguous and H_pad * W_pad >= 256 and \
-            H_pad * W_pad <= 1.5 * H_out * W_out:
-        # g came in NCHW: per image, (C_out, H_p·W_p) read transposed by BLAS, no NCHW -> NHWC copy of g (on
-        # images large enough that N·KH·KW small matmuls cost less than that copy)
-        plane = H_pad * W_pad
-        grid = _buffers.scratch(("input grad grid", H_out, W_out), (N, c_out, H_pad, W_pad), g.dtype, fill=0)
-        grid[:, :, :H_out, :W_out] = g_nchw                  # the rest stays zero: only this slice is written
-        grid = grid.reshape(N, c_out, plane)
-        dx = np.matmul(grid.transpose(0, 2, 1), b[0, 0].T)     # (N, H_p·W_p, C_in): tap (0, 0)
-        product = _buffers.scratch("input grad tap", dx.shape, dx.dtype)
-        for u in range(kernel_h):
-            for v in range(kernel_w):
-                shift = u * W_pad + v
-                if shift:
-                    part = product[:, :plane - shift]
-                    np.matmul(grid[:, :, :plane - shift].transpose(0, 2, 1), b[u, v].T, out=part)
-                    dx[:, shift:] += part
-        dx = dx.reshape(N, H_pad, W_pad, c_in)
-    elif s_h == s_w == 1 and H_pad * W_pad <= 1.5 * H_out * W_out:
+    if s_h == s_w == 1 and H_pad * W_pad <= 1.5 * H_out * W_out:
         # (the grid's rows cost matmul work: on small images, where the padding is most of the grid, col2im below)
         rows = N * H_pad * W_pad
         if (H_out, W_out) == (H_pad, W_pad): g_rows = xp.reshape(g, (rows, c_out))        # a 1x1 kernel
@@ -682,26 +666,23 @@ class ConvKernelGrad(TensorOp):
         if _grid_conv(a, g, (kernel_h, kernel_w), stride, padding, a.shape[1:3]):   # as the forward, on the grid
             if rows is not None: _buffers.give(rows)
             product = _conv_kernel_grad_grid(a, g, (kernel_h, kernel_w), padding)
-            if window is None: return product
-            full = np.zeros(tuple(self.kernel_size) + (c_in, c_out), dtype=product.dtype)
-            full[window[0]:window[1], window[2]:window[3]] = product
-            return full
-        if rows is None or rows.shape != (N * H_out * W_out, kernel_h * kernel_w * a.shape[3]):
-            rows, _ = _conv_rows(a, kernel_h, kernel_w, stride, padding)
-        g_nchw = xp.transpose(g, (0, 3, 1, 2))
-        if xp is np and g_nchw.flags.c_contiguous and H_out * W_out >= rows.shape[1]:
-            # g came in NCHW: per image (C_out, H_out·W_out) @ (H_out·W_out, KH·KW·C_in), summed over the batch;
-            # no NCHW -> NHWC copy of g. Only for large images: the N per-image products (N·C_out·KH·KW·C_in
-            # floats) must not outgrow the copy of g they replace (N·H_out·W_out·C_out)
-            per_image = np.matmul(g_nchw.reshape(N, c_out, H_out * W_out), rows.reshape(N, H_out * W_out, -1))
-            product = per_image.sum(axis=0).T
-        elif xp is np:                          # g's rows in a kept buffer (see `_conv_input_grad`)
-            g_rows = _buffers.scratch("kernel grad g rows", (N * H_out * W_out, c_out), g.dtype)
-            np.copyto(g_rows.reshape(g.shape), g)
-            product = rows.T @ g_rows
-        else: product = xp.transpose(rows, (1, 0)) @ xp.reshape(g, (N * H_out * W_out, c_out))
-        _buffers.give(rows)                     # nothing reads the rows after this product
-        product = xp.reshape(product, (kernel_h, kernel_w, a.shape[3], c_out))
+        else:
+            if rows is None or rows.shape != (N * H_out * W_out, kernel_h * kernel_w * a.shape[3]):
+                rows, _ = _conv_rows(a, kernel_h, kernel_w, stride, padding)
+            g_nchw = xp.transpose(g, (0, 3, 1, 2))
+            if xp is np and g_nchw.flags.c_contiguous and H_out * W_out >= rows.shape[1]:
+                # g came in NCHW: per image (C_out, H_out·W_out) @ (H_out·W_out, KH·KW·C_in), summed over the batch;
+                # no NCHW -> NHWC copy of g. Only for large images: the N per-image products (N·C_out·KH·KW·C_in
+                # floats) must not outgrow the copy of g they replace (N·H_out·W_out·C_out)
+                per_image = np.matmul(g_nchw.reshape(N, c_out, H_out * W_out), rows.reshape(N, H_out * W_out, -1))
+                product = per_image.sum(axis=0).T
+            elif xp is np:                          # g's rows in a kept buffer (see `_conv_input_grad`)
+                g_rows = _buffers.scratch("kernel grad g rows", (N * H_out * W_out, c_out), g.dtype)
+                np.copyto(g_rows.reshape(g.shape), g)
+                product = rows.T @ g_rows
+            else: product = xp.transpose(rows, (1, 0)) @ xp.reshape(g, (N * H_out * W_out, c_out))
+            _buffers.give(rows)                     # nothing reads the rows after this product
+            product = xp.reshape(product, (kernel_h, kernel_w, a.shape[3], c_out))
         if window is None: return product
         full = np.zeros(tuple(self.kernel_size) + (c_in, c_out), dtype=product.dtype)   # dead taps: zero gradient
         full[window[0]:window[1], window[2]:window[3]] = product

@@ -81,18 +81,11 @@ def _torch_reference(torch, x, w, G, stride, padding):
     return ot.detach().numpy(), gxt.detach().numpy(), back(gwt), hxt.numpy(), back(hwt)
 
 
-@pytest.mark.parametrize("case", GRID_CASES, ids=ids)
-def test_grid_conv_matches_torch_to_second_order(torch, case, monkeypatch):
+def _check_second_order_against_torch(torch, case, seed):
+    """conv (NCHW, stride 1, float64) of a random input and kernel for `case`: output, both gradients and both
+    second-order gradients against PyTorch; returns the kernel `w`, the output weights `G` and PyTorch's results."""
     N, c_in, c_out, (H, W), (KH, KW), padding = case
-    assert _grid_conv(np.zeros((N, H, W, c_in)), np.zeros((KH, KW, c_in, c_out)), (KH, KW), 1, padding, (H, W))
-    calls = {"forward": 0, "input": 0, "kernel": 0}
-    for name, key in (("_conv_forward_grid", "forward"), ("_conv_input_grad_grid", "input"),
-                      ("_conv_kernel_grad_grid", "kernel")):
-        def spy(*args, _f=getattr(ops_conv, name), _k=key):
-            calls[_k] += 1
-            return _f(*args)
-        monkeypatch.setattr(ops_conv, name, spy)
-    rs = np.random.RandomState(1)
+    rs = np.random.RandomState(seed)
     x, w = rs.randn(N, c_in, H, W), rs.randn(KH, KW, c_in, c_out)
     X, Wt = Tensor(x, dtype="float64"), Tensor(w, dtype="float64")
     out = ops_conv.conv(X, Wt, stride=1, padding=padding, layout="NCHW")
@@ -105,6 +98,21 @@ def test_grid_conv_matches_torch_to_second_order(torch, case, monkeypatch):
     got = (out.numpy(), gx.numpy(), gw.numpy(), X.grad.numpy(), Wt.grad.numpy())
     for name, g, r in zip(("output", "input grad", "kernel grad", "2nd order input", "2nd order kernel"), got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10, err_msg=name)
+    return w, G, ref
+
+
+@pytest.mark.parametrize("case", GRID_CASES, ids=ids)
+def test_grid_conv_matches_torch_to_second_order(torch, case, monkeypatch):
+    N, c_in, c_out, (H, W), (KH, KW), padding = case
+    assert _grid_conv(np.zeros((N, H, W, c_in)), np.zeros((KH, KW, c_in, c_out)), (KH, KW), 1, padding, (H, W))
+    calls = {"forward": 0, "input": 0, "kernel": 0}
+    for name, key in (("_conv_forward_grid", "forward"), ("_conv_input_grad_grid", "input"),
+                      ("_conv_kernel_grad_grid", "kernel")):
+        def spy(*args, _f=getattr(ops_conv, name), _k=key):
+            calls[_k] += 1
+            return _f(*args)
+        monkeypatch.setattr(ops_conv, name, spy)
+    _check_second_order_against_torch(torch, case, seed=1)
     assert all(calls.values()), f"the grid path was not taken: {calls}"
 
 
@@ -197,19 +205,7 @@ def test_small_image_input_gradient_by_full_convolution(torch, case, monkeypatch
         if b.shape == (KH, KW, c_out, c_in) and c_in != c_out: flipped_calls.append(pad)
         return forward_rows(a, b, stride, pad)
     monkeypatch.setattr(ops_conv, "_conv_forward_rows", spy)
-    rs = np.random.RandomState(5)
-    x, w = rs.randn(N, c_in, H, W), rs.randn(KH, KW, c_in, c_out)
-    X, Wt = Tensor(x, dtype="float64"), Tensor(w, dtype="float64")
-    out = ops_conv.conv(X, Wt, stride=1, padding=padding, layout="NCHW")
-    G = rs.randn(*out.shape)
-    (out * Tensor(G, dtype="float64")).sum().backward(create_graph=True)
-    gx, gw = X.grad, Wt.grad
-    X.grad = Wt.grad = None
-    ((gx * gx).sum() + (gw * gw).sum()).backward(create_graph=False)
-    ref = _torch_reference(torch, x, w, G, 1, padding)
-    for name, g, r in zip(("output", "input grad", "kernel grad", "2nd order input", "2nd order kernel"),
-                          (out.numpy(), gx.numpy(), gw.numpy(), X.grad.numpy(), Wt.grad.numpy()), ref):
-        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10, err_msg=name)
+    w, G, ref = _check_second_order_against_torch(torch, case, seed=5)
     if full: assert (KH - 1 - padding[0], KW - 1 - padding[1]) in flipped_calls, flipped_calls
     else: assert not flipped_calls
     # float32 at float32's tolerance, the output gradient NHWC in memory
