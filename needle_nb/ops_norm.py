@@ -6,7 +6,7 @@ Docs: https://needle-nb.github.io/needle-nb/norm_ops.html.md"""
 
 # %% ../nbs/02b_norm_ops.ipynb #9b873b79
 from __future__ import annotations
-import math
+import functools, math
 from typing import Optional, Sequence, Tuple
 import numpy as np
 from .backend import array_module, sum_last_axis
@@ -55,6 +55,40 @@ def batch_norm_reference(x: Tensor, weight: Tensor, bias: Tensor, channel_axis: 
     return centered * power_scalar(var + eps, -0.5) * reshape(weight, kept) + reshape(bias, kept)
 
 # %% ../nbs/02b_norm_ops.ipynb #12657804
+@functools.lru_cache(maxsize=256)
+def _tile_count(m: int, c: int, width: int = 1024) -> int:
+    "The largest `k ≤ width // c` (at least 1) that divides `m`: a row of `k·c` entries holds `k` whole channel vectors."
+    return next(k for k in range(max(1, min(m, width // c)), 0, -1) if m % k == 0)
+
+def _channel_rows(a, c: int):
+    """`(rows, k)`: the memory of a numpy float array whose channel axis `c` varies fastest, as `(M/k, k·C)` rows
+    that each hold `k` whole channel vectors, so that a per-channel vector tiled `k` times (`_tiled`) lines up with
+    every row; None for any other array (another layout, cupy, NDArray, empty) and where numpy's own broadcast
+    does as well (C ≥ 64, or fewer than 32768 entries: there the tiling's Python calls cost what they save).
+
+    Why: numpy broadcasting a `(C,)` vector over channels-last memory runs its inner loop over only C entries (16 in
+    ResNet9's first BatchNorm); on rows of `k·C` ≈ 1024 entries the same subtraction runs 2.2x faster (0.027
+    against 0.060 ms for `(128, 16, 8, 8)`)."""
+    if type(a) is not np.ndarray or a.ndim < 2 or a.size < 32768 or a.shape[c] >= 64 or a.dtype.kind != "f": return None
+    last = a.transpose(tuple(i for i in range(a.ndim) if i != c) + (c,))
+    if not last.flags.c_contiguous: return None
+    C = a.shape[c]
+    k = _tile_count(a.size // C, C)
+    return last.reshape(-1, k * C), k
+
+def _tiled(v, k: int):
+    "A per-channel array (any shape holding C values) as one row of `k` copies, for `_channel_rows`' rows."
+    return np.tile(v.reshape(-1), k)
+
+def _empty_rows_like(a, c: int):
+    "A new array laid out as `a` (`np.empty_like` keeps the memory order) and its `_channel_rows` rows."
+    out = np.empty_like(a)
+    return out, _channel_rows(out, c)[0]
+
+def _same_dtype(*arrays) -> bool:
+    "Whether all are numpy arrays of one dtype (the row passes write into arrays of that dtype, so no promotion is lost)."
+    return all(type(a) is np.ndarray and a.dtype == arrays[0].dtype for a in arrays)
+
 def channel_sum(a, axes: tuple, kept: tuple, b=None):
     """$\\sum a$ (or $\\sum a \\odot b$) over `axes`, every axis but the channel's, kept with size 1 (shape `kept`).
 
@@ -107,19 +141,30 @@ class BatchNorm(TensorOp):
         if weight.shape != (kept[self.channel_axis],) or bias.shape != weight.shape:
             raise ValueError(f"BatchNorm: weight and bias must have shape ({kept[self.channel_axis]},) for an input of "
                              f"shape {x.shape}, got {weight.shape} and {bias.shape}")
-        if self.stats is None:
-            mean = channel_sum(x, axes, kept) / count
-            centered = x - mean
-            var = channel_sum(centered, axes, kept, centered) / count
+        if self.stats is None: mean = channel_sum(x, axes, kept) / count
+        else: mean, var = (xp.reshape(s, kept) for s in self.stats)
+        c = self.channel_axis % x.ndim
+        # channels-last numpy memory of one dtype: every elementwise pass on rows of whole channel vectors
+        flat = _channel_rows(x, c) if _same_dtype(x, weight, bias, mean, *(self.stats or ())) else None
+        if flat is None: centered = x - mean
         else:
-            mean, var = (xp.reshape(s, kept) for s in self.stats)
-            centered = x - mean
+            rows, k = flat
+            centered, centered_rows = _empty_rows_like(x, c)
+            np.subtract(rows, _tiled(mean, k), out=centered_rows)
+        if self.stats is None: var = channel_sum(centered, axes, kept, centered) / count
         inv_std = (var + self.eps) ** -0.5
-        centered *= inv_std   # our own array: it becomes x̂ in place
-        x_hat = centered
-        self.x_hat, self.inv_std = x_hat, inv_std
+        self.inv_std = inv_std
         self.mean, self.var = xp.reshape(mean, (-1,)), xp.reshape(var, (-1,))
-        return x_hat * xp.reshape(weight, kept) + xp.reshape(bias, kept)
+        if flat is None:
+            centered *= inv_std   # our own array: it becomes x̂ in place
+            self.x_hat = centered
+            return centered * xp.reshape(weight, kept) + xp.reshape(bias, kept)
+        centered_rows *= _tiled(inv_std, k)
+        self.x_hat = centered
+        out, out_rows = _empty_rows_like(x, c)
+        np.multiply(centered_rows, _tiled(weight, k), out=out_rows)
+        out_rows += _tiled(bias, k)
+        return out
 
     def gradient(self, out_grad, node):
         "Adjoints: `BatchNormGrad` nodes for `x` (w/σ·(ḡ - mean ḡ - x̂·mean(ḡ·x̂))), `weight` (Σ ḡ·x̂) and `bias` (Σ ḡ)."
@@ -165,7 +210,19 @@ class BatchNormGrad(TensorOp):
         scale = xp.reshape(weight, kept) * fwd.inv_std
         if fwd.stats is not None: return g * scale   # fixed statistics: x moves x̂ through its own entry only
         sums = self._channel_sums(g, xp, axes)
-        return (g - sums["bias"] / count - fwd.x_hat * (sums["weight"] / count)) * scale
+        c = fwd.channel_axis % g.ndim
+        flat_g = _channel_rows(g, c) if _same_dtype(g, fwd.x_hat, scale) else None
+        flat_h = _channel_rows(fwd.x_hat, c) if flat_g is not None else None
+        if flat_h is None:
+            return (g - sums["bias"] / count - fwd.x_hat * (sums["weight"] / count)) * scale
+        # the same sum with the per-channel factors multiplied first, g·s − x̂·(s·mean(ḡ·x̂)) − s·mean(ḡ), on rows of
+        # whole channel vectors (as the forward) into one fresh array: one full-size temporary instead of four
+        (g_rows, k), h_rows = flat_g, flat_h[0]
+        out, out_rows = _empty_rows_like(g, c)
+        np.multiply(g_rows, _tiled(scale, k), out=out_rows)
+        out_rows -= h_rows * _tiled(scale * (sums["weight"] / count), k)
+        out_rows -= _tiled(scale * (sums["bias"] / count), k)
+        return out
 
     def gradient(self, out_grad, node):
         "Adjoints: the vector-Jacobian product of the same gradient in primitive ops (`batch_norm_reference`, `vjp`)."

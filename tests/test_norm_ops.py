@@ -121,6 +121,61 @@ def test_channel_sum_follows_memory_and_equals_numpys_sum(rs, layout):
     assert ops_norm.channel_sum(a, axes, kept).shape == kept
 
 
+def _channels_last(rs, n, c, h, w, dtype="float64"):
+    "An NCHW view of NHWC memory (what a convolution returns), values ~ N(1, 2²)."
+    return (rs.randn(n, h, w, c) * 2 + 1).astype(dtype).transpose(0, 3, 1, 2)
+
+
+def test_channel_rows_take_only_channels_last_memory_with_few_channels(rs):
+    "The row passes see whole channel vectors: rows of k·C entries; other layouts, wide or small arrays are None."
+    a = _channels_last(rs, 32, 16, 8, 8)
+    rows, k = ops_norm._channel_rows(a, 1)
+    assert rows.shape == (32 * 64 // k, 16 * k) and k * 16 <= 1024 and np.shares_memory(rows, a)
+    np.testing.assert_array_equal(rows.reshape(-1, 16), a.transpose(0, 2, 3, 1).reshape(-1, 16))
+    assert ops_norm._channel_rows(np.ascontiguousarray(a), 1) is None       # NCHW memory: the channel is not fastest
+    assert ops_norm._channel_rows(_channels_last(rs, 8, 64, 8, 8), 1) is None   # C >= 64: numpy's broadcast
+    assert ops_norm._channel_rows(_channels_last(rs, 2, 16, 8, 8), 1) is None   # 2048 entries: too small to pay
+    assert ops_norm._tile_count(384, 48) == 16                # the largest k <= 1024 // 48 = 21 dividing 384
+    assert ops_norm._tile_count(7, 2000) == 1
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shape", [(32, 16, 8, 8), (36, 3, 19, 17)], ids=str)
+def test_channels_last_row_path_matches_torch(torch, rs, monkeypatch, mode, shape):
+    """On channels-last memory with few channels (the row passes of `_channel_rows`, which must be taken), the
+    value and all three gradients equal PyTorch's in float64, and float32 agrees with the generic path."""
+    N, C, H, W = shape
+    taken = []
+    real = ops_norm._channel_rows
+    monkeypatch.setattr(ops_norm, "_channel_rows", lambda a, c: taken.append(real(a, c) is not None) or real(a, c))
+    xa = _channels_last(rs, N, C, H, W)
+    g = _channels_last(rs, N, C, H, W)
+    w, b = rs.randn(C), rs.randn(C)
+    stats = None if mode == "train" else (rs.randn(C), rs.rand(C) + 0.5)
+    x, wt_, bt_ = Tensor(xa, dtype="float64"), Tensor(w, dtype="float64"), Tensor(b, dtype="float64")
+    out = BatchNorm(1, 1e-3, stats)(x, wt_, bt_)
+    assert out.cached_data.strides == xa.strides                # the output keeps the input's memory order
+    out.backward(Tensor(g, dtype="float64"))
+    # every array the op asked about took the rows: the forward's three, and in training the input gradient's three
+    assert all(taken) and len(taken) >= (6 if mode == "train" else 3)
+    xt, wt, bt = (torch.tensor(np.ascontiguousarray(a), requires_grad=True) for a in (xa, w, b))
+    ref = _torch_bn(torch, xt, wt, bt, stats, 1e-3)
+    ref.backward(torch.tensor(np.ascontiguousarray(g)))
+    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours, theirs in ((x, xt), (wt_, wt), (bt_, bt)):
+        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-8, atol=1e-10)
+    # float32 on the row path against float32 on numpy's broadcasts (the same array, NCHW-contiguous)
+    def run(a):
+        x = Tensor(a, dtype="float32")
+        y = BatchNorm(1, 1e-3, None if stats is None else tuple(s.astype(np.float32) for s in stats))(
+            x, Tensor(w, dtype="float32"), Tensor(b, dtype="float32"))
+        y.backward(Tensor(np.ascontiguousarray(g).astype(np.float32), dtype="float32"))
+        assert y.dtype == "float32" and x.grad.dtype == "float32"
+        return y.numpy(), x.grad.numpy()
+    for ours, generic in zip(run(xa.astype(np.float32)), run(np.ascontiguousarray(xa).astype(np.float32))):
+        np.testing.assert_allclose(ours, generic, rtol=1e-4, atol=1e-4)
+
+
 def test_the_three_gradients_share_two_channel_sums(rs, monkeypatch):
     x = Tensor(rs.randn(3, 4, 2, 2))
     w, b = Tensor(rs.randn(4)), Tensor(rs.randn(4))
