@@ -411,6 +411,24 @@ def broadcast_to(a, shape):
     "`a` broadcast to `shape` (`BroadcastTo`)."
     return BroadcastTo(shape)(a)
 
+def _sum_kept_fastest(a, axes: tuple):
+    """Σ over `axes` (keepdims) of a numpy float array whose kept axes vary fastest in memory, as one BLAS
+    vector-matrix product of ones with the `(M, K)` matrix the memory is; None for anything else.
+
+    A convolution's bias gradient is such a sum: over axes (0, 2, 3) of an NCHW view of channels-last memory, where
+    numpy's reduction walks the strided axes with an inner loop of C entries: 0.17 against 0.011 ms on
+    `(128, 16, 8, 8)` float32. Only for more than two axes longer than 1 and at least 4096 entries: numpy's sum over
+    the rows of a matrix is already fast, and on small arrays the product's call costs more than it saves."""
+    if type(a) is not np.ndarray or a.size < 4096 or a.dtype not in (np.float32, np.float64): return None
+    if sum(n > 1 for n in a.shape) <= 2: return None   # a matrix, maybe with axes of size 1: numpy's own sum
+    kept = tuple(i for i in range(a.ndim) if i not in axes)
+    if not kept: return None
+    last = a.transpose(tuple(axes) + kept)
+    if not last.flags.c_contiguous: return None
+    K = math.prod(a.shape[i] for i in kept)
+    total = np.ones(a.size // K, a.dtype) @ last.reshape(-1, K)
+    return total.reshape(tuple(1 if i in axes else n for i, n in enumerate(a.shape)))
+
 class SumToShape(TensorOp):
     """Sum over the axes that broadcasting `shape` up to the input's shape added or stretched.
 
@@ -424,7 +442,8 @@ class SumToShape(TensorOp):
         if added < 0: raise ValueError(f"sum_to_shape: cannot sum shape {a.shape} to {self.shape}")
         axes = tuple(range(added)) + tuple(added + i for i, n in enumerate(self.shape)
                                            if n == 1 and a.shape[added + i] != 1)
-        return _sum(a, axes, keepdims=True).reshape(self.shape)
+        kept = _sum_kept_fastest(a, axes)
+        return (_sum(a, axes, keepdims=True) if kept is None else kept).reshape(self.shape)
     def gradient(self, out_grad, node):
         "Adjoint: `out_grad` broadcast back to the input's shape."
         return broadcast_to(out_grad, node.inputs[0].shape)

@@ -151,3 +151,53 @@ def test_T_as_torch(shape):
                                   else np.transpose(x.numpy()))
     if len(shape) < 2: assert x.T is x
     else: ops.gradient_check(lambda a: a.T, x, backward=True)
+
+
+# --- SumToShape on channels-last memory: one BLAS product with ones (issue 27) ---------------------
+
+def _channels_last(rs, n, c, h, w): return rs.randn(n, h, w, c).transpose(0, 3, 1, 2)   # a conv's NCHW view
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sum_to_shape_on_channels_last_memory_equals_numpys_sum(dtype):
+    "A conv bias's gradient: Σ over (0, 2, 3) of an NCHW view of NHWC memory, through the product (it must be taken)."
+    rs = np.random.RandomState(0)
+    a = _channels_last(rs, 16, 12, 5, 7).astype(dtype)
+    fast = ops._sum_kept_fastest(a, (0, 2, 3))
+    assert fast is not None and fast.shape == (1, 12, 1, 1) and fast.dtype == dtype
+    rtol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(fast, a.sum(axis=(0, 2, 3), keepdims=True), rtol=rtol)
+    out = ops.SumToShape((1, 12, 1, 1)).compute(a)
+    np.testing.assert_allclose(out, a.sum(axis=(0, 2, 3), keepdims=True), rtol=rtol)
+    np.testing.assert_allclose(ops.SumToShape((12, 1, 1)).compute(a), a.sum(axis=(0, 2, 3)).reshape(12, 1, 1), rtol=rtol)
+    # several kept axes, fastest in memory: (N, H, W, C) summed over N to (H, W, C)
+    b = rs.randn(64, 3, 4, 5).astype(dtype)
+    np.testing.assert_allclose(ops.SumToShape((3, 4, 5)).compute(b), b.sum(axis=0), rtol=rtol)
+
+
+def test_sum_to_shape_takes_numpys_sum_where_the_product_does_not_pay():
+    rs = np.random.RandomState(1)
+    a = _channels_last(rs, 16, 12, 5, 7)
+    assert ops._sum_kept_fastest(np.ascontiguousarray(a), (0, 2, 3)) is None      # NCHW memory: C is not fastest
+    assert ops._sum_kept_fastest(a[:2], (0, 2, 3)) is None                          # 840 entries: too small
+    assert ops._sum_kept_fastest(rs.randn(4096, 8), (0,)) is None                   # a matrix: numpy's rows sum
+    assert ops._sum_kept_fastest(rs.randn(512, 64, 1, 1), (0, 2, 3)) is None        # a matrix with unit axes
+    assert ops._sum_kept_fastest(a.astype(np.int64), (0, 2, 3)) is None             # not BLAS's dtypes
+    assert ops._sum_kept_fastest(a, (0, 1, 2, 3)) is None                           # nothing kept: a full sum
+
+
+def test_conv_bias_gradient_on_the_product_matches_torch(monkeypatch):
+    "nn.Conv's bias gradient (SumToShape of its channels-last output's gradient) against PyTorch in float64."
+    rs = np.random.RandomState(2)
+    conv = ndl.nn.Conv(3, 8, 3, bias=True, dtype="float64")
+    x = ndl.Tensor(rs.randn(16, 3, 10, 10), dtype="float64")
+    c = _channels_last(rs, 16, 8, 10, 10)            # so the output's gradient is channels-last, as BatchNorm's is
+    taken = []
+    real = ops._sum_kept_fastest
+    monkeypatch.setattr(ops, "_sum_kept_fastest", lambda a, axes: taken.append(real(a, axes) is not None) or real(a, axes))
+    (conv(x) * ndl.Tensor(c, dtype="float64")).sum().backward()
+    assert True in taken                                 # the bias's sum took the product
+    w = torch.tensor(conv.weight.numpy()).permute(3, 2, 0, 1).contiguous()
+    bias = torch.tensor(conv.bias.numpy(), requires_grad=True)
+    (torch.nn.functional.conv2d(torch.tensor(x.numpy()), w, bias, padding=1) * torch.tensor(c.copy())).sum().backward()
+    np.testing.assert_allclose(conv.bias.grad.numpy(), bias.grad.numpy(), rtol=1e-10)
