@@ -142,39 +142,41 @@ def test_channel_rows_take_only_channels_last_memory_with_few_channels(rs):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("shape", [(32, 16, 8, 8), (36, 3, 19, 17)], ids=str)
 def test_channels_last_row_path_matches_torch(torch, rs, monkeypatch, mode, shape):
-    """On channels-last memory with few channels (the row passes of `_channel_rows`, which must be taken), the
-    value and all three gradients equal PyTorch's in float64, and float32 agrees with the generic path."""
+    """On channels-last numpy memory with few channels (the row passes of `_channel_rows`, which must be taken), the
+    value and all three gradients equal PyTorch's in float64, and float32 agrees with the plain broadcasts. The
+    ops' `compute` is called on numpy arrays directly, so the path is tested under NEEDLE_BACKEND=nd too."""
     N, C, H, W = shape
     taken = []
     real = ops_norm._channel_rows
     monkeypatch.setattr(ops_norm, "_channel_rows", lambda a, c: taken.append(real(a, c) is not None) or real(a, c))
-    xa = _channels_last(rs, N, C, H, W)
-    g = _channels_last(rs, N, C, H, W)
+    xa, g = _channels_last(rs, N, C, H, W), _channels_last(rs, N, C, H, W)
     w, b = rs.randn(C), rs.randn(C)
     stats = None if mode == "train" else (rs.randn(C), rs.rand(C) + 0.5)
-    x, wt_, bt_ = Tensor(xa, dtype="float64"), Tensor(w, dtype="float64"), Tensor(b, dtype="float64")
-    out = BatchNorm(1, 1e-3, stats)(x, wt_, bt_)
-    assert out.cached_data.strides == xa.strides                # the output keeps the input's memory order
-    out.backward(Tensor(g, dtype="float64"))
+
+    def run(x, g, w, b, stats):
+        "The forward and the three gradients of one BatchNorm, as numpy arrays."
+        op = BatchNorm(1, 1e-3, stats)
+        y = op.compute(x, w, b)
+        return (y, BatchNormGrad(op, "x").compute(g, x, w), BatchNormGrad(op, "weight").compute(g, x),
+                BatchNormGrad(op, "bias").compute(g))
+    ours = run(xa, g, w, b, stats)
+    assert ours[0].strides == xa.strides and ours[1].strides == g.strides   # the memory order is kept
     # every array the op asked about took the rows: the forward's three, and in training the input gradient's three
     assert all(taken) and len(taken) >= (6 if mode == "train" else 3)
     xt, wt, bt = (torch.tensor(np.ascontiguousarray(a), requires_grad=True) for a in (xa, w, b))
     ref = _torch_bn(torch, xt, wt, bt, stats, 1e-3)
     ref.backward(torch.tensor(np.ascontiguousarray(g)))
-    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
-    for ours, theirs in ((x, xt), (wt_, wt), (bt_, bt)):
-        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-8, atol=1e-10)
-    # float32 on the row path against float32 on numpy's broadcasts (the same array, NCHW-contiguous)
-    def run(a):
-        x = Tensor(a, dtype="float32")
-        y = BatchNorm(1, 1e-3, None if stats is None else tuple(s.astype(np.float32) for s in stats))(
-            x, Tensor(w, dtype="float32"), Tensor(b, dtype="float32"))
-        y.backward(Tensor(np.ascontiguousarray(g).astype(np.float32), dtype="float32"))
-        assert y.dtype == "float32" and x.grad.dtype == "float32"
-        return y.numpy(), x.grad.numpy()
-    for ours, generic in zip(run(xa.astype(np.float32)), run(np.ascontiguousarray(xa).astype(np.float32))):
-        np.testing.assert_allclose(ours, generic, rtol=1e-4, atol=1e-4)
-
+    np.testing.assert_allclose(ours[0], ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for mine, theirs in zip(ours[1:], (xt, wt, bt)):
+        np.testing.assert_allclose(mine, theirs.grad.numpy(), rtol=1e-8, atol=1e-10)
+    # float32 on the row path against float32 on numpy's broadcasts (the same values, NCHW-contiguous)
+    f32 = lambda a: None if a is None else a.astype(np.float32)
+    stats32 = None if stats is None else tuple(map(f32, stats))
+    rows = run(f32(xa), f32(g), f32(w), f32(b), stats32)
+    plain = run(np.ascontiguousarray(f32(xa)), np.ascontiguousarray(f32(g)), f32(w), f32(b), stats32)
+    for r, p in zip(rows, plain):
+        assert r.dtype == np.float32
+        np.testing.assert_allclose(r, p, rtol=1e-4, atol=1e-4)
 
 def test_the_three_gradients_share_two_channel_sums(rs, monkeypatch):
     x = Tensor(rs.randn(3, 4, 2, 2))
