@@ -12,7 +12,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['DeviceUnavailableError', 'Device', 'CPUDevice', 'cpu', 'CUDADevice', 'cuda', 'default_device', 'set_default_device',
            'all_devices', 'use_device_family', 'resolve_device', 'array_module', 'device_of', 'to_host',
-           'sum_last_axis', 'as_number', 'rng', 'manual_seed']
+           'sum_last_axis', 'kept_last_matrix', 'as_number', 'rng', 'manual_seed']
 
 # %% ../nbs/00_backend.ipynb #36c648ff
 def _probe_cupy():
@@ -253,6 +253,23 @@ def sum_last_axis(a):
         return a @ np.ones((a.shape[-1], 1), a.dtype)
     if type(a) is np.ndarray: return np.add.reduce(a, axis=-1, keepdims=True)
     return array_module(a).sum(a, axis=-1, keepdims=True)
+
+# %% ../nbs/00_backend.ipynb #klm00a02
+def kept_last_matrix(a, kept: tuple):
+    """The memory of the numpy array `a` as an `(M, K)` matrix view, `K = ∏ a.shape[i] for i in kept`: column `j` runs
+    over the axes `kept` (in their order), the rows over every other axis (in theirs). None where that is not a view of
+    `a` (the kept axes do not vary fastest in memory), for an empty array and for anything not numpy.
+
+    Example: an NCHW view `a` of channels-last memory with `kept=(1,)` gives its `(N·H·W, C)` matrix, whose column sums
+    are the per-channel sums.
+    """
+    if type(a) is not np.ndarray or not a.size: return None
+    last = a.transpose(tuple(i for i in range(a.ndim) if i not in kept) + tuple(kept))
+    if not last.flags.c_contiguous: return None
+    K = 1
+    for i in kept: K *= a.shape[i]
+    return last.reshape(-1, K)
+
 
 # %% ../nbs/00_backend.ipynb #a8e7c5fe
 import numbers

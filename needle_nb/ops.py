@@ -10,7 +10,7 @@ import math, numbers, operator
 from typing import Optional, Tuple, Union
 import numpy as np
 from fastcore.basics import patch
-from .backend import array_module, as_number, sum_last_axis
+from .backend import array_module, as_number, sum_last_axis, kept_last_matrix
 from .autograd import (Op, TensorOp, TensorTupleOp, Tensor, TensorTuple, Value, Cast, no_grad,
                        make_tuple, tuple_get_item, fused_add_scalars, FusedAddScalars,
                        MakeTensorTuple, TupleGetItem)
@@ -422,11 +422,9 @@ def _sum_kept_fastest(a, axes: tuple):
     if type(a) is not np.ndarray or a.size < 4096 or a.dtype not in (np.float32, np.float64): return None
     if sum(n > 1 for n in a.shape) <= 2: return None   # a matrix, maybe with axes of size 1: numpy's own sum
     kept = tuple(i for i in range(a.ndim) if i not in axes)
-    if not kept: return None
-    last = a.transpose(tuple(axes) + kept)
-    if not last.flags.c_contiguous: return None
-    K = math.prod(a.shape[i] for i in kept)
-    total = np.ones(a.size // K, a.dtype) @ last.reshape(-1, K)
+    matrix = kept_last_matrix(a, kept) if kept else None
+    if matrix is None: return None
+    total = np.ones(matrix.shape[0], a.dtype) @ matrix
     return total.reshape(tuple(1 if i in axes else n for i, n in enumerate(a.shape)))
 
 class SumToShape(TensorOp):

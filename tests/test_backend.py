@@ -221,3 +221,28 @@ def test_mixed_dtypes_promote_as_numpy_and_gradients_keep_their_own(device, name
     out.sum().backward()
     assert a.grad.dtype == a.dtype and b.grad.dtype == b.dtype
     assert a.grad.shape == a.shape and b.grad.shape == b.shape
+
+
+# --- memory-order matrix views (kept_last_matrix) -------------------------------------------------
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + ["int64"])
+def test_kept_last_matrix_is_a_view_whose_columns_are_the_kept_axes(dtype):
+    nhwc = np.random.RandomState(0).randn(3, 4, 5, 6).astype(dtype)
+    nchw = nhwc.transpose(0, 3, 1, 2)                       # a convolution's output: channels vary fastest
+    m = backend.kept_last_matrix(nchw, (1,))
+    assert m.shape == (60, 6) and m.dtype == nchw.dtype and np.shares_memory(m, nhwc)
+    np.testing.assert_array_equal(m, nhwc.reshape(-1, 6))   # rows in memory order: n, h, w
+    np.testing.assert_array_equal(m.sum(0), nchw.sum((0, 2, 3)))
+    both = backend.kept_last_matrix(nchw, (2, 3))           # kept axes in their order: h slower than w
+    assert both is None                                     # (h, w) do not vary fastest in NHWC memory
+    last2 = backend.kept_last_matrix(nhwc, (2, 3))
+    assert last2.shape == (12, 30) and np.shares_memory(last2, nhwc)
+
+
+def test_kept_last_matrix_refuses_what_is_not_such_a_view():
+    a = np.arange(24.0).reshape(2, 3, 4)
+    assert backend.kept_last_matrix(a, (1,)) is None          # axis 1 does not vary fastest
+    assert backend.kept_last_matrix(a[:, :, ::2], (2,)) is None   # strided: no view as a matrix
+    assert backend.kept_last_matrix(np.zeros((0, 3)), (1,)) is None
+    assert backend.kept_last_matrix([[1.0, 2.0]], (1,)) is None   # not a numpy array
+    assert backend.kept_last_matrix(ndl.Tensor([[1.0, 2.0]]), (1,)) is None
+    np.testing.assert_array_equal(backend.kept_last_matrix(a, (2,)), a.reshape(6, 4))
