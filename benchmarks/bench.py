@@ -42,6 +42,21 @@ class Row:
     def __init__(self, fn, threads=None, blas_threads=1): self.fn, self.threads, self.blas_threads = fn, threads, blas_threads
 
 
+def without_onednn(fn):
+    """`fn` run with PyTorch's oneDNN (mkldnn) kernels switched off, or None where PyTorch has none.
+
+    A reference row, not a contestant: on CPUs PyTorch runs convolutions and LSTMs through oneDNN's JIT-compiled,
+    fused kernels; without them it takes its BLAS-based paths (im2col and gemm, one gemm per LSTM step), which
+    are what a numpy framework can match. The ratio against this row says how much of a gap is oneDNN's."""
+    if torch is None or not torch.backends.mkldnn.is_available(): return None
+    import warnings
+    def off():
+        with warnings.catch_warnings():   # torch warns about TF32 on Intel GPUs each time the flags are set
+            warnings.simplefilter("ignore")
+            with torch.backends.mkldnn.flags(enabled=False): return fn()
+    return off
+
+
 def _set_torch_threads(n):
     if torch is not None and n is not None and torch.get_num_threads() != n: torch.set_num_threads(n)
 

@@ -10,7 +10,8 @@ Workloads (float32, NCHW, the same input, weights and output gradient for every 
   `dx = col2im(G Wᵀ)`), the issue-14 reference;
 - `nn.Conv(3, 16, 7, stride=4)` (ResNet9's first layer), batch 128, 32x32, with the input's gradient;
 - the ResNet9 SGD step (lr 0.01), batch 128, 3x32x32 images without gradient: `apps.simple_ml.batch_step`
-  against the same network in `torch.nn` (`bench_resnet9.torch_copy`).
+  against the same network in `torch.nn` (`bench_resnet9.torch_copy`), and, as a reference row that is no
+  target, against PyTorch with its oneDNN kernels off (`bench.without_onednn`: its im2col-and-gemm path).
 
 Each workload runs at 1 thread (`torch.set_num_threads(1)`, numpy's BLAS pinned by threadpoolctl) and at 2
 (both set to 2, with one untimed call before each timed one so a sleeping thread pool is not what is timed).
@@ -27,7 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import Row, compare, fmt_time, torch   # noqa: E402  (torch is None when it is not installed)
+from bench import Row, compare, fmt_time, torch, without_onednn   # noqa: E402  (torch is None when it is not installed)
 
 import needle_nb as ndl   # noqa: E402
 import needle_nb.nn as nn   # noqa: E402
@@ -127,8 +128,7 @@ def resnet9_sgd_fns(batch, lr=0.01):
     X, y = rs.rand(batch, 3, 32, 32).astype(np.float32), rs.randint(0, 10, batch)
     np.random.seed(0)
     model = ResNet9()
-    fns = {}
-    if torch is not None:
+    def torch_step_fn():   # a copy of the weights and an optimizer of its own per PyTorch row
         reference = torch_copy(model)
         opt_t = torch.optim.SGD(reference.parameters(), lr=lr)
         Xt, yt = torch.tensor(X), torch.tensor(y)
@@ -138,14 +138,20 @@ def resnet9_sgd_fns(batch, lr=0.01):
             loss.backward()
             opt_t.step()
             return loss.item()
-        fns["PyTorch"] = torch_step
+        return torch_step
+    fns = {}
+    if torch is not None:
+        fns["PyTorch"] = torch_step_fn()
+        off = without_onednn(torch_step_fn())   # the reference row: PyTorch on its BLAS paths
+        if off is not None: fns["PyTorch, oneDNN off"] = off
     opt, loss_fn = optim.SGD(model.parameters(), lr=lr), nn.SoftmaxLoss()
     Xn, yn = ndl.Tensor(X, requires_grad=False), ndl.Tensor(y, requires_grad=False)
     fns["needle_nb"] = lambda: batch_step(model, loss_fn, Xn, yn, opt)[1].item()
     with threadpool_limits(1):
         first = {name: fn() for name, fn in fns.items()}
-    if torch is not None and not np.isclose(first["needle_nb"], first["PyTorch"], rtol=1e-4):
-        raise AssertionError(f"ResNet9: first-step losses differ: {first}")
+    for name in fns:
+        if name != "needle_nb" and not np.isclose(first["needle_nb"], first[name], rtol=1e-4):
+            raise AssertionError(f"ResNet9: first-step losses differ: {first}")
     return fns
 
 
@@ -190,6 +196,9 @@ def main(argv=None):
             results = compare(rows, repeats, warmup=2, lead=1 if threads > 1 else 0)
             ratios = {}
             if "PyTorch" in results: ratios["needle_nb / PyTorch"] = results["needle_nb"]["median"] / results["PyTorch"]["median"]
+            if "PyTorch, oneDNN off" in results:   # a reference, not a target
+                ratios["needle_nb / PyTorch without oneDNN"] = (results["needle_nb"]["median"]
+                                                                / results["PyTorch, oneDNN off"]["median"])
             if "numpy (by hand)" in results:
                 ratios["needle_nb / numpy by hand"] = results["needle_nb"]["median"] / results["numpy (by hand)"]["median"]
             entry[threads] = {"results": results, "ratios": ratios}

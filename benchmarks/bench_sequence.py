@@ -6,7 +6,8 @@
 - LSTM (seq 32, batch 64, input 128, hidden 256, one layer): needle_nb's `nn.LSTM`; the same
   forward and backward written by hand in numpy (no autograd); `torch.nn.LSTM`. Targets: ≤ 1.3× numpy,
   ≤ 1.05× PyTorch (issue 27). Timed beside them, not a contestant: the LSTM's matrix products alone, in numpy
-  (the floor numpy's BLAS sets; its ratio to PyTorch is printed too).
+  (the floor numpy's BLAS sets; its ratio to PyTorch is printed too), and PyTorch with its oneDNN kernels off
+  (`bench.without_onednn`: on CPUs `torch.nn.LSTM` otherwise runs oneDNN's fused RNN kernel).
 - One TransformerLayer (batch 16, seq 64, d_model 128, 8 heads of 16, MLP 256, causal; issue 27's sizes):
   needle_nb's `nn.TransformerLayer`; the same computation in PyTorch eager mode (its fused
   `scaled_dot_product_attention` for the attention). Target: ≤ 1.2× PyTorch (issue 27).
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import Row, compare, torch   # noqa: E402  (torch is None where it is not installed)
+from bench import Row, compare, torch, without_onednn   # noqa: E402  (torch is None where it is not installed)
 
 import needle_nb as ndl   # noqa: E402
 import needle_nb.nn as nn   # noqa: E402
@@ -230,7 +231,10 @@ def main(argv=None):
     if args.only != "transformer":
         X, C, weights = lstm_data(*lstm_sizes)
         fns = {"numpy (by hand)": numpy_lstm_fn(X, C, weights), "needle_nb": needle_lstm_fn(X, C, weights)}
-        if torch is not None: fns["PyTorch"] = torch_lstm_fn(X, C, weights)
+        if torch is not None:
+            fns["PyTorch"] = torch_lstm_fn(X, C, weights)
+            off = without_onednn(torch_lstm_fn(X, C, weights))   # a reference row: one gemm per step, no fused kernel
+            if off is not None: fns["PyTorch, oneDNN off"] = off
         check_agree(fns)
         fns["numpy: the products alone"] = numpy_lstm_products_fn(X, C, weights)   # not a contestant: the BLAS floor
         rounds = timed_rounds(fns, repeats)
@@ -241,6 +245,9 @@ def main(argv=None):
             ratios.append(("needle_nb / PyTorch, 1 thread", ours / one["PyTorch (1 thread)"]["median"], targets(1.05)))
             ratios.append(("products alone / PyTorch, 1 thread",
                            one["numpy: the products alone"]["median"] / one["PyTorch (1 thread)"]["median"], None))
+            if "PyTorch, oneDNN off" in one:
+                ratios.append(("needle_nb / PyTorch without oneDNN",
+                               ours / one["PyTorch, oneDNN off"]["median"], None))
             two = rounds["2 threads"]
             ratios.append(("needle_nb / PyTorch, 2 threads",
                            two["needle_nb (2 threads)"]["median"] / two["PyTorch (2 threads)"]["median"], None))

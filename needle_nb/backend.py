@@ -257,7 +257,7 @@ def sum_last_axis(a):
 # %% ../nbs/00_backend.ipynb #klm00a02
 def kept_last_matrix(a, kept: tuple):
     """The memory of the numpy array `a` as an `(M, K)` matrix view, `K = ∏ a.shape[i] for i in kept`: column `j` runs
-    over the axes `kept` (in their order), the rows over every other axis (in theirs). None where that is not a view of
+    over the axes `kept` (non-negative axis numbers, in their order), the rows over every other axis (in theirs). None where that is not a view of
     `a` (the kept axes do not vary fastest in memory), for an empty array and for anything not numpy.
 
     Example: an NCHW view `a` of channels-last memory with `kept=(1,)` gives its `(N·H·W, C)` matrix, whose column sums

@@ -458,6 +458,21 @@ def test_conv_benchmark_quick_run(with_torch, monkeypatch, capsys):
     assert ("skipping the PyTorch row" in out) != with_torch
 
 
+def test_benchmark_reference_row_runs_pytorch_without_onednn(monkeypatch):
+    "`bench.without_onednn(fn)` calls `fn` with oneDNN off and leaves it on after; the scripts' reference row uses it."
+    torch = pytest.importorskip("torch")
+    if not torch.backends.mkldnn.is_available(): pytest.skip("this PyTorch build has no oneDNN")
+    monkeypatch.syspath_prepend(str(Path(BENCH_CONV).parent))
+    monkeypatch.delitem(sys.modules, "bench", raising=False)
+    bench = runpy.run_path(str(Path(BENCH_CONV).parent / "bench.py"))
+    seen = []
+    off = bench["without_onednn"](lambda: seen.append(torch.backends.mkldnn.enabled) or 7)
+    before = torch.backends.mkldnn.enabled
+    assert off() == 7 and seen == [False] and torch.backends.mkldnn.enabled == before
+    fns = runpy.run_path(BENCH_CONV)["resnet9_sgd_fns"](2)   # the row joins the ResNet9 workload, checked equal
+    assert {"PyTorch", "PyTorch, oneDNN off", "needle_nb"} <= set(fns)
+
+
 def test_conv_benchmark_contenders_agree():
     "The numpy reference, needle_nb and torch compute the same layer (so the timing compares equal work)."
     bench = SimpleNamespace(**runpy.run_path(BENCH_CONV))
