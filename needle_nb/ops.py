@@ -417,8 +417,9 @@ def _sum_kept_fastest(a, axes: tuple):
 
     A convolution's bias gradient is such a sum: over axes (0, 2, 3) of an NCHW view of channels-last memory, where
     numpy's reduction walks the strided axes with an inner loop of C entries: 0.17 against 0.011 ms on
-    `(128, 16, 8, 8)` float32. Only for more than two axes longer than 1 and at least 4096 entries: numpy's sum over
-    the rows of a matrix is already fast, and on small arrays the product's call costs more than it saves."""
+    `(128, 16, 8, 8)` float32. Only for more than two axes longer than 1 and at least 4096 entries: on small arrays
+    the product's call costs more than it saves, and a matrix (a Linear bias's gradient) keeps numpy's sum, which
+    there is only 1.3-3x slower than the product (28 against 9 µs on `(1024, 128)`), under 1% of any step measured."""
     if type(a) is not np.ndarray or a.size < 4096 or a.dtype not in (np.float32, np.float64): return None
     if sum(n > 1 for n in a.shape) <= 2: return None   # a matrix, maybe with axes of size 1: numpy's own sum
     kept = tuple(i for i in range(a.ndim) if i not in axes)
